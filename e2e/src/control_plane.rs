@@ -1,0 +1,274 @@
+//! A cluster's control plane, running in the cluster's own namespace on the
+//! underlay: etcd, kube-apiserver (TLS, RBAC) and kube-controller-manager
+//! running the node IPAM controller, so pod CIDRs come from the real thing.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+
+use crate::kubeconfig::{self, write_cert_kubeconfig, KubeconfigError};
+use crate::netns::{self, NetnsError, Placement};
+use crate::pki::{self, Ca, PkiError};
+use crate::plan::APISERVER_PORT;
+use crate::state::Daemon;
+use crate::tools::{Tools, ToolsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Kubeconfig(#[from] KubeconfigError),
+    #[error(transparent)]
+    Tools(#[from] ToolsError),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("creating {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{name} exited during start-up; last lines of {log}:\n{tail}")]
+    Died {
+        name: String,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error("the apiserver at {url} was not ready after {seconds} s (last answer: {last}); see the logs in {dir}")]
+    NotReady {
+        url: String,
+        seconds: u64,
+        last: String,
+        dir: PathBuf,
+    },
+}
+
+/// What a control plane needs to know to start.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneSpec {
+    pub cluster: String,
+    pub netns: String,
+    pub dir: PathBuf,
+    /// The control plane's addresses on the underlay (first one is advertised).
+    pub addresses: Vec<IpAddr>,
+    pub cluster_cidrs: Vec<IpNet>,
+}
+
+impl ControlPlaneSpec {
+    pub fn apiserver_url(&self) -> String {
+        match self.addresses[0] {
+            IpAddr::V4(a) => format!("https://{a}:{APISERVER_PORT}"),
+            IpAddr::V6(a) => format!("https://[{a}]:{APISERVER_PORT}"),
+        }
+    }
+    pub fn admin_kubeconfig(&self) -> PathBuf {
+        self.dir.join("admin.kubeconfig")
+    }
+    fn pki_dir(&self) -> PathBuf {
+        self.dir.join("pki")
+    }
+    fn log(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.log"))
+    }
+    fn service_cidr(&self) -> &'static str {
+        if self.cluster_cidrs.iter().any(|c| c.addr().is_ipv4()) {
+            "10.96.0.0/16"
+        } else {
+            "fd00:10:96::/112"
+        }
+    }
+}
+
+fn mkdir(path: &Path) -> Result<(), ControlPlaneError> {
+    std::fs::create_dir_all(path).map_err(|source| ControlPlaneError::Dir {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes the cluster's PKI and kubeconfigs (admin and controller-manager).
+pub fn write_pki(spec: &ControlPlaneSpec) -> Result<(), ControlPlaneError> {
+    let pki_dir = spec.pki_dir();
+    mkdir(&pki_dir)?;
+    let ca = Ca::new(&format!("trellis-lab-{}-ca", spec.cluster))?;
+    let mut ips = spec.addresses.clone();
+    ips.extend([
+        "127.0.0.1".parse::<IpAddr>().expect("literal"),
+        "10.96.0.1".parse().expect("literal"),
+    ]);
+    let server = ca.server_cert(
+        &[
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+            "localhost",
+        ],
+        &ips,
+    )?;
+    let (sa_key, sa_pub) = pki::service_account_key()?;
+    pki::write_private(&pki_dir.join("ca.crt"), &ca.cert_pem)?;
+    pki::write_private(&pki_dir.join("apiserver.crt"), &server.cert_pem)?;
+    pki::write_private(&pki_dir.join("apiserver.key"), &server.key_pem)?;
+    pki::write_private(&pki_dir.join("sa.key"), &sa_key)?;
+    pki::write_private(&pki_dir.join("sa.pub"), &sa_pub)?;
+
+    let url = spec.apiserver_url();
+    let admin = ca.client_cert("lab-admin", &["system:masters"])?;
+    write_cert_kubeconfig(
+        &spec.admin_kubeconfig(),
+        &spec.cluster,
+        &url,
+        &ca.cert_pem,
+        "lab-admin",
+        &admin,
+    )?;
+    let kcm = ca.client_cert("system:kube-controller-manager", &[])?;
+    let local = format!("https://127.0.0.1:{APISERVER_PORT}");
+    write_cert_kubeconfig(
+        &spec.dir.join("controller-manager.kubeconfig"),
+        &spec.cluster,
+        &local,
+        &ca.cert_pem,
+        "system:kube-controller-manager",
+        &kcm,
+    )?;
+    Ok(())
+}
+
+/// Starts etcd, kube-apiserver and kube-controller-manager as daemons in the
+/// control plane's namespace; `record` is called with each one as soon as it
+/// runs, so the caller can persist it before the next step.
+pub fn start(
+    spec: &ControlPlaneSpec,
+    tools: &Tools,
+    mut record: impl FnMut(Daemon) -> Result<(), ControlPlaneError>,
+) -> Result<(), ControlPlaneError> {
+    let place = Placement::netns(&spec.netns);
+    let pki_dir = spec.pki_dir();
+    let p = |f: &str| pki_dir.join(f).display().to_string();
+    let data = spec.dir.join("etcd-data");
+    mkdir(&data)?;
+
+    let mut etcd = Command::new(tools.path("etcd")?);
+    etcd.args([
+        "--name=lab",
+        &format!("--data-dir={}", data.display()),
+        "--listen-client-urls=http://127.0.0.1:2379",
+        "--advertise-client-urls=http://127.0.0.1:2379",
+        "--listen-peer-urls=http://127.0.0.1:2380",
+        "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+        "--initial-cluster=lab=http://127.0.0.1:2380",
+        "--unsafe-no-fsync",
+        "--log-level=warn",
+    ]);
+    let cidrs: Vec<String> = spec.cluster_cidrs.iter().map(|c| c.to_string()).collect();
+    let mut apiserver = Command::new(tools.path("kube-apiserver")?);
+    apiserver.args([
+        "--etcd-servers=http://127.0.0.1:2379".to_string(),
+        "--bind-address=::".to_string(),
+        format!("--secure-port={APISERVER_PORT}"),
+        format!("--advertise-address={}", spec.addresses[0]),
+        format!("--cert-dir={}", pki_dir.display()),
+        format!("--tls-cert-file={}", p("apiserver.crt")),
+        format!("--tls-private-key-file={}", p("apiserver.key")),
+        format!("--client-ca-file={}", p("ca.crt")),
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_string(),
+        format!("--service-account-key-file={}", p("sa.pub")),
+        format!("--service-account-signing-key-file={}", p("sa.key")),
+        format!("--service-cluster-ip-range={}", spec.service_cidr()),
+        "--authorization-mode=RBAC".to_string(),
+        "--allow-privileged=true".to_string(),
+        "--enable-priority-and-fairness=false".to_string(),
+        "--profiling=false".to_string(),
+    ]);
+    let mut kcm = Command::new(tools.path("kube-controller-manager")?);
+    kcm.args([
+        format!(
+            "--kubeconfig={}",
+            spec.dir.join("controller-manager.kubeconfig").display()
+        ),
+        "--controllers=node-ipam-controller,serviceaccount-controller".to_string(),
+        "--allocate-node-cidrs=true".to_string(),
+        format!("--cluster-cidr={}", cidrs.join(",")),
+        "--node-cidr-mask-size-ipv4=24".to_string(),
+        "--node-cidr-mask-size-ipv6=64".to_string(),
+        format!("--service-cluster-ip-range={}", spec.service_cidr()),
+        "--leader-elect=false".to_string(),
+        "--secure-port=0".to_string(),
+        "--use-service-account-credentials=false".to_string(),
+    ]);
+    for (name, command) in [
+        ("etcd", etcd),
+        ("kube-apiserver", apiserver),
+        ("kube-controller-manager", kcm),
+    ] {
+        let log = spec.log(name);
+        let pid = place.spawn_daemon(command, name, &log)?;
+        record(Daemon {
+            name: format!("{}/{name}", spec.cluster),
+            pid,
+            netns: spec.netns.clone(),
+            log,
+        })?;
+    }
+    Ok(())
+}
+
+/// The last `lines` lines of a log file.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Waits until the apiserver answers `/readyz` with "ok" through the admin
+/// kubeconfig; fails early, with its log, when a daemon dies.
+pub async fn wait_ready(
+    spec: &ControlPlaneSpec,
+    daemons: &[Daemon],
+    timeout: Duration,
+) -> Result<kube::Client, ControlPlaneError> {
+    let client = kubeconfig::client(&spec.admin_kubeconfig()).await?;
+    let start = Instant::now();
+    loop {
+        for d in daemons {
+            if !netns::alive(d.pid) {
+                return Err(ControlPlaneError::Died {
+                    name: d.name.clone(),
+                    log: d.log.clone(),
+                    tail: log_tail(&d.log, 20),
+                });
+            }
+        }
+        let request = http_get("/readyz");
+        let last = match client.request_text(request).await {
+            Ok(body) if body.trim() == "ok" => return Ok(client),
+            Ok(body) => body
+                .lines()
+                .filter(|l| l.contains("failed"))
+                .collect::<Vec<_>>()
+                .join("; "),
+            Err(e) => e.to_string(),
+        };
+        if start.elapsed() > timeout {
+            return Err(ControlPlaneError::NotReady {
+                url: spec.apiserver_url(),
+                seconds: timeout.as_secs(),
+                last,
+                dir: spec.dir.clone(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn http_get(path: &str) -> http::Request<Vec<u8>> {
+    http::Request::get(path)
+        .body(Vec::new())
+        .expect("a GET with a literal path is valid")
+}

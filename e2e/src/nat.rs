@@ -1,0 +1,99 @@
+//! NAT routers: a namespace between a node and the underlay that masquerades
+//! the node's traffic with nftables, in one of two behaviours:
+//!
+//! - endpoint-independent: the router keeps the node's source port when it
+//!   can, so every destination sees the same public ip:port (a "cone" NAT;
+//!   hole punching works);
+//! - symmetric: every new flow gets a random public port (`masquerade
+//!   random`), so an endpoint learned from one peer is useless to another
+//!   (hole punching fails; a relay is needed).
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cmd::{self, CommandError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatMode {
+    /// Port-preserving masquerade: the same public port for every destination.
+    EndpointIndependent,
+    /// A random public port per flow.
+    Symmetric,
+}
+
+/// Name of the router's interface on the underlay.
+pub const ROUTER_WAN: &str = "wan0";
+/// Name of the router's interface towards the node.
+pub const ROUTER_LAN: &str = "lan0";
+
+/// The router's nftables ruleset: one table, replaced as a whole.
+pub fn nft_ruleset(mode: NatMode) -> String {
+    let masquerade = match mode {
+        NatMode::EndpointIndependent => "masquerade",
+        NatMode::Symmetric => "masquerade random",
+    };
+    format!(
+        "table ip trellis-lab-nat\n\
+         delete table ip trellis-lab-nat\n\
+         table ip trellis-lab-nat {{\n\
+         \tchain postrouting {{\n\
+         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+         \t\toifname \"{ROUTER_WAN}\" {masquerade}\n\
+         \t}}\n\
+         }}\n"
+    )
+}
+
+/// The private /30-style addresses of the `index`-th NAT: (router, node).
+pub fn private_addrs(index: u8) -> (Ipv4Addr, Ipv4Addr) {
+    (
+        Ipv4Addr::new(172, 31, index, 1),
+        Ipv4Addr::new(172, 31, index, 2),
+    )
+}
+
+/// Loads the ruleset into the router's namespace (atomically: `nft -f`
+/// applies the whole file or nothing).
+pub fn load_ruleset(router_netns: &str, mode: NatMode) -> Result<(), CommandError> {
+    let file = std::env::temp_dir().join(format!("trellis-lab-nat-{router_netns}.nft"));
+    let path = file.to_string_lossy().to_string();
+    std::fs::write(&file, nft_ruleset(mode)).map_err(|source| CommandError::Spawn {
+        command: format!("write {path}"),
+        source,
+    })?;
+    let result = cmd::in_netns(router_netns, "nft", &["-f", &path]);
+    let _ = std::fs::remove_file(&file);
+    result.map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symmetric_randomises_ports_and_cone_does_not() {
+        assert!(nft_ruleset(NatMode::Symmetric).contains("masquerade random"));
+        let cone = nft_ruleset(NatMode::EndpointIndependent);
+        assert!(
+            cone.contains("masquerade\n") && !cone.contains("random"),
+            "{cone}"
+        );
+    }
+
+    #[test]
+    fn ruleset_replaces_its_own_table_only() {
+        let rules = nft_ruleset(NatMode::EndpointIndependent);
+        assert!(rules.contains("delete table ip trellis-lab-nat"));
+        assert!(!rules.contains("flush ruleset"));
+        assert!(rules.contains(&format!("oifname \"{ROUTER_WAN}\"")));
+    }
+
+    #[test]
+    fn private_addresses_differ_per_router() {
+        assert_ne!(private_addrs(0), private_addrs(1));
+        let (r, n) = private_addrs(3);
+        assert_eq!(r.octets()[..3], n.octets()[..3]);
+    }
+}

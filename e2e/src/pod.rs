@@ -1,0 +1,211 @@
+//! Pods: a network namespace per pod, wired by calling the node's CNI
+//! configuration through `cnitool` (libcni, the library container runtimes
+//! use), run on the node with its own CNI directories, exactly as a runtime
+//! would: CNI_PATH, the network configuration list, CNI_ARGS as a kubelet
+//! sends them.
+
+use std::path::Path;
+
+use crate::cmd::{self, CommandError};
+use crate::lab::{Lab, LabError};
+use crate::netns;
+use crate::node::private_dir;
+use crate::state::PodState;
+
+/// The interface name runtimes give a pod's network interface.
+pub const POD_IFNAME: &str = "eth0";
+
+/// The network the runtime would pick on a node: the `name` of the first
+/// configuration file (in lexical order) in the node's CNI conf dir.
+pub fn default_network(conf_dir: &Path) -> Result<String, LabError> {
+    let mut files: Vec<_> = std::fs::read_dir(conf_dir)
+        .map_err(|source| LabError::Io {
+            context: format!("reading {}", conf_dir.display()),
+            source,
+        })?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("conf" | "conflist" | "json")
+            )
+        })
+        .collect();
+    files.sort();
+    let first = files.first().ok_or_else(|| LabError::Invalid {
+        what: "CNI configuration directory",
+        name: conf_dir.display().to_string(),
+        problem: "holds no network configuration (is the agent running?)".into(),
+    })?;
+    let text = std::fs::read_to_string(first).map_err(|source| LabError::Io {
+        context: format!("reading {}", first.display()),
+        source,
+    })?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| LabError::Invalid {
+        what: "CNI configuration",
+        name: first.display().to_string(),
+        problem: format!("is not JSON: {e}"),
+    })?;
+    value["name"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| LabError::Invalid {
+            what: "CNI configuration",
+            name: first.display().to_string(),
+            problem: "has no \"name\"".into(),
+        })
+}
+
+fn cnitool(
+    lab: &Lab,
+    node: &str,
+    verb: &str,
+    network: &str,
+    pod_netns: &str,
+    pod: &str,
+) -> Result<String, LabError> {
+    let tool = lab.tools.path("cnitool")?;
+    let mut command = lab.node_command(node, &tool)?;
+    let ns_path = netns::netns_path(pod_netns);
+    command
+        .args([verb, network, &ns_path.to_string_lossy()])
+        .env("CNI_PATH", trellis_mesh::names::DEFAULT_CNI_BIN_DIR)
+        .env("NETCONFPATH", trellis_mesh::names::DEFAULT_CNI_CONF_DIR)
+        .env("CNI_IFNAME", POD_IFNAME)
+        .env(
+            "CNI_ARGS",
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}"),
+        );
+    let shown = format!("cnitool {verb} {network} {} (on {node})", ns_path.display());
+    Ok(cmd::output_of(command, shown)?)
+}
+
+impl Lab {
+    /// Creates pod `pod` on `node` and runs CNI ADD for it (with `network`,
+    /// or the node's default network); returns the CNI result as JSON.
+    pub fn add_pod(
+        &mut self,
+        node: &str,
+        pod: &str,
+        network: Option<&str>,
+    ) -> Result<serde_json::Value, LabError> {
+        crate::plan::validate_node_name(pod)?;
+        let node_state = self.node(node)?.clone();
+        if self
+            .state
+            .pods
+            .iter()
+            .any(|p| p.node == node && p.name == pod)
+        {
+            return Err(LabError::Invalid {
+                what: "pod",
+                name: pod.into(),
+                problem: format!("exists on {node} already"),
+            });
+        }
+        let network = match network {
+            Some(n) => n.to_string(),
+            None => default_network(&private_dir(
+                &node_state.dir,
+                trellis_mesh::names::DEFAULT_CNI_CONF_DIR,
+            ))?,
+        };
+        let pod_netns = self.names().pod_netns(node, pod);
+        netns::create(&pod_netns)?;
+        self.state.pods.push(PodState {
+            name: pod.into(),
+            node: node.into(),
+            netns: pod_netns.clone(),
+            container_id: String::new(),
+            ifname: POD_IFNAME.into(),
+            network: network.clone(),
+        });
+        self.state.save()?;
+        let out = cnitool(self, node, "add", &network, &pod_netns, pod)?;
+        serde_json::from_str(&out).map_err(|e| LabError::Invalid {
+            what: "CNI result for pod",
+            name: pod.into(),
+            problem: format!("is not JSON ({e}): {out}"),
+        })
+    }
+
+    /// Runs CNI DEL for a pod and removes its namespace. Keeps going when
+    /// DEL fails, so the namespace is never leaked; reports the DEL error.
+    pub fn delete_pod(&mut self, node: &str, pod: &str) -> Result<(), LabError> {
+        let Some(state) = self
+            .state
+            .pods
+            .iter()
+            .find(|p| p.node == node && p.name == pod)
+            .cloned()
+        else {
+            return Err(LabError::Invalid {
+                what: "pod",
+                name: pod.into(),
+                problem: format!("is not on {node}"),
+            });
+        };
+        let del = cnitool(self, node, "del", &state.network, &state.netns, pod);
+        netns::kill_all_in(
+            std::slice::from_ref(&state.netns),
+            std::time::Duration::from_secs(2),
+        );
+        netns::delete(&state.netns)?;
+        self.state
+            .pods
+            .retain(|p| !(p.node == node && p.name == pod));
+        self.state.save()?;
+        del.map(drop)
+    }
+
+    /// A command that runs `program` inside a pod's namespace.
+    pub fn pod_command(
+        &self,
+        node: &str,
+        pod: &str,
+        program: &str,
+    ) -> Result<std::process::Command, LabError> {
+        let state = self
+            .state
+            .pods
+            .iter()
+            .find(|p| p.node == node && p.name == pod)
+            .ok_or_else(|| LabError::Invalid {
+                what: "pod",
+                name: pod.into(),
+                problem: format!("is not on {node}"),
+            })?;
+        Ok(netns::Placement::netns(&state.netns).command(program)?)
+    }
+}
+
+/// Pings `target` from a namespace; `Ok` when a reply came back.
+pub fn ping_from(netns_name: &str, target: &str) -> Result<(), CommandError> {
+    cmd::in_netns(netns_name, "ping", &["-c", "1", "-W", "2", target]).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_network_is_the_first_file_by_name() {
+        let dir = std::env::temp_dir().join(format!("trellis-cni-conf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("20-b.conflist"), r#"{"name":"second"}"#).unwrap();
+        std::fs::write(dir.join("10-a.conflist"), r#"{"name":"first"}"#).unwrap();
+        std::fs::write(dir.join("00-ignored.txt"), "x").unwrap();
+        assert_eq!(default_network(&dir).unwrap(), "first");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_empty_conf_dir_says_what_is_missing() {
+        let dir = std::env::temp_dir().join(format!("trellis-cni-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let err = default_network(&dir).unwrap_err().to_string();
+        assert!(err.contains("no network configuration"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
