@@ -200,7 +200,7 @@ pub fn start(
         format!("--service-cluster-ip-range={}", spec.service_cidr()),
         "--leader-elect=false".to_string(),
         "--secure-port=0".to_string(),
-        "--use-service-account-credentials=false".to_string(),
+        "--use-service-account-credentials=true".to_string(),
     ]);
     for (name, command) in [
         ("etcd", etcd),

@@ -2,14 +2,12 @@
 //! plane) and their nodes, recorded in a state file after every step. This
 //! module builds and changes labs; `teardown` removes them.
 
-use std::fs::File;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use nix::fcntl::{Flock, FlockArg};
 use tracing::info;
 
 use crate::cmd::CommandError;
@@ -53,7 +51,7 @@ pub enum LabError {
     AlreadyUp(String),
     #[error("lab {0:?} is not up (no state in {1})")]
     NotUp(String, PathBuf),
-    #[error("all {0} lab slots are in use: take a lab down first (`trellis-lab list`)")]
+    #[error("all {0} lab slots are in use or overlap the host's own networks: take a lab down first (`trellis-lab list`)")]
     NoFreeSlot(u8),
     #[error("the lab needs root (network namespaces, mounts): run it as root")]
     NotRoot,
@@ -105,16 +103,6 @@ pub struct Lab {
     names: Names,
 }
 
-/// Serialises lab creation across processes (slot choice, name checks).
-fn lock_root(root: &Path) -> Result<Flock<File>, LabError> {
-    std::fs::create_dir_all(root).map_err(io_err(format!("creating {}", root.display())))?;
-    let file = File::create(root.join(".lock")).map_err(io_err("creating the lab lock"))?;
-    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| LabError::Io {
-        context: "locking the lab root".into(),
-        source: errno.into(),
-    })
-}
-
 pub fn require_root() -> Result<(), LabError> {
     if nix::unistd::geteuid().is_root() {
         Ok(())
@@ -142,15 +130,16 @@ impl Lab {
         let names = Names::new(&options.name);
         let dir = root.join(&options.name);
         let mut lab = {
-            let _lock = lock_root(&root)?;
+            let _lock = state::lock(&root)?;
             if LabState::path(&dir).exists()
                 || !netns::list_with_prefix(&names.netns_prefix()).is_empty()
             {
                 return Err(LabError::AlreadyUp(options.name.clone()));
             }
             let used: Vec<u8> = state::existing_labs(&root).iter().map(|l| l.slot).collect();
+            let host_networks = underlay::host_networks()?;
             let slot = (0..plan::MAX_LABS)
-                .find(|s| !used.contains(s))
+                .find(|s| !used.contains(s) && !plan::slot_conflicts(*s, &host_networks))
                 .ok_or(LabError::NoFreeSlot(plan::MAX_LABS))?;
             let state = LabState {
                 name: options.name.clone(),
@@ -159,7 +148,6 @@ impl Lab {
                 dir: dir.clone(),
                 next_underlay_index: 2,
                 next_router: 0,
-                created_mountpoints: Vec::new(),
                 clusters: Vec::new(),
                 nodes: Vec::new(),
                 pods: Vec::new(),
@@ -356,11 +344,19 @@ impl Lab {
         ] {
             underlay::sysctl(&netns_name, key, value)?;
         }
-        let created = node::prepare_dirs(&dir, &self.tools.cni_plugin_dir())?;
+        {
+            let root = state::lab_root();
+            let _lock = state::lock(&root)?;
+            let created = node::prepare_dirs(&dir, &self.tools.cni_plugin_dir())?;
+            if !created.is_empty() {
+                let mut points = state::created_mountpoints(&root);
+                points.extend(created);
+                state::set_created_mountpoints(&root, &points)?;
+            }
+        }
         let node_state = self.state.node_mut(&name).expect("just added");
         node_state.v4 = addrs.v4;
         node_state.v6 = addrs.v6;
-        self.state.created_mountpoints.extend(created);
         self.state.save()?;
         let client = kubeconfig::client(&cluster_state.admin_kubeconfig).await?;
         node::register(&client, &name, &addrs.all()).await?;

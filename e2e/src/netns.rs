@@ -246,6 +246,30 @@ impl Placement {
     }
 }
 
+/// Runs `work` on a new thread that has joined namespace `name`; sockets it
+/// opens belong to that namespace. Used by tests to probe the network from a
+/// node or pod without an external tool.
+pub fn run_in<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, NetnsError> {
+    let file = File::open(netns_path(name)).map_err(|source| NetnsError::Missing {
+        name: name.to_string(),
+        source,
+    })?;
+    let netns = name.to_string();
+    std::thread::spawn(move || {
+        setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError::Spawn {
+            what: "setns".into(),
+            netns,
+            source: e.into(),
+        })?;
+        Ok(work())
+    })
+    .join()
+    .expect("the work in the namespace panicked")
+}
+
 fn c_path(path: &Path) -> Result<CString, NetnsError> {
     use std::os::unix::ffi::OsStrExt;
     CString::new(path.as_os_str().as_bytes()).map_err(|_| NetnsError::BadPath(path.to_path_buf()))

@@ -73,10 +73,15 @@ pub fn prepare_dirs(node_dir: &Path, cni_plugins: &Path) -> Result<Vec<PathBuf>,
         let private = private_dir(node_dir, std_path);
         std::fs::create_dir_all(&private).map_err(dir_err(&private))?;
         let target = mount_target(std_path);
-        if !target.exists() {
-            std::fs::create_dir_all(&target).map_err(dir_err(&target))?;
-            created.push(target);
-        }
+        // Record every directory created on the way (`/opt/cni` as well as
+        // `/opt/cni/bin`), so that they can all be removed again.
+        let missing: Vec<PathBuf> = target
+            .ancestors()
+            .take_while(|p| !p.exists())
+            .map(Path::to_path_buf)
+            .collect();
+        std::fs::create_dir_all(&target).map_err(dir_err(&target))?;
+        created.extend(missing);
     }
     let bin = private_dir(node_dir, trellis_mesh::names::DEFAULT_CNI_BIN_DIR);
     if let Ok(entries) = std::fs::read_dir(cni_plugins) {

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 /// Prefix of every network namespace the lab creates.
 pub const NETNS_PREFIX: &str = "tl-";
-/// How many labs can run at once: one per IPv4 documentation range.
-pub const MAX_LABS: u8 = 3;
+/// How many labs can run at once: one underlay /24 each.
+pub const MAX_LABS: u8 = 8;
 /// Port every apiserver listens on (each cluster has its own namespace).
 pub const APISERVER_PORT: u16 = 6443;
 
@@ -66,19 +66,37 @@ pub fn validate_node_name(name: &str) -> Result<(), PlanError> {
         .ok_or_else(|| PlanError::BadNodeName(name.to_string()))
 }
 
-/// The underlay of lab slot `slot`: an IPv4 documentation /24 (RFC 5737) and
-/// an IPv6 documentation /64 (RFC 3849).
+/// The underlay of lab slot `slot`: an IPv4 /24 that is never routed on the
+/// internet — the three documentation ranges (RFC 5737) first, then /24s of
+/// the benchmarking range 198.18.0.0/15 (RFC 2544) — and an IPv6
+/// documentation /64 (RFC 3849). Slots whose ranges the host itself uses are
+/// skipped (see [`slot_conflicts`]): some machines sit on 192.0.2.0/24.
 pub fn underlay(slot: u8) -> (Ipv4Net, Ipv6Net) {
     let v4 = match slot {
         0 => Ipv4Addr::new(192, 0, 2, 0),
         1 => Ipv4Addr::new(198, 51, 100, 0),
-        _ => Ipv4Addr::new(203, 0, 113, 0),
+        2 => Ipv4Addr::new(203, 0, 113, 0),
+        n => Ipv4Addr::new(198, 18, n - 3, 0),
     };
     let v6 = Ipv6Addr::new(0x2001, 0xdb8, u16::from(slot), 0, 0, 0, 0, 0);
     (
         Ipv4Net::new(v4, 24).expect("24 is a valid prefix"),
         Ipv6Net::new(v6, 64).expect("64 is a valid prefix"),
     )
+}
+
+/// Whether the underlay of `slot` overlaps a network the host already has
+/// (an address or a route other than a default route).
+pub fn slot_conflicts(slot: u8, host_networks: &[IpNet]) -> bool {
+    let (v4, v6) = underlay(slot);
+    let ours = [IpNet::V4(v4), IpNet::V6(v6)];
+    host_networks
+        .iter()
+        .filter(|n| n.prefix_len() > 0)
+        .any(|host| {
+            ours.iter()
+                .any(|o| o.contains(&host.network()) || host.contains(&o.network()))
+        })
 }
 
 /// Host `index` of the underlay (1 is the host's own link; 0 and 255 are
@@ -185,6 +203,21 @@ mod tests {
         }
         assert_eq!(nets[0].0.to_string(), "192.0.2.0/24");
         assert_eq!(nets[2].1.to_string(), "2001:db8:2::/64");
+        assert_eq!(nets[3].0.to_string(), "198.18.0.0/24");
+        assert_eq!(nets[7].0.to_string(), "198.18.4.0/24");
+    }
+
+    #[test]
+    fn a_slot_the_host_uses_conflicts() {
+        let host: Vec<IpNet> = ["192.0.2.0/24", "fd00::/64", "0.0.0.0/0", "10.0.0.0/8"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert!(slot_conflicts(0, &host));
+        assert!(!slot_conflicts(1, &host), "a default route is no conflict");
+        let wide: Vec<IpNet> = vec!["198.18.0.0/15".parse().unwrap()];
+        assert!(slot_conflicts(3, &wide) && slot_conflicts(7, &wide));
+        assert!(!slot_conflicts(0, &wide));
     }
 
     #[test]

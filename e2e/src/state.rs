@@ -2,8 +2,11 @@
 //! step, so `lab down` can remove it all even after the process that built
 //! the lab was killed half-way.
 
+use std::fs::File;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -104,8 +107,6 @@ pub struct LabState {
     pub dir: PathBuf,
     pub next_underlay_index: u8,
     pub next_router: u8,
-    /// Mount points the lab created on the host (removed with the last lab).
-    pub created_mountpoints: Vec<PathBuf>,
     pub clusters: Vec<ClusterState>,
     pub nodes: Vec<NodeState>,
     pub pods: Vec<PodState>,
@@ -157,6 +158,52 @@ impl LabState {
     }
 }
 
+/// An exclusive lock on the lab root, held while labs are created and while
+/// the shared mount point record is changed. Released when dropped.
+pub fn lock(root: &Path) -> Result<Flock<File>, StateError> {
+    let path = root.join(".lock");
+    let write_err = |source| StateError::Write {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(root).map_err(write_err)?;
+    let file = File::create(&path).map_err(write_err)?;
+    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| StateError::Write {
+        path: path.clone(),
+        source: errno.into(),
+    })
+}
+
+fn mountpoints_file(root: &Path) -> PathBuf {
+    root.join("created-mountpoints.json")
+}
+
+/// The mount points labs created on the host (shared by all labs: the last
+/// lab to go removes them). Call with the lock held.
+pub fn created_mountpoints(root: &Path) -> Vec<PathBuf> {
+    std::fs::read_to_string(mountpoints_file(root))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+/// Replaces the record of created mount points. Call with the lock held.
+pub fn set_created_mountpoints(root: &Path, points: &[PathBuf]) -> Result<(), StateError> {
+    let path = mountpoints_file(root);
+    let result = if points.is_empty() {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    } else {
+        std::fs::write(
+            &path,
+            serde_json::to_string(points).expect("paths serialize"),
+        )
+    };
+    result.map_err(|source| StateError::Write { path, source })
+}
+
 /// Every lab directory under the root that holds a state file.
 pub fn existing_labs(root: &Path) -> Vec<LabState> {
     let Ok(entries) = std::fs::read_dir(root) else {
@@ -180,7 +227,6 @@ mod tests {
             dir,
             next_underlay_index: 10,
             next_router: 0,
-            created_mountpoints: vec![],
             clusters: vec![],
             nodes: vec![],
             pods: vec![],
@@ -200,6 +246,19 @@ mod tests {
         state.save().unwrap();
         assert_eq!(LabState::load(&state.dir).unwrap(), state);
         assert_eq!(existing_labs(&root), vec![state.clone()]);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn mountpoint_record_round_trips_and_empties() {
+        let root = std::env::temp_dir().join(format!("trellis-mp-{}", std::process::id()));
+        let _lock = lock(&root).unwrap();
+        assert!(created_mountpoints(&root).is_empty());
+        let points = vec![PathBuf::from("/opt/cni"), PathBuf::from("/opt/cni/bin")];
+        set_created_mountpoints(&root, &points).unwrap();
+        assert_eq!(created_mountpoints(&root), points);
+        set_created_mountpoints(&root, &[]).unwrap();
+        assert!(created_mountpoints(&root).is_empty());
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -3,7 +3,6 @@
 //! Keeps going after an error, collects every error, and treats "already
 //! gone" as done.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use tracing::info;
@@ -74,7 +73,7 @@ pub fn down(name: &str) -> DownReport {
                 .push(format!("removing {}: {e}", dir.display()));
         }
     }
-    remove_mountpoints_if_last(saved.as_ref(), &mut report);
+    remove_mountpoints_if_last(name, &mut report);
     info!(
         lab = name,
         stopped = report.processes_stopped,
@@ -94,36 +93,33 @@ fn started_by_lab(pid: i32, lab_dir: &std::path::Path) -> bool {
     text.contains(&*lab_dir.to_string_lossy())
 }
 
-fn remove_mountpoints_if_last(saved: Option<&LabState>, report: &mut DownReport) {
+fn remove_mountpoints_if_last(name: &str, report: &mut DownReport) {
     let root = state::lab_root();
-    let others = state::existing_labs(&root);
-    let mut points: Vec<PathBuf> = saved
-        .map(|s| s.created_mountpoints.clone())
-        .unwrap_or_default();
-    if !others.is_empty() {
-        // Hand them to a lab still running, which removes them in its turn.
-        if let Some(mut heir) = others.into_iter().next() {
-            for p in points.drain(..) {
-                if !heir.created_mountpoints.contains(&p) {
-                    heir.created_mountpoints.push(p);
-                }
-            }
-            if let Err(e) = heir.save() {
-                report.errors.push(e.to_string());
-            }
-        }
-        return;
+    let _lock = match state::lock(&root) {
+        Ok(lock) => lock,
+        Err(e) => return report.errors.push(e.to_string()),
+    };
+    if state::existing_labs(&root).iter().any(|l| l.name != name) {
+        return; // another lab still mounts over them
     }
+    let mut points = state::created_mountpoints(&root);
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    let mut kept = Vec::new();
     for p in points {
         // Only ever an empty directory: never anything a person put there.
         match std::fs::remove_dir(&p) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => report
-                .errors
-                .push(format!("removing mount point {}: {e}", p.display())),
+            Err(e) => {
+                report
+                    .errors
+                    .push(format!("removing mount point {}: {e}", p.display()));
+                kept.push(p);
+            }
         }
+    }
+    if let Err(e) = state::set_created_mountpoints(&root, &kept) {
+        report.errors.push(e.to_string());
     }
 }
 

@@ -129,6 +129,43 @@ pub fn detach(names: &Names, index: u8) -> Result<(), CommandError> {
     }
 }
 
+/// Every network the host namespace has an address in or a route to, so
+/// the lab never takes a range the machine itself uses.
+pub fn host_networks() -> Result<Vec<ipnet::IpNet>, CommandError> {
+    let mut nets = Vec::new();
+    let addrs: serde_json::Value =
+        serde_json::from_str(&cmd::ip(None, &["-j", "addr", "show"])?).unwrap_or_default();
+    for link in addrs.as_array().into_iter().flatten() {
+        for info in link["addr_info"].as_array().into_iter().flatten() {
+            let (Some(local), Some(len)) = (info["local"].as_str(), info["prefixlen"].as_u64())
+            else {
+                continue;
+            };
+            if let Ok(net) = format!("{local}/{len}").parse::<ipnet::IpNet>() {
+                nets.push(net.trunc());
+            }
+        }
+    }
+    for family in ["-4", "-6"] {
+        let routes: serde_json::Value = serde_json::from_str(&cmd::ip(
+            None,
+            &["-j", family, "route", "show", "table", "all"],
+        )?)
+        .unwrap_or_default();
+        for route in routes.as_array().into_iter().flatten() {
+            let Some(dst) = route["dst"].as_str() else {
+                continue;
+            };
+            if let Ok(net) = dst.parse::<ipnet::IpNet>() {
+                nets.push(net);
+            } else if let Ok(addr) = dst.parse::<std::net::IpAddr>() {
+                nets.push(ipnet::IpNet::from(addr));
+            }
+        }
+    }
+    Ok(nets)
+}
+
 /// Sets a sysctl inside a namespace.
 pub fn sysctl(netns: &str, key: &str, value: &str) -> Result<(), CommandError> {
     cmd::in_netns(netns, "sysctl", &["-qw", &format!("{key}={value}")]).map(drop)
