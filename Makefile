@@ -38,6 +38,7 @@ test: tools lint
 ## demo: bring a lab cluster up and show its nodes with their pod CIDRs
 demo: tools
 	$(CARGO) build -p trellis-e2e --bin trellis-lab
+	@target/debug/trellis-lab down --name $(LAB_NAME) >/dev/null 2>&1 || true
 	target/debug/trellis-lab up --name $(LAB_NAME) --nodes $(NODES)
 	@echo
 	kubectl --kubeconfig "$$(target/debug/trellis-lab kubeconfig --name $(LAB_NAME))" get nodes \
