@@ -10,7 +10,7 @@ export PATH := $(TRELLIS_TOOLS_BIN):$(PATH)
 # Root-only tests are #[ignore]d ("needs root"); run them when we are root.
 ROOT_TEST_FLAGS := $(if $(filter 0,$(shell id -u)),--include-ignored,)
 
-.PHONY: all build tools test lint unit-test lab-test demo demo-down lab-up lab-down clean
+.PHONY: all build tools test lint unit-test bench demo demo-down clean
 
 all: build
 
@@ -34,6 +34,10 @@ unit-test:
 test: tools lint
 	@if [ "$$(id -u)" != 0 ]; then echo "NOTE: not root: root-only tests are skipped (shown as ignored)"; fi
 	$(CARGO) test --workspace -- $(ROOT_TEST_FLAGS)
+
+## bench: benchmarks that print figures and ratios and record them in BENCHMARKS.md (root)
+bench: tools
+	$(CARGO) bench -p trellis-cni --bench cni_latency
 
 ## demo: bring a lab cluster up and show its nodes with their pod CIDRs
 demo: tools

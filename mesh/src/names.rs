@@ -35,6 +35,16 @@ pub const DEFAULT_CNI_BIN_DIR: &str = "/opt/cni/bin";
 /// Directory of WireGuard UAPI sockets (shared by `wg` and userspace devices).
 pub const DEFAULT_WIREGUARD_RUN_DIR: &str = "/var/run/wireguard";
 
+/// Route protocol number of the routes the agent owns (to remote pod CIDRs),
+/// so that it only ever changes its own routes (`ip route show proto 84`).
+pub const ROUTE_PROTOCOL_MESH: u8 = 84;
+/// Route protocol number of the host routes the CNI plugin adds to pods.
+pub const ROUTE_PROTOCOL_POD: u8 = 85;
+// 0-4 are the kernel's own protocols (unspec, redirect, kernel, boot, static).
+const _: () = assert!(
+    ROUTE_PROTOCOL_MESH > 4 && ROUTE_PROTOCOL_POD > 4 && ROUTE_PROTOCOL_MESH != ROUTE_PROTOCOL_POD
+);
+
 /// Every node directory Trellis writes to, so that a lab can give each
 /// simulated node a private copy of each one.
 pub const NODE_PRIVATE_DIRS: [&str; 4] = [

@@ -1,0 +1,179 @@
+//! `make bench` (CNI part): ADD and DEL latency of trellis-cni against the
+//! reference ptp + host-local and bridge + host-local plugins, measured in
+//! the same run on the same machine, each call a real process on a real
+//! namespace. Prints p50/p99 per plugin and the ratios, and writes the table
+//! into BENCHMARKS.md. Needs root.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+const CYCLES: usize = 200;
+
+struct Figures {
+    name: &'static str,
+    add: Vec<Duration>,
+    del: Vec<Duration>,
+}
+
+fn percentile(samples: &[Duration], p: f64) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn call(
+    node: &common::Node,
+    command: &str,
+    plugin: &str,
+    cid: &str,
+    netns: &str,
+    conf: &[u8],
+) -> Duration {
+    let path = node.cni_path();
+    let env = [
+        ("CNI_COMMAND", command),
+        ("CNI_CONTAINERID", cid),
+        ("CNI_NETNS", netns),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", path.as_str()),
+    ];
+    let mut c = node
+        .placement
+        .command(node.dir.join("bin").join(plugin))
+        .expect("node namespace");
+    c.env_clear()
+        .envs(env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = c.spawn().expect("plugin starts");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(conf)
+        .expect("stdin written");
+    let out = child.wait_with_output().expect("plugin runs");
+    let took = start.elapsed();
+    assert!(
+        out.status.success(),
+        "{plugin} {command}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    took
+}
+
+fn measure(
+    node: &mut common::Node,
+    name: &'static str,
+    plugin: &str,
+    conf: serde_json::Value,
+) -> Figures {
+    let conf = serde_json::to_vec(&conf).expect("json");
+    let mut figures = Figures {
+        name,
+        add: Vec::new(),
+        del: Vec::new(),
+    };
+    eprint!("{name}: ");
+    for i in 0..CYCLES {
+        let ns_path = node.pod(&format!("{plugin}{i}"));
+        let ns = ns_path.display().to_string();
+        let cid = format!("bench{i}");
+        figures
+            .add
+            .push(call(node, "ADD", plugin, &cid, &ns, &conf));
+        figures
+            .del
+            .push(call(node, "DEL", plugin, &cid, &ns, &conf));
+        trellis_e2e::netns::delete(&node.pod_netns(&format!("{plugin}{i}")))
+            .expect("netns deleted");
+        node.pods.pop();
+        if i % 50 == 49 {
+            eprint!("{} ", i + 1);
+        }
+    }
+    eprintln!("cycles");
+    figures
+}
+
+fn main() {
+    common::require_root();
+    let mut node = common::Node::new("bench");
+    let dir = node.dir.clone();
+    let ipam = |sub: &str| json!({"type": "host-local", "ranges": [[{"subnet": "10.250.0.0/16"}]], "dataDir": dir.join(sub)});
+    let trellis = node.plugin_conf("1.1.0");
+    let ptp = json!({"cniVersion": "1.0.0", "name": "bptp", "type": "ptp", "mtu": 1400, "ipam": ipam("ptp-ipam")});
+    let bridge = json!({"cniVersion": "1.0.0", "name": "bbr", "type": "bridge", "bridge": "cnibr0", "isGateway": true, "ipam": ipam("br-ipam")});
+    let results = vec![
+        measure(&mut node, "trellis-cni", "trellis-cni", trellis),
+        measure(&mut node, "ptp + host-local", "ptp", ptp),
+        measure(&mut node, "bridge + host-local", "bridge", bridge),
+    ];
+    let reference_p99 = percentile(&results[1].add, 99.0);
+    let mut table = String::new();
+    table.push_str(&format!(
+        "ADD and DEL latency, {CYCLES} cycles each, one process per call (wall clock, ms):\n\n"
+    ));
+    table.push_str("| plugin | ADD p50 | ADD p99 | DEL p50 | DEL p99 | ADD p99 vs ptp + host-local |\n|---|---|---|---|---|---|\n");
+    for f in &results {
+        table.push_str(&format!(
+            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2}x |\n",
+            f.name,
+            ms(percentile(&f.add, 50.0)),
+            ms(percentile(&f.add, 99.0)),
+            ms(percentile(&f.del, 50.0)),
+            ms(percentile(&f.del, 99.0)),
+            ms(percentile(&f.add, 99.0)) / ms(reference_p99),
+        ));
+    }
+    let ratio = ms(percentile(&results[0].add, 99.0)) / ms(reference_p99);
+    table.push_str(&format!(
+        "\nTarget: trellis-cni ADD p99 at most 0.5x the ptp + host-local ADD p99 — measured {ratio:.2}x: {}.\n",
+        if ratio <= 0.5 { "met" } else { "NOT met" }
+    ));
+    println!("{table}");
+    update_benchmarks_md("cni-latency", &table);
+}
+
+/// Replaces the section between `<!-- NAME:begin -->` and `<!-- NAME:end -->`
+/// in BENCHMARKS.md (appending it when missing).
+fn update_benchmarks_md(name: &str, body: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| "# Benchmarks\n\nFigures written by `make bench`.\n".into());
+    let (begin, end) = (
+        format!("<!-- {name}:begin -->"),
+        format!("<!-- {name}:end -->"),
+    );
+    let when = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let section = format!(
+        "{begin}\n_Measured {when} by `make bench` on this machine ({} cores)._\n\n{body}{end}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    let new = match (text.find(&begin), text.find(&end)) {
+        (Some(b), Some(e)) if e > b => format!("{}{section}{}", &text[..b], &text[e + end.len()..]),
+        _ => format!("{}\n## CNI plugin latency\n\n{section}\n", text.trim_end()),
+    };
+    std::fs::write(&path, new).expect("BENCHMARKS.md written");
+    eprintln!("wrote {}", path.display());
+}

@@ -1,0 +1,375 @@
+//! The kernel side of an attachment behind one trait, so the plugin's logic
+//! is unit tested against a recording fake and only [`crate::netlink`]
+//! touches the kernel.
+//!
+//! Wiring is point-to-point, with no bridge: a veth pair, the pod end named
+//! CNI_IFNAME inside the pod's namespace holding the pod's /32 and /128; in
+//! the pod a default route through a link-local gateway (169.254.1.1 and
+//! fe80::1) that resolves, by a permanent neighbour entry, to the host end's
+//! fixed MAC; on the host a route to each pod address over the veth.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use sha2::{Digest, Sha256};
+
+use crate::error::CniError;
+
+/// The pod's IPv4 gateway: link-local, the same in every pod.
+pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// The pod's IPv6 gateway: link-local, the same in every pod.
+pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+/// The MAC of every host-side veth, which the gateways resolve to.
+pub const HOST_MAC: [u8; 6] = [0xee; 6];
+/// Prefix of host-side interface names.
+pub const HOST_IFNAME_PREFIX: &str = "tr";
+/// Prefix of the alias that marks host-side links as ours.
+pub const ALIAS_PREFIX: &str = "trellis-cni:";
+
+/// The gateway of a pod address's family.
+pub fn gateway_for(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V4(_) => IpAddr::V4(GATEWAY_V4),
+        IpAddr::V6(_) => IpAddr::V6(GATEWAY_V6),
+    }
+}
+
+/// A pod address as a host prefix (/32 or /128).
+pub fn host_prefix(addr: IpAddr) -> IpNet {
+    IpNet::from(addr)
+}
+
+/// The host-side name of an attachment: deterministic from the container ID
+/// and interface name, 14 characters (within IFNAMSIZ).
+pub fn host_ifname(container_id: &str, ifname: &str) -> String {
+    let digest = Sha256::digest(format!("{container_id}\0{ifname}").as_bytes());
+    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("{HOST_IFNAME_PREFIX}{hex}")
+}
+
+/// Whether `name` has the shape of [`host_ifname`]'s names.
+pub fn is_host_ifname(name: &str) -> bool {
+    name.strip_prefix(HOST_IFNAME_PREFIX).is_some_and(|hex| {
+        hex.len() == 12
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// The alias marking a host-side link as an attachment of `network`.
+pub fn link_alias(network: &str, container_id: &str, ifname: &str) -> String {
+    let mut alias = format!("{}{network}:{container_id}/{ifname}", ALIAS_PREFIX);
+    alias.truncate(255);
+    alias
+}
+
+/// The alias prefix of every host-side link of `network`.
+pub fn network_alias_prefix(network: &str) -> String {
+    format!("{ALIAS_PREFIX}{network}:")
+}
+
+/// What to wire for one attachment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttachmentSpec {
+    pub host_ifname: String,
+    pub pod_ifname: String,
+    pub netns: PathBuf,
+    pub mtu: u32,
+    pub addresses: Vec<IpAddr>,
+    pub alias: String,
+}
+
+/// What wiring produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Wired {
+    pub host_mac: String,
+    pub pod_mac: String,
+}
+
+/// What CHECK reads back from the kernel.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Observed {
+    pub pod_link: Option<LinkState>,
+    pub pod_addresses: Vec<IpNet>,
+    /// (destination, gateway) of the pod's routes on the interface.
+    pub pod_routes: Vec<(IpNet, Option<IpAddr>)>,
+    pub host_link: Option<LinkState>,
+    /// Destinations of the host's routes over the host-side link.
+    pub host_routes: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkState {
+    pub up: bool,
+    pub mtu: u32,
+    pub mac: String,
+}
+
+/// The kernel operations the plugin needs.
+pub trait PodNetwork {
+    /// Whether `ifname` exists in the namespace (an error with code 3 when
+    /// the namespace itself does not exist).
+    fn pod_interface_exists(&mut self, netns: &Path, ifname: &str) -> Result<bool, CniError>;
+    /// Creates and configures the veth pair, addresses, routes, neighbours
+    /// and sysctls. On error it leaves nothing behind.
+    fn wire(&mut self, spec: &AttachmentSpec) -> Result<Wired, CniError>;
+    /// Removes an attachment's links; what is already gone is fine.
+    fn unwire(
+        &mut self,
+        host_ifname: &str,
+        netns: Option<&Path>,
+        pod_ifname: &str,
+    ) -> Result<(), CniError>;
+    /// Reads the attachment back.
+    fn observe(
+        &mut self,
+        netns: &Path,
+        pod_ifname: &str,
+        host_ifname: &str,
+    ) -> Result<Observed, CniError>;
+    /// Names of the host links that are ours: alias starting with
+    /// `alias_prefix`, or no alias and a name of ours ([`is_host_ifname`]:
+    /// an ADD killed between creating the pair and naming it).
+    fn our_host_links(&mut self, alias_prefix: &str) -> Result<Vec<String>, CniError>;
+    /// Deletes a host link; one already gone is fine.
+    fn delete_host_link(&mut self, name: &str) -> Result<(), CniError>;
+    /// Whether a host link is up (`None`: it does not exist).
+    fn host_link_up(&mut self, name: &str) -> Result<Option<bool>, CniError>;
+}
+
+/// A borrowed [`PodNetwork`] is one too (tests keep the fake to inspect it).
+impl<T: PodNetwork + ?Sized> PodNetwork for &mut T {
+    fn pod_interface_exists(&mut self, netns: &Path, ifname: &str) -> Result<bool, CniError> {
+        (**self).pod_interface_exists(netns, ifname)
+    }
+    fn wire(&mut self, spec: &AttachmentSpec) -> Result<Wired, CniError> {
+        (**self).wire(spec)
+    }
+    fn unwire(
+        &mut self,
+        host_ifname: &str,
+        netns: Option<&Path>,
+        pod_ifname: &str,
+    ) -> Result<(), CniError> {
+        (**self).unwire(host_ifname, netns, pod_ifname)
+    }
+    fn observe(
+        &mut self,
+        netns: &Path,
+        pod_ifname: &str,
+        host_ifname: &str,
+    ) -> Result<Observed, CniError> {
+        (**self).observe(netns, pod_ifname, host_ifname)
+    }
+    fn our_host_links(&mut self, alias_prefix: &str) -> Result<Vec<String>, CniError> {
+        (**self).our_host_links(alias_prefix)
+    }
+    fn delete_host_link(&mut self, name: &str) -> Result<(), CniError> {
+        (**self).delete_host_link(name)
+    }
+    fn host_link_up(&mut self, name: &str) -> Result<Option<bool>, CniError> {
+        (**self).host_link_up(name)
+    }
+}
+
+/// A recording fake for unit tests: an in-memory kernel.
+#[derive(Debug, Default)]
+pub struct FakePodNetwork {
+    /// Namespaces that exist.
+    pub namespaces: Vec<PathBuf>,
+    /// Wired attachments.
+    pub wired: Vec<AttachmentSpec>,
+    /// Other host links: (name, alias, up).
+    pub host_links: Vec<(String, String, bool)>,
+    /// Every call, in order.
+    pub calls: Vec<String>,
+    /// Makes the next `wire` fail with this message.
+    pub fail_wire: Option<String>,
+    /// Makes `unwire` fail with this message.
+    pub fail_unwire: Option<String>,
+}
+
+impl FakePodNetwork {
+    fn check_netns(&self, netns: &Path) -> Result<(), CniError> {
+        if self.namespaces.iter().any(|n| n == netns) {
+            Ok(())
+        } else {
+            Err(CniError::UnknownContainer {
+                netns: netns.display().to_string(),
+                reason: "no such file".into(),
+            })
+        }
+    }
+}
+
+impl PodNetwork for FakePodNetwork {
+    fn pod_interface_exists(&mut self, netns: &Path, ifname: &str) -> Result<bool, CniError> {
+        self.calls
+            .push(format!("exists {} {ifname}", netns.display()));
+        self.check_netns(netns)?;
+        Ok(self
+            .wired
+            .iter()
+            .any(|w| w.netns == netns && w.pod_ifname == ifname))
+    }
+
+    fn wire(&mut self, spec: &AttachmentSpec) -> Result<Wired, CniError> {
+        self.calls
+            .push(format!("wire {} {}", spec.host_ifname, spec.pod_ifname));
+        self.check_netns(&spec.netns)?;
+        if let Some(msg) = self.fail_wire.take() {
+            return Err(CniError::Netlink(msg));
+        }
+        self.wired.push(spec.clone());
+        Ok(Wired {
+            host_mac: "ee:ee:ee:ee:ee:ee".into(),
+            pod_mac: "0a:00:00:00:00:01".into(),
+        })
+    }
+
+    fn unwire(
+        &mut self,
+        host_ifname: &str,
+        netns: Option<&Path>,
+        pod_ifname: &str,
+    ) -> Result<(), CniError> {
+        self.calls
+            .push(format!("unwire {host_ifname} {pod_ifname}"));
+        if let Some(msg) = &self.fail_unwire {
+            return Err(CniError::Netlink(msg.clone()));
+        }
+        let _ = netns;
+        self.wired.retain(|w| w.host_ifname != host_ifname);
+        self.host_links.retain(|(n, _, _)| n != host_ifname);
+        Ok(())
+    }
+
+    fn observe(
+        &mut self,
+        netns: &Path,
+        pod_ifname: &str,
+        host_ifname: &str,
+    ) -> Result<Observed, CniError> {
+        self.calls
+            .push(format!("observe {pod_ifname} {host_ifname}"));
+        self.check_netns(netns)?;
+        let Some(w) = self
+            .wired
+            .iter()
+            .find(|w| w.netns == netns && w.pod_ifname == pod_ifname)
+        else {
+            return Ok(Observed::default());
+        };
+        let link = LinkState {
+            up: true,
+            mtu: w.mtu,
+            mac: "0a:00:00:00:00:01".into(),
+        };
+        Ok(Observed {
+            pod_link: Some(link.clone()),
+            pod_addresses: w.addresses.iter().map(|a| host_prefix(*a)).collect(),
+            pod_routes: w
+                .addresses
+                .iter()
+                .map(|a| {
+                    let default: IpNet = if a.is_ipv4() {
+                        "0.0.0.0/0".parse().expect("literal")
+                    } else {
+                        "::/0".parse().expect("literal")
+                    };
+                    (default, Some(gateway_for(*a)))
+                })
+                .collect(),
+            host_link: (w.host_ifname == host_ifname).then_some(LinkState {
+                mac: "ee:ee:ee:ee:ee:ee".into(),
+                ..link
+            }),
+            host_routes: w.addresses.iter().map(|a| host_prefix(*a)).collect(),
+        })
+    }
+
+    fn our_host_links(&mut self, alias_prefix: &str) -> Result<Vec<String>, CniError> {
+        self.calls.push(format!("list {alias_prefix}"));
+        let mut names: Vec<String> = self
+            .wired
+            .iter()
+            .filter(|w| w.alias.starts_with(alias_prefix))
+            .map(|w| w.host_ifname.clone())
+            .collect();
+        names.extend(
+            self.host_links
+                .iter()
+                .filter(|(n, a, _)| {
+                    a.starts_with(alias_prefix) || (a.is_empty() && is_host_ifname(n))
+                })
+                .map(|(n, _, _)| n.clone()),
+        );
+        Ok(names)
+    }
+
+    fn delete_host_link(&mut self, name: &str) -> Result<(), CniError> {
+        self.calls.push(format!("delete {name}"));
+        self.wired.retain(|w| w.host_ifname != name);
+        self.host_links.retain(|(n, _, _)| n != name);
+        Ok(())
+    }
+
+    fn host_link_up(&mut self, name: &str) -> Result<Option<bool>, CniError> {
+        self.calls.push(format!("up? {name}"));
+        Ok(self
+            .host_links
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, _, up)| *up))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_are_deterministic_short_and_distinct() {
+        let a = host_ifname("c1", "eth0");
+        assert_eq!(a, host_ifname("c1", "eth0"));
+        assert_ne!(a, host_ifname("c1", "eth1"));
+        assert_ne!(a, host_ifname("c2", "eth0"));
+        assert!(a.len() <= 15 && a.starts_with(HOST_IFNAME_PREFIX), "{a}");
+        assert!(is_host_ifname(&a));
+        for other in [
+            "trellis",
+            "tr0123",
+            "tr0123456789aB",
+            "eth0",
+            "tr0123456789abc",
+        ] {
+            assert!(!is_host_ifname(other), "{other}");
+        }
+        crate::env::check_ifname(&a).unwrap();
+    }
+
+    #[test]
+    fn aliases_fit_the_kernel_limit_and_carry_the_network() {
+        let long = "c".repeat(400);
+        let alias = link_alias("trellis", &long, "eth0");
+        assert!(alias.len() <= 255);
+        assert!(alias.starts_with(&network_alias_prefix("trellis")));
+        assert!(!link_alias("other", "c", "eth0").starts_with(&network_alias_prefix("trellis")));
+    }
+
+    #[test]
+    fn gateways_are_link_local_per_family() {
+        assert_eq!(
+            gateway_for("10.0.0.5".parse().unwrap()),
+            IpAddr::V4(GATEWAY_V4)
+        );
+        assert_eq!(
+            gateway_for("fd00::5".parse().unwrap()),
+            IpAddr::V6(GATEWAY_V6)
+        );
+        assert_eq!(host_prefix("10.0.0.5".parse().unwrap()).prefix_len(), 32);
+        assert_eq!(host_prefix("fd00::5".parse().unwrap()).prefix_len(), 128);
+    }
+}

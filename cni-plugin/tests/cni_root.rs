@@ -1,0 +1,511 @@
+//! Root tests of trellis-cni in throwaway namespaces: the real binary, the
+//! real CNI runtime tool (cnitool, i.e. libcni) and reference plugins.
+//! Ignored when not root; `make test` runs them as root.
+
+mod common;
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+use common::{json, ping, Node, NODE_ADDR};
+use serde_json::json;
+use trellis_e2e::{cmd, netns};
+
+fn addr_of(result: &serde_json::Value, v4: bool) -> String {
+    result["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ip| {
+            ip["address"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .find(|a| a.contains('.') == v4)
+        .unwrap()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn cnitool_drives_a_chain_with_portmap_bandwidth_and_tuning() {
+    let mut node = Node::new("chain");
+    node.write_conflist(
+        "1.1.0",
+        &[
+            json!({"type": "portmap", "backend": "nftables", "capabilities": {"portMappings": true}}),
+            json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}),
+            json!({"type": "tuning", "sysctl": {"net.ipv4.conf.eth0.arp_notify": "1"}}),
+        ],
+    );
+    let caps = r#"{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp"}],"bandwidth":{"ingressRate":100000000,"ingressBurst":1000000,"egressRate":100000000,"egressBurst":1000000}}"#;
+    let p1 = node.pod("p1");
+    let p2 = node.pod("p2");
+    let add1 = node.cnitool("add", &p1, Some(caps));
+    assert!(
+        add1.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&add1.stdout),
+        String::from_utf8_lossy(&add1.stderr)
+    );
+    let r1 = json(&add1);
+    let add2 = node.cnitool("add", &p2, None);
+    assert!(
+        add2.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add2.stderr)
+    );
+    let r2 = json(&add2);
+    let (ns1, ns2) = (node.pod_netns("p1"), node.pod_netns("p2"));
+
+    // Two pods reach each other and the node, over IPv4 and IPv6.
+    assert!(ping(&ns1, &addr_of(&r2, true)), "pod to pod, IPv4");
+    assert!(ping(&ns1, &addr_of(&r2, false)), "pod to pod, IPv6");
+    assert!(ping(&ns2, NODE_ADDR), "pod to node");
+    assert!(ping(&node.name, &addr_of(&r1, true)), "node to pod");
+
+    // The pod's interface: MTU from the config, IPv6 address not stalled in
+    // duplicate address detection, and the tuning plugin ran after us.
+    let link = cmd::ip(Some(&ns1), &["-d", "link", "show", "eth0"]).unwrap();
+    assert!(link.contains("mtu 1400"), "{link}");
+    let v6 = cmd::ip(Some(&ns1), &["-6", "addr", "show", "dev", "eth0"]).unwrap();
+    assert!(!v6.contains("tentative"), "{v6}");
+    let arp_notify =
+        cmd::in_netns(&ns1, "sysctl", &["-n", "net.ipv4.conf.eth0.arp_notify"]).unwrap();
+    assert_eq!(
+        arp_notify.trim(),
+        "1",
+        "tuning got our prevResult and found eth0"
+    );
+
+    // Bandwidth shaped the host end found in our result.
+    let host_if = r1["interfaces"][0]["name"].as_str().unwrap().to_string();
+    let qdisc = cmd::ip(
+        None,
+        &[
+            "netns", "exec", &node.name, "tc", "qdisc", "show", "dev", &host_if,
+        ],
+    )
+    .unwrap();
+    assert!(qdisc.contains("tbf"), "{qdisc}");
+
+    // The port mapping reaches a server in pod 1, from pod 2 and from the node.
+    let listener = netns::run_in(&ns1, || TcpListener::bind("0.0.0.0:80").unwrap()).unwrap();
+    let server = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let (mut conn, _) = listener.accept().unwrap();
+            std::io::Write::write_all(&mut conn, b"hello from p1").unwrap();
+        }
+    });
+    for from in [ns2.clone(), node.name.clone()] {
+        let got = netns::run_in(&from, || {
+            let mut conn = TcpStream::connect_timeout(
+                &format!("{NODE_ADDR}:8080").parse().unwrap(),
+                Duration::from_secs(3),
+            )
+            .unwrap();
+            let mut text = String::new();
+            conn.read_to_string(&mut text).unwrap();
+            text
+        })
+        .unwrap();
+        assert_eq!(got, "hello from p1", "through the port mapping from {from}");
+    }
+    server.join().unwrap();
+
+    // CHECK and STATUS pass; STATUS fails with 50 when the mesh is down.
+    let check = node.cnitool("check", &p1, Some(caps));
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let status = node.cnitool("status", &p1, None);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    cmd::ip(Some(&node.name), &["link", "set", "trellis", "down"]).unwrap();
+    let status = node.cnitool("status", &p1, None);
+    assert!(!status.status.success());
+    let msg = String::from_utf8_lossy(&status.stderr);
+    assert!(msg.contains("trellis is down"), "{msg}");
+    cmd::ip(Some(&node.name), &["link", "set", "trellis", "up"]).unwrap();
+
+    // DEL, twice: addresses released, host link gone.
+    assert_eq!(node.allocations().len(), 4);
+    for _ in 0..2 {
+        let del = node.cnitool("del", &p1, Some(caps));
+        assert!(
+            del.status.success(),
+            "{}",
+            String::from_utf8_lossy(&del.stderr)
+        );
+    }
+    assert_eq!(node.allocations().len(), 2);
+    assert!(!node.host_links().contains(&host_if));
+
+    // GC through libcni with no valid attachment: p2 goes too.
+    let gc = node.cnitool("gc", &p2, None);
+    assert!(
+        gc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
+    assert!(node.allocations().is_empty());
+    assert!(node.host_links().is_empty(), "{:?}", node.host_links());
+}
+
+fn add_env<'a>(node_path: &'a str, cid: &'a str, netns: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", cid),
+        ("CNI_NETNS", netns),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", node_path),
+        (
+            "CNI_ARGS",
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=x",
+        ),
+    ]
+}
+
+#[test]
+#[ignore = "needs root"]
+fn sixty_four_concurrent_adds_and_dels() {
+    let mut node = Node::new("conc");
+    let conf = serde_json::to_vec(&node.plugin_conf("1.1.0")).unwrap();
+    let path = node.cni_path();
+    let pods: Vec<String> = (0..64)
+        .map(|i| node.pod(&format!("c{i}")).display().to_string())
+        .collect();
+    let spawn_all = |command: &str| {
+        let children: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| {
+                let cid = format!("conc{i}");
+                let mut env = add_env(&path, &cid, ns);
+                env[0].1 = command;
+                let mut c = node.plugin_command(&env);
+                c.stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped());
+                let mut child = c.spawn().unwrap();
+                std::io::Write::write_all(&mut child.stdin.take().unwrap(), &conf).unwrap();
+                child
+            })
+            .collect();
+        children
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let outputs = spawn_all("ADD");
+    let mut v4 = std::collections::BTreeSet::new();
+    for out in &outputs {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        v4.insert(addr_of(&json(out), true));
+    }
+    assert_eq!(v4.len(), 64, "64 distinct IPv4 addresses");
+    assert_eq!(node.allocations().len(), 128);
+    assert_eq!(node.host_links().len(), 64);
+    for out in spawn_all("DEL") {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    assert!(node.allocations().is_empty(), "{:?}", node.allocations());
+    assert!(node.host_links().is_empty(), "{:?}", node.host_links());
+}
+
+#[test]
+#[ignore = "needs root"]
+fn adds_killed_at_random_points_leak_nothing_after_gc() {
+    let mut node = Node::new("kill");
+    let conf = serde_json::to_vec(&node.plugin_conf("1.1.0")).unwrap();
+    let path = node.cni_path();
+    let mut survivors = Vec::new();
+    let mut killed = 0;
+    for i in 0..40 {
+        let ns = node.pod(&format!("k{i}")).display().to_string();
+        let cid = format!("kill{i}");
+        let env = add_env(&path, &cid, &ns);
+        let mut c = node.plugin_command(&env);
+        c.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        let mut child = c.spawn().unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), &conf).unwrap();
+        // A pseudo-random delay between 0 and ~6 ms, from the clock.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        std::thread::sleep(Duration::from_micros(u64::from(nanos % 6000)));
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        if out.status.success() {
+            survivors.push(cid);
+        } else {
+            killed += 1;
+        }
+    }
+    assert!(
+        killed > 0,
+        "no ADD was killed mid-way: the test proved nothing"
+    );
+    let valid: Vec<serde_json::Value> = survivors
+        .iter()
+        .map(|c| json!({"containerID": c, "ifname": "eth0"}))
+        .collect();
+    let mut gc_conf = node.plugin_conf("1.1.0");
+    gc_conf["cni.dev/valid-attachments"] = json!(valid);
+    let gc = node.plugin(
+        &[("CNI_COMMAND", "GC"), ("CNI_PATH", &path)],
+        &serde_json::to_vec(&gc_conf).unwrap(),
+    );
+    assert!(
+        gc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gc.stdout)
+    );
+    assert_eq!(
+        node.allocations().len(),
+        survivors.len() * 2,
+        "only the completed ADDs keep addresses ({killed} killed)"
+    );
+    let mut links = node.host_links();
+    links.sort();
+    let mut expected: Vec<String> = survivors
+        .iter()
+        .map(|c| trellis_cni::podnet::host_ifname(c, "eth0"))
+        .collect();
+    expected.sort();
+    assert_eq!(links, expected);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn bad_inputs_get_the_right_code_and_lose_nothing() {
+    let mut node = Node::new("bad");
+    let path = node.cni_path();
+    let good = serde_json::to_vec(&node.plugin_conf("1.1.0")).unwrap();
+    let keeper = node.pod("keeper").display().to_string();
+    let kept = node.plugin(&add_env(&path, "keeper", &keeper), &good);
+    assert!(kept.status.success());
+    let keeper_ip = addr_of(&json(&kept), true);
+    let before = node.allocations();
+
+    let spare = node.pod("spare").display().to_string();
+    let long_if = "a-very-long-name";
+    let mut bad_version = node.plugin_conf("1.1.0");
+    bad_version["cniVersion"] = json!("9.9.9");
+    let mut garbage_prev = node.plugin_conf("1.1.0");
+    garbage_prev["prevResult"] = json!({"ips": "not a list"});
+    let with = |over: &[(&'static str, &str)]| {
+        let mut env: Vec<(&str, String)> = add_env(&path, "spare", &spare)
+            .into_iter()
+            .map(|(k, v)| (k, v.to_string()))
+            .collect();
+        for (k, v) in over {
+            env.retain(|(key, _)| key != k);
+            if *v != "<unset>" {
+                env.push((*k, v.to_string()));
+            }
+        }
+        env
+    };
+    // (what, environment, stdin, expected code, words the details must hold)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, Vec<u8>, u64, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "malformed JSON",
+            with(&[]),
+            b"{\"cniVersion\":".to_vec(),
+            6,
+            "network configuration",
+        ),
+        ("empty stdin", with(&[]), Vec::new(), 6, "empty"),
+        (
+            "no CNI_COMMAND",
+            with(&[("CNI_COMMAND", "<unset>")]),
+            good.clone(),
+            4,
+            "CNI_COMMAND",
+        ),
+        (
+            "bad CNI_COMMAND",
+            with(&[("CNI_COMMAND", "EXPLODE")]),
+            good.clone(),
+            4,
+            "CNI_COMMAND",
+        ),
+        (
+            "no CNI_CONTAINERID",
+            with(&[("CNI_CONTAINERID", "<unset>")]),
+            good.clone(),
+            4,
+            "CNI_CONTAINERID",
+        ),
+        (
+            "no CNI_NETNS",
+            with(&[("CNI_NETNS", "<unset>")]),
+            good.clone(),
+            4,
+            "CNI_NETNS",
+        ),
+        (
+            "no CNI_IFNAME",
+            with(&[("CNI_IFNAME", "<unset>")]),
+            good.clone(),
+            4,
+            "CNI_IFNAME",
+        ),
+        (
+            "ifname too long",
+            with(&[("CNI_IFNAME", long_if)]),
+            good.clone(),
+            4,
+            "longer than 15",
+        ),
+        (
+            "unknown cniVersion",
+            with(&[]),
+            serde_json::to_vec(&bad_version).unwrap(),
+            1,
+            "9.9.9",
+        ),
+        (
+            "missing netns",
+            with(&[("CNI_NETNS", "/run/netns/tc-bad-does-not-exist")]),
+            good.clone(),
+            3,
+            "does not exist",
+        ),
+        (
+            "garbage prevResult",
+            with(&[]),
+            serde_json::to_vec(&garbage_prev).unwrap(),
+            6,
+            "prevResult",
+        ),
+        (
+            "existing interface",
+            with(&[("CNI_NETNS", &keeper), ("CNI_CONTAINERID", "other")]),
+            good.clone(),
+            102,
+            "already exists",
+        ),
+    ];
+    for (what, env, stdin, code, needle) in cases {
+        let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let out = node.plugin(&env_refs, &stdin);
+        assert!(!out.status.success(), "{what}: succeeded");
+        assert!(
+            out.stderr.is_empty() || !String::from_utf8_lossy(&out.stderr).contains("panicked"),
+            "{what}: panicked"
+        );
+        let err = json(&out);
+        assert_eq!(err["code"], code, "{what}: {err}");
+        assert!(
+            err["details"].as_str().unwrap().contains(needle),
+            "{what}: {err}"
+        );
+        assert!(!err["msg"].as_str().unwrap().is_empty());
+        assert_eq!(node.allocations(), before, "{what}: the store changed");
+    }
+
+    // An exhausted range: a /30 has one address for pods.
+    let mut small = node.plugin_conf("1.1.0");
+    small["name"] = json!("small");
+    small["podCIDRs"] = json!(["10.9.0.0/30"]);
+    let small = serde_json::to_vec(&small).unwrap();
+    let ns = node.pod("s1").display().to_string();
+    assert!(node
+        .plugin(&add_env(&path, "s1", &ns), &small)
+        .status
+        .success());
+    let ns = node.pod("s2").display().to_string();
+    let out = node.plugin(&add_env(&path, "s2", &ns), &small);
+    let err = json(&out);
+    assert_eq!(err["code"], 101, "{err}");
+    assert!(
+        err["details"].as_str().unwrap().contains("10.9.0.0/30"),
+        "{err}"
+    );
+    assert!(
+        !node
+            .host_links()
+            .contains(&trellis_cni::podnet::host_ifname("s2", "eth0")),
+        "no link left by the failed ADD"
+    );
+
+    // The pod added before every bad call still works.
+    assert_eq!(
+        node.allocations()
+            .iter()
+            .filter(|a| before.contains(a))
+            .count(),
+        before.len()
+    );
+    assert!(
+        ping(&node.name, &keeper_ip),
+        "the earlier pod still reachable"
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn results_have_the_shape_of_each_supported_version() {
+    let mut node = Node::new("shape");
+    let path = node.cni_path();
+    for (i, version) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+        .iter()
+        .enumerate()
+    {
+        let ns = node.pod(&format!("v{i}")).display().to_string();
+        let conf = serde_json::to_vec(&node.plugin_conf(version)).unwrap();
+        let out = node.plugin(&add_env(&path, &format!("v{i}"), &ns), &conf);
+        assert!(
+            out.status.success(),
+            "{version}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let r = json(&out);
+        assert_eq!(r["cniVersion"], *version);
+        let ips = r["ips"].as_array().unwrap();
+        assert_eq!(ips.len(), 2);
+        for ip in ips {
+            assert_eq!(
+                ip.get("version").is_some(),
+                version.starts_with("0."),
+                "{version}: {ip}"
+            );
+            assert_eq!(ip["interface"], 1);
+        }
+        assert_eq!(
+            r["interfaces"][1].get("mtu").is_some(),
+            *version == "1.1.0",
+            "{version}"
+        );
+        assert_eq!(r["interfaces"][1]["sandbox"], ns);
+        assert!(r["routes"].is_array() && r["dns"].is_object());
+        let version_out = node.plugin(
+            &[("CNI_COMMAND", "VERSION")],
+            format!(r#"{{"cniVersion":"{version}"}}"#).as_bytes(),
+        );
+        assert_eq!(json(&version_out)["cniVersion"], *version);
+    }
+}
