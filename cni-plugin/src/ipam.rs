@@ -174,7 +174,9 @@ impl Store {
                 .collect();
             match self.next_free(cidr, &used) {
                 Some(addr) => {
-                    if let Err(e) = self.write_allocation(addr, owner) {
+                    if let Err(e) =
+                        self.write_atomic(&self.dir.join(addr.to_string()), &owner.encode(), true)
+                    {
                         self.undo(&fresh);
                         return Err(e);
                     }
@@ -189,6 +191,13 @@ impl Store {
                         in_use: used.len(),
                     });
                 }
+            }
+        }
+        if !fresh.is_empty() {
+            // One directory sync makes every new entry durable.
+            if let Err(e) = self.sync_dir() {
+                self.undo(&fresh);
+                return Err(e);
             }
         }
         Ok(result)
@@ -207,6 +216,9 @@ impl Store {
         for addr in self.addresses_of(owner)? {
             self.remove(addr)?;
             released.push(addr);
+        }
+        if !released.is_empty() {
+            self.sync_dir()?;
         }
         Ok(released)
     }
@@ -230,6 +242,11 @@ impl Store {
             }
             Err(e) => errors.push(e),
         }
+        if !released.is_empty() {
+            if let Err(e) = self.sync_dir() {
+                errors.push(e);
+            }
+        }
         (released, errors)
     }
 
@@ -239,7 +256,7 @@ impl Store {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(CniError::io(format!("removing {}", path.display()))(e))
             }
-            _ => self.sync_dir(),
+            _ => Ok(()),
         }
     }
 
@@ -288,15 +305,14 @@ impl Store {
     }
 
     fn remember_last(&self, cidr: &IpNet, addr: IpAddr) {
-        // Only a hint for round-robin: losing it costs nothing.
-        let _ = self.write_atomic(&self.last_path(cidr), &addr.to_string());
+        // Only a hint for round-robin: losing it in a crash costs nothing,
+        // so it is renamed into place but not synced.
+        let _ = self.write_atomic(&self.last_path(cidr), &addr.to_string(), false);
     }
 
-    fn write_allocation(&self, addr: IpAddr, owner: &Owner) -> Result<(), CniError> {
-        self.write_atomic(&self.dir.join(addr.to_string()), &owner.encode())
-    }
-
-    fn write_atomic(&self, path: &Path, contents: &str) -> Result<(), CniError> {
+    /// Writes `path` through a temp file and a rename; with `durable`, the
+    /// file's data is synced first (the caller syncs the directory).
+    fn write_atomic(&self, path: &Path, contents: &str, durable: bool) -> Result<(), CniError> {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
@@ -310,11 +326,12 @@ impl Store {
                 .mode(0o600)
                 .open(&tmp)?;
             file.write_all(contents.as_bytes())?;
-            file.sync_all()?;
+            if durable {
+                file.sync_all()?;
+            }
             fs::rename(&tmp, path)
         };
-        write().map_err(CniError::io(format!("writing {}", path.display())))?;
-        self.sync_dir()
+        write().map_err(CniError::io(format!("writing {}", path.display())))
     }
 
     fn sync_dir(&self) -> Result<(), CniError> {

@@ -407,10 +407,8 @@ impl PodNetwork for Netlink {
         pod_ifname: &str,
     ) -> Result<(), CniError> {
         let mut errors = Vec::new();
-        if let Err(e) = self.rt.block_on(Self::delete_link(&self.host, host_ifname)) {
-            errors.push(e);
-        }
-        // When the host end was gone already, the pod end may still exist.
+        // The pod end first (deleting either end deletes the pair); then the
+        // host end, which is still there when the pod end was gone already.
         if let Some(path) = netns {
             match Self::open_netns(path).and_then(|ns| self.handle_in(&ns, path)) {
                 Ok(pod) => {
@@ -421,6 +419,9 @@ impl PodNetwork for Netlink {
                 Err(CniError::UnknownContainer { .. }) => {}
                 Err(e) => errors.push(e),
             }
+        }
+        if let Err(e) = self.rt.block_on(Self::delete_link(&self.host, host_ifname)) {
+            errors.push(e);
         }
         CniError::collect(errors)
     }
