@@ -402,3 +402,74 @@ fn errors_are_written_in_the_configurations_version() {
         .unwrap()
         .contains("CNI_CONTAINERID"));
 }
+
+mod never_panics {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn proptest_dir() -> PathBuf {
+        std::env::temp_dir().join(format!("trellis-cni-proptest-{}", std::process::id()))
+    }
+
+    fn command() -> impl Strategy<Value = Option<String>> {
+        prop_oneof![
+            Just(None),
+            Just(Some("ADD".to_string())),
+            Just(Some("DEL".to_string())),
+            Just(Some("CHECK".to_string())),
+            Just(Some("STATUS".to_string())),
+            Just(Some("GC".to_string())),
+            Just(Some("VERSION".to_string())),
+            ".{0,12}".prop_map(Some),
+        ]
+    }
+
+    fn stdin() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..200),
+            // Valid configurations with fields replaced by arbitrary JSON.
+            (".{0,8}", prop_oneof![Just(json!(null)), Just(json!(7)), Just(json!("x")), Just(json!([1])), Just(json!({"a": 1}))])
+                .prop_map(|(key, value)| {
+                    let mut conf = json!({"cniVersion": "1.1.0", "name": "n", "podCIDRs": ["10.1.0.0/24"], "dataDir": proptest_dir()});
+                    for k in ["cniVersion", "name", "podCIDRs", "mtu", "prevResult", "ipam", "cni.dev/valid-attachments", key.as_str()] {
+                        if key.len() % 2 == 0 || k == key {
+                            conf[k] = value.clone();
+                        }
+                    }
+                    serde_json::to_vec(&conf).unwrap()
+                }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+        /// Whatever the runtime hands it, the plugin answers with a result
+        /// or a CNI error object on stdout: it never panics.
+        #[test]
+        fn any_input_gets_a_result_or_an_error_object(
+            cmd in command(),
+            cid in proptest::option::of(".{0,20}"),
+            netns in proptest::option::of(prop_oneof![Just("/run/netns/pod1".to_string()), ".{0,20}"]),
+            ifname in proptest::option::of(".{0,20}"),
+            args in proptest::option::of(".{0,30}"),
+            stdin in stdin(),
+        ) {
+            let mut map = BTreeMap::new();
+            for (k, v) in [("CNI_COMMAND", cmd), ("CNI_CONTAINERID", cid), ("CNI_NETNS", netns), ("CNI_IFNAME", ifname), ("CNI_ARGS", args), ("CNI_PATH", Some("/opt/cni/bin".into()))] {
+                if let Some(v) = v {
+                    map.insert(k.to_string(), v);
+                }
+            }
+            let mut net = FakePodNetwork { namespaces: vec![PathBuf::from("/run/netns/pod1")], ..Default::default() };
+            let out = run(|k| map.get(k).cloned(), &stdin, || Ok(&mut net));
+            let _ = std::fs::remove_dir_all(proptest_dir());
+            if out.success {
+                prop_assert!(out.stdout.is_empty() || serde_json::from_str::<Value>(&out.stdout).is_ok());
+            } else {
+                let err: Value = serde_json::from_str(&out.stdout).expect("an error object");
+                prop_assert!(err["code"].as_u64().is_some());
+                prop_assert!(!err["details"].as_str().unwrap_or_default().is_empty());
+            }
+        }
+    }
+}
