@@ -50,7 +50,8 @@ impl Log {
                 .is_ok()
         });
         if !written {
-            let _ = std::io::stderr().write_all(text.as_bytes());
+            // eprint! (not a raw stderr write) so that tests capture it.
+            eprint!("{text}");
         }
     }
 }
