@@ -1,5 +1,16 @@
-//! Pure mesh logic of Trellis: the names every component agrees on, and (as
-//! the mesh grows) annotation parsing, the desired state of one node and the
-//! plan that turns observed into desired. No I/O lives here.
+//! Pure mesh logic of Trellis, with no I/O: the names every component
+//! agrees on, the Node annotation schema, the desired state of one node
+//! computed from a snapshot of the cluster, and the plan that turns what a
+//! node observed into what it should have. The agent feeds it snapshots and
+//! observations and applies the plans it returns.
 
+pub mod annotations;
+pub mod desired;
+pub mod key;
 pub mod names;
+pub mod nft;
+pub mod plan;
+
+pub use desired::{desired, Desired, DesiredPeer, LocalNode, NodeInfo, Rejection};
+pub use key::PublicKey;
+pub use plan::{plan, Observed, ObservedPeer, PeerChange, Plan, Route};
