@@ -1,4 +1,17 @@
-//! The Trellis node agent library: watches, reconcile and dataplane land
-//! here in their own issue. For now it only names what it will own.
+//! The Trellis node agent: turns the cluster's Node objects into a full
+//! mesh of direct WireGuard tunnels on this node, and keeps it right. The
+//! pure logic lives in `trellis-mesh`; here are the I/O around it.
+
+pub mod agent;
+pub mod cni_conf;
+pub mod config;
+pub mod dataplane;
+pub mod kernel_wg;
+pub mod key;
+pub mod kube_io;
+pub mod link;
+pub mod metrics;
+pub mod reconcile;
+pub mod wg;
 
 pub use trellis_mesh::names;

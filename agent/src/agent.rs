@@ -1,0 +1,199 @@
+//! The agent's runtime: watch Nodes with a reflector, reconcile on every
+//! change and on a resync timer, back off after errors, publish the node's
+//! own annotations, write the CNI configuration, report Events, metrics and
+//! readiness; on SIGTERM stop and leave the dataplane running.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::Api;
+use tokio::sync::Notify;
+use trellis_mesh::annotations::own_annotations;
+use trellis_mesh::LocalNode;
+
+use crate::config::{Config, DataplaneMode};
+use crate::dataplane::NodeDataplane;
+use crate::key::PrivateKey;
+use crate::kube_io::{self, EventSink};
+use crate::link::{self, Links};
+use crate::metrics::{self, Metrics, Readiness};
+use crate::reconcile::Reconciler;
+use crate::wg::{Uapi, WireGuard};
+use crate::{cni_conf, kernel_wg};
+
+/// WireGuard's overhead on an IPv6 underlay: 40 (IPv6) + 8 (UDP) + 32.
+const WIREGUARD_OVERHEAD: u32 = 80;
+const DEFAULT_MTU: u32 = 1420;
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+fn choose_device(config: &Config) -> anyhow::Result<(Box<dyn WireGuard>, bool)> {
+    let uapi = Uapi::new(&config.uapi_socket(), &config.interface);
+    let kernel = || -> anyhow::Result<(Box<dyn WireGuard>, bool)> {
+        Ok((Box::new(kernel_wg::KernelWg::new(&config.interface)?), true))
+    };
+    let userspace = || -> (Box<dyn WireGuard>, bool) { (Box::new(uapi.clone()), false) };
+    Ok(match config.dataplane {
+        DataplaneMode::Kernel => kernel()?,
+        DataplaneMode::Userspace => userspace(),
+        // A running userspace device wins (it was started for a reason);
+        // otherwise the kernel module when loaded.
+        DataplaneMode::Auto if uapi.exists() => userspace(),
+        DataplaneMode::Auto if kernel_wg::available() => kernel()?,
+        DataplaneMode::Auto => userspace(),
+    })
+}
+
+fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
+    (host, port).to_socket_addrs().ok()?.next()
+}
+
+async fn kube_client(config: &Config) -> anyhow::Result<kube::Client> {
+    let kube_config = match &config.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no kubeconfig given and no in-cluster configuration")?,
+    };
+    Ok(kube::Client::try_from(kube_config)?)
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let key = PrivateKey::load_or_generate(&config.key_path())?;
+    let public_key = key.public_key();
+    tracing::info!(node = %config.node_name, public_key = %public_key, interface = %config.interface, "starting");
+    let client = kube_client(&config).await?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    link::enable_forwarding().context("enabling IP forwarding")?;
+    let links = Links::connect().context("opening netlink")?;
+    let (wg, creates_interface) = choose_device(&config)?;
+    tracing::info!(kernel = creates_interface, "WireGuard dataplane chosen");
+
+    let metrics = Metrics::default();
+    let readiness = Readiness::default();
+    readiness.set_not_ready("starting");
+    {
+        let (m, r, addr) = (metrics.clone(), readiness.clone(), config.metrics_address);
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, &m, r).await {
+                tracing::error!(error = %e, address = %addr, "metrics endpoint failed");
+            }
+        });
+    }
+
+    // The reflector keeps the last known Nodes through API outages.
+    let (store, writer) = reflector::store::<Node>();
+    let changed = Arc::new(Notify::new());
+    {
+        let changed = changed.clone();
+        let stream = reflector(writer, watcher(nodes.clone(), watcher::Config::default()))
+            .default_backoff()
+            .touched_objects();
+        tokio::spawn(async move {
+            futures::pin_mut!(stream);
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(_) => changed.notify_one(),
+                    Err(e) => tracing::warn!(error = %e, "watching Nodes (retrying with backoff)"),
+                }
+            }
+        });
+    }
+    store
+        .wait_until_ready()
+        .await
+        .context("the Node reflector stopped")?;
+
+    let dataplane = NodeDataplane {
+        wg,
+        links: links.clone(),
+        interface: config.interface.clone(),
+        private_key: key,
+        nft_table: config.nft_table.clone(),
+        last_nft: None,
+        creates_interface,
+    };
+    let mut reconciler: Option<Reconciler<NodeDataplane>> = None;
+    let mut pending_dataplane = Some(dataplane);
+    let mut events: Option<EventSink> = None;
+    let mut backoff = Duration::from_secs(1);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let snapshot: Vec<Arc<Node>> = store.state();
+        let own = snapshot
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(config.node_name.as_str()))
+            .cloned();
+        let result: anyhow::Result<()> = async {
+            let own = own.with_context(|| format!("Node {} is not in the cluster (yet)", config.node_name))?;
+            let own_ips = kube_io::internal_ips(&own);
+            let endpoint_ip: Option<IpAddr> = config.endpoint_address.or_else(|| own_ips.iter().find(|a| a.is_ipv4()).or(own_ips.first()).copied());
+            let endpoint = endpoint_ip.map(|ip| SocketAddr::new(ip, config.listen_port));
+            if kube_io::publish_annotations(&nodes, &own, &own_annotations(&public_key, endpoint)).await? {
+                tracing::info!(?endpoint, "published this node's public key and endpoint");
+            }
+            if events.is_none() {
+                events = Some(EventSink::new(client.clone(), &own));
+            }
+            let reconciler = match reconciler.as_mut() {
+                Some(r) => r,
+                None => {
+                    let underlay_mtu = match endpoint_ip {
+                        Some(ip) => links.mtu_of_interface_with(ip).await.ok().flatten(),
+                        None => None,
+                    };
+                    let mtu = config.mtu.unwrap_or_else(|| underlay_mtu.map(|m| m - WIREGUARD_OVERHEAD).unwrap_or(DEFAULT_MTU));
+                    tracing::info!(mtu, ?underlay_mtu, "MTU");
+                    let local = LocalNode { name: config.node_name.clone(), public_key, interface: config.interface.clone(), listen_port: config.listen_port, mtu };
+                    reconciler.insert(Reconciler::new(local, &config.nft_table, pending_dataplane.take().expect("built once"), metrics.clone()))
+                }
+            };
+            let infos: Vec<_> = snapshot.iter().map(|n| kube_io::node_info(n)).collect();
+            let outcome = reconciler.reconcile(&infos, &resolve).await?;
+            for r in &outcome.new_rejections {
+                tracing::warn!(node = %r.node, reason = r.reason.as_str(), message = %r.message, "node left out of the mesh");
+                if let Some(sink) = &events {
+                    sink.rejected(r).await;
+                }
+            }
+            let conflist = cni_conf::conflist(&outcome.desired.own_pod_cidrs, outcome.desired.mtu, &config.ipam_dir(), &config.interface);
+            if cni_conf::write_if_changed(&config.cni_conflist_path(), &conflist).context("writing the CNI configuration")? {
+                tracing::info!(path = %config.cni_conflist_path().display(), "wrote the CNI configuration");
+            }
+            Ok(())
+        }
+        .await;
+        let wait = match result {
+            Ok(()) => {
+                readiness.set_ready();
+                backoff = Duration::from_secs(1);
+                config.resync()
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "reconcile failed; the dataplane keeps its last state");
+                readiness.set_not_ready(format!("{e:#}"));
+                let wait = backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                wait
+            }
+        };
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = sigterm.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    tracing::info!("stopping; the WireGuard interface, routes and rules stay in place");
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! The agent's configuration: flags and environment, read without side
+//! effects. Every path and name has the default DESIGN.md gives, so a lab
+//! can run many agents on one machine.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use trellis_mesh::names;
+
+/// Which WireGuard implementation drives the interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DataplaneMode {
+    /// Kernel WireGuard when the module is there, else the userspace device.
+    Auto,
+    /// Kernel WireGuard through netlink.
+    Kernel,
+    /// A userspace device (trellis-wg or wireguard-go) over its UAPI socket.
+    Userspace,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    version,
+    about = "Trellis node agent: a WireGuard mesh from the cluster's Node objects"
+)]
+pub struct Config {
+    /// The Node this agent runs on.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// Kubeconfig to use (in-cluster configuration when absent).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// WireGuard interface name.
+    #[arg(long, env = "TRELLIS_INTERFACE", default_value = names::DEFAULT_INTERFACE)]
+    pub interface: String,
+    /// UDP port WireGuard listens on.
+    #[arg(long, env = "TRELLIS_LISTEN_PORT", default_value_t = names::DEFAULT_LISTEN_PORT)]
+    pub listen_port: u16,
+    /// MTU of the WireGuard interface and of pods (default: underlay MTU - 80).
+    #[arg(long, env = "TRELLIS_MTU")]
+    pub mtu: Option<u32>,
+    /// Address other nodes reach this one at (default: the Node's InternalIP).
+    #[arg(long, env = "TRELLIS_ENDPOINT_ADDRESS")]
+    pub endpoint_address: Option<IpAddr>,
+    #[arg(long, value_enum, env = "TRELLIS_DATAPLANE", default_value_t = DataplaneMode::Auto)]
+    pub dataplane: DataplaneMode,
+    /// Directory of the node's key and IPAM store.
+    #[arg(long, env = "TRELLIS_STATE_DIR", default_value = names::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// Where the CNI configuration is written.
+    #[arg(long, env = "TRELLIS_CNI_CONF_DIR", default_value = names::DEFAULT_CNI_CONF_DIR)]
+    pub cni_conf_dir: PathBuf,
+    /// Directory of WireGuard UAPI sockets.
+    #[arg(long, env = "TRELLIS_WIREGUARD_RUN_DIR", default_value = names::DEFAULT_WIREGUARD_RUN_DIR)]
+    pub wireguard_run_dir: PathBuf,
+    /// nftables table (family inet) for masquerading.
+    #[arg(long, env = "TRELLIS_NFT_TABLE", default_value = names::DEFAULT_NFT_TABLE)]
+    pub nft_table: String,
+    /// Address of the /metrics, /healthz and /readyz endpoint.
+    #[arg(long, env = "TRELLIS_METRICS_ADDRESS", default_value = "0.0.0.0:9473")]
+    pub metrics_address: SocketAddr,
+    /// Full reconcile at least this often, even with no change.
+    #[arg(long, env = "TRELLIS_RESYNC_SECONDS", default_value_t = 30)]
+    pub resync_seconds: u64,
+    #[arg(long, value_enum, env = "TRELLIS_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    pub fn resync(&self) -> Duration {
+        Duration::from_secs(self.resync_seconds.max(1))
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.state_dir.join("key")
+    }
+
+    pub fn cni_conflist_path(&self) -> PathBuf {
+        self.cni_conf_dir.join("10-trellis.conflist")
+    }
+
+    pub fn ipam_dir(&self) -> PathBuf {
+        self.state_dir.join("ipam")
+    }
+
+    pub fn uapi_socket(&self) -> PathBuf {
+        self.wireguard_run_dir
+            .join(format!("{}.sock", self.interface))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let c = Config::try_parse_from(["trellis-agent", "--node-name", "n1"]).unwrap();
+        assert_eq!(c.interface, "trellis");
+        assert_eq!(c.listen_port, 51820);
+        assert_eq!(c.key_path(), PathBuf::from("/var/lib/trellis/key"));
+        assert_eq!(
+            c.cni_conflist_path(),
+            PathBuf::from("/etc/cni/net.d/10-trellis.conflist")
+        );
+        assert_eq!(
+            c.uapi_socket(),
+            PathBuf::from("/var/run/wireguard/trellis.sock")
+        );
+        assert_eq!(c.dataplane, DataplaneMode::Auto);
+    }
+
+    #[test]
+    fn a_missing_node_name_is_an_error() {
+        let err = Config::try_parse_from(["trellis-agent"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--node-name"), "{err}");
+    }
+}

@@ -1,0 +1,261 @@
+//! Prometheus metrics (prometheus-client) and the HTTP endpoint serving
+//! `/metrics`, `/healthz` and `/readyz`. Peers are labelled by node name;
+//! keys never appear here, private or public.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use trellis_mesh::Desired;
+
+use crate::wg::DeviceState;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabel {
+    pub peer: String,
+}
+
+/// Every metric of the agent (cheap to clone: handles to shared values).
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    pub peers: Gauge,
+    pub rejected: Family<ReasonLabel, Gauge>,
+    pub handshake_age: Family<PeerLabel, Gauge<f64, AtomicU64>>,
+    pub rx_bytes: Family<PeerLabel, Gauge>,
+    pub tx_bytes: Family<PeerLabel, Gauge>,
+    pub reconcile_duration: Histogram,
+    pub reconcile_errors: Counter,
+    pub dataplane_operations: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            peers: Gauge::default(),
+            rejected: Family::default(),
+            handshake_age: Family::default(),
+            rx_bytes: Family::default(),
+            tx_bytes: Family::default(),
+            reconcile_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            reconcile_errors: Counter::default(),
+            dataplane_operations: Counter::default(),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn registry(&self) -> Registry {
+        let mut r = Registry::with_prefix("trellis");
+        r.register(
+            "peers",
+            "WireGuard peers configured from the mesh",
+            self.peers.clone(),
+        );
+        r.register(
+            "rejected_peers",
+            "Nodes left out of the mesh, by reason",
+            self.rejected.clone(),
+        );
+        r.register(
+            "peer_last_handshake_age_seconds",
+            "Seconds since the last handshake with a peer (-1: never)",
+            self.handshake_age.clone(),
+        );
+        r.register(
+            "peer_rx_bytes",
+            "Bytes received from a peer",
+            self.rx_bytes.clone(),
+        );
+        r.register(
+            "peer_tx_bytes",
+            "Bytes sent to a peer",
+            self.tx_bytes.clone(),
+        );
+        r.register(
+            "reconcile_duration_seconds",
+            "Duration of one reconcile",
+            self.reconcile_duration.clone(),
+        );
+        r.register(
+            "reconcile_errors",
+            "Reconciles that failed",
+            self.reconcile_errors.clone(),
+        );
+        r.register(
+            "dataplane_operations",
+            "Dataplane changes applied (peers, routes, addresses, rulesets)",
+            self.dataplane_operations.clone(),
+        );
+        r
+    }
+
+    /// Records the state after a reconcile.
+    pub fn record_state(&self, desired: &Desired, device: &DeviceState) {
+        self.peers.set(desired.peers.len() as i64);
+        self.rejected.clear();
+        for r in &desired.rejected {
+            self.rejected
+                .get_or_create(&ReasonLabel {
+                    reason: r.reason.as_str().into(),
+                })
+                .inc();
+        }
+        self.handshake_age.clear();
+        self.rx_bytes.clear();
+        self.tx_bytes.clear();
+        let now = SystemTime::now();
+        for (key, peer) in &desired.peers {
+            let label = PeerLabel {
+                peer: peer.node.clone(),
+            };
+            let stats = device.peers.get(key);
+            let age = stats
+                .and_then(|s| s.last_handshake)
+                .and_then(|t| now.duration_since(t).ok())
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(-1.0);
+            self.handshake_age.get_or_create(&label).set(age);
+            self.rx_bytes
+                .get_or_create(&label)
+                .set(stats.map(|s| s.rx_bytes as i64).unwrap_or(0));
+            self.tx_bytes
+                .get_or_create(&label)
+                .set(stats.map(|s| s.tx_bytes as i64).unwrap_or(0));
+        }
+    }
+}
+
+/// Whether the agent is ready, and if not, why.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness {
+    ready: Arc<AtomicBool>,
+    reason: Arc<Mutex<String>>,
+}
+
+impl Readiness {
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    pub fn set_not_ready(&self, reason: impl Into<String>) {
+        self.ready.store(false, Ordering::SeqCst);
+        *self.reason.lock().expect("readiness lock") = reason.into();
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    pub fn reason(&self) -> String {
+        self.reason.lock().expect("readiness lock").clone()
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    registry: Arc<Registry>,
+    readiness: Readiness,
+}
+
+async fn metrics_text(
+    State(state): State<AppState>,
+) -> (StatusCode, [(&'static str, &'static str); 1], String) {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [("content-type", "text/plain")],
+            e.to_string(),
+        ),
+    }
+}
+
+async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
+    if state.readiness.is_ready() {
+        (StatusCode::OK, "ok\n".into())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", state.readiness.reason()),
+        )
+    }
+}
+
+/// Serves the endpoints until the process ends.
+pub async fn serve(
+    address: SocketAddr,
+    metrics: &Metrics,
+    readiness: Readiness,
+) -> std::io::Result<()> {
+    let state = AppState {
+        registry: Arc::new(metrics.registry()),
+        readiness,
+    };
+    let app = axum::Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    axum::serve(listener, app).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_names_every_metric() {
+        let m = Metrics::default();
+        m.reconcile_errors.inc();
+        m.rejected
+            .get_or_create(&ReasonLabel {
+                reason: "invalid_annotation".into(),
+            })
+            .inc();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &m.registry()).unwrap();
+        for name in [
+            "trellis_peers",
+            "trellis_rejected_peers{reason=\"invalid_annotation\"} 1",
+            "trellis_reconcile_errors_total 1",
+            "trellis_reconcile_duration_seconds_bucket",
+            "trellis_dataplane_operations_total",
+        ] {
+            assert!(text.contains(name), "{name} missing in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn readiness_carries_its_reason() {
+        let r = Readiness::default();
+        assert!(!r.is_ready());
+        r.set_not_ready("no pod CIDR");
+        assert_eq!(r.reason(), "no pod CIDR");
+        r.set_ready();
+        assert!(r.is_ready());
+    }
+}

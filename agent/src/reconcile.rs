@@ -1,0 +1,240 @@
+//! One reconcile: desired state from the snapshot, observed state from the
+//! dataplane, the plan between them, applied and logged. The loop that
+//! calls it (watch, resync, backoff) lives in [`crate::agent`].
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use trellis_mesh::desired::LocalError;
+use trellis_mesh::nft::masquerade_ruleset;
+use trellis_mesh::{desired, Desired, LocalNode, NodeInfo, Plan, Rejection};
+
+use crate::dataplane::{Dataplane, DataplaneError, Observation};
+use crate::metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("this node cannot join the mesh yet: {0}")]
+    Local(#[from] LocalError),
+    #[error("dataplane: {0}")]
+    Dataplane(#[from] DataplaneError),
+}
+
+/// What a successful reconcile did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub desired: Desired,
+    pub plan: Plan,
+    pub observation: Observation,
+    /// Rejections not reported before (each gets an Event once).
+    pub new_rejections: Vec<Rejection>,
+}
+
+#[derive(Debug)]
+pub struct Reconciler<D> {
+    pub local: LocalNode,
+    pub nft_table: String,
+    pub dataplane: D,
+    pub metrics: Metrics,
+    reported: BTreeSet<(String, String)>,
+}
+
+impl<D: Dataplane> Reconciler<D> {
+    pub fn new(local: LocalNode, nft_table: &str, dataplane: D, metrics: Metrics) -> Self {
+        Reconciler {
+            local,
+            nft_table: nft_table.to_string(),
+            dataplane,
+            metrics,
+            reported: BTreeSet::new(),
+        }
+    }
+
+    /// Brings the dataplane to the desired state of `nodes`. On any error
+    /// nothing is torn down: the dataplane keeps its last state.
+    pub async fn reconcile(
+        &mut self,
+        nodes: &[NodeInfo],
+        resolve: &dyn Fn(&str, u16) -> Option<SocketAddr>,
+    ) -> Result<Outcome, ReconcileError> {
+        let start = Instant::now();
+        let result = self.reconcile_inner(nodes, resolve).await;
+        self.metrics
+            .reconcile_duration
+            .observe(start.elapsed().as_secs_f64());
+        if result.is_err() {
+            self.metrics.reconcile_errors.inc();
+        }
+        result
+    }
+
+    async fn reconcile_inner(
+        &mut self,
+        nodes: &[NodeInfo],
+        resolve: &dyn Fn(&str, u16) -> Option<SocketAddr>,
+    ) -> Result<Outcome, ReconcileError> {
+        let desired = desired(&self.local, nodes, resolve)?;
+        let ruleset = masquerade_ruleset(&desired, &self.nft_table);
+        let observation = self.dataplane.observe().await?;
+        let plan = trellis_mesh::plan(&desired, &ruleset, &observation.observed);
+        if !plan.is_empty() {
+            tracing::info!(
+                peers_added = plan.peers.iter().filter(|c| matches!(c, trellis_mesh::PeerChange::Add(_))).count(),
+                peers_updated = plan.peers.iter().filter(|c| matches!(c, trellis_mesh::PeerChange::Update(_))).count(),
+                peers_removed = plan.peers.iter().filter(|c| matches!(c, trellis_mesh::PeerChange::Remove(_))).count(),
+                routes_added = plan.add_routes.len(),
+                routes_removed = plan.remove_routes.len(),
+                addresses = plan.add_addresses.len() + plan.remove_addresses.len(),
+                mtu = ?plan.set_mtu,
+                listen_port = ?plan.set_listen_port,
+                masquerade = plan.nft_ruleset.is_some(),
+                "applying plan"
+            );
+            tracing::debug!(?plan, "plan");
+            self.dataplane.apply(&plan).await?;
+            self.metrics
+                .dataplane_operations
+                .inc_by(plan.operations() as u64);
+        }
+        self.metrics.record_state(&desired, &observation.device);
+        let current: BTreeSet<(String, String)> = desired
+            .rejected
+            .iter()
+            .map(|r| (r.node.clone(), r.message.clone()))
+            .collect();
+        let new_rejections = desired
+            .rejected
+            .iter()
+            .filter(|r| !self.reported.contains(&(r.node.clone(), r.message.clone())))
+            .cloned()
+            .collect();
+        self.reported = current;
+        Ok(Outcome {
+            desired,
+            plan,
+            observation,
+            new_rejections,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use trellis_mesh::names::*;
+    use trellis_mesh::PublicKey;
+
+    use super::*;
+    use crate::dataplane::FakeDataplane;
+
+    fn node(i: u8) -> NodeInfo {
+        let mut annotations = BTreeMap::new();
+        annotations.insert(
+            ANNOTATION_PUBLIC_KEY.to_string(),
+            PublicKey([i; 32]).to_string(),
+        );
+        annotations.insert(
+            ANNOTATION_ENDPOINT.to_string(),
+            format!("192.0.2.{}:51820", 10 + i),
+        );
+        NodeInfo {
+            name: format!("n{i}"),
+            created: i64::from(i),
+            pod_cidrs: vec![format!("10.244.{i}.0/24")],
+            internal_ips: vec![],
+            annotations,
+        }
+    }
+
+    fn reconciler() -> Reconciler<FakeDataplane> {
+        let local = LocalNode {
+            name: "n0".into(),
+            public_key: PublicKey([0; 32]),
+            interface: "trellis".into(),
+            listen_port: 51820,
+            mtu: 1420,
+        };
+        Reconciler::new(
+            local,
+            "trellis",
+            FakeDataplane::default(),
+            Metrics::default(),
+        )
+    }
+
+    fn no_dns(_: &str, _: u16) -> Option<SocketAddr> {
+        None
+    }
+
+    #[tokio::test]
+    async fn first_reconcile_builds_everything_then_nothing_changes() {
+        let mut r = reconciler();
+        let nodes: Vec<NodeInfo> = (0..3).map(node).collect();
+        let first = r.reconcile(&nodes, &no_dns).await.unwrap();
+        assert_eq!(first.plan.peers.len(), 2);
+        assert!(first.plan.set_up && first.plan.nft_ruleset.is_some());
+        let second = r.reconcile(&nodes, &no_dns).await.unwrap();
+        assert!(second.plan.is_empty(), "{:?}", second.plan);
+        assert_eq!(r.dataplane.applied.len(), 1, "an empty plan is not applied");
+    }
+
+    #[tokio::test]
+    async fn a_missing_own_node_keeps_the_last_good_state() {
+        let mut r = reconciler();
+        let nodes: Vec<NodeInfo> = (0..3).map(node).collect();
+        r.reconcile(&nodes, &no_dns).await.unwrap();
+        let before = r.dataplane.observed.clone();
+        let err = r.reconcile(&nodes[1..], &no_dns).await.unwrap_err();
+        assert!(matches!(err, ReconcileError::Local(_)));
+        assert_eq!(r.dataplane.observed, before, "nothing torn down");
+        assert_eq!(r.metrics.reconcile_errors.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_dataplane_error_is_reported_and_retried() {
+        let mut r = reconciler();
+        let nodes: Vec<NodeInfo> = (0..2).map(node).collect();
+        r.dataplane.fail_observe = Some("device gone".into());
+        assert!(r.reconcile(&nodes, &no_dns).await.is_err());
+        assert!(r.reconcile(&nodes, &no_dns).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_rejection_is_reported_once_while_it_lasts() {
+        let mut r = reconciler();
+        let mut nodes: Vec<NodeInfo> = (0..3).map(node).collect();
+        nodes[2]
+            .annotations
+            .insert(ANNOTATION_PUBLIC_KEY.into(), "garbage".into());
+        let first = r.reconcile(&nodes, &no_dns).await.unwrap();
+        assert_eq!(first.new_rejections.len(), 1);
+        assert_eq!(first.desired.peers.len(), 1, "n1 unaffected");
+        assert!(r
+            .reconcile(&nodes, &no_dns)
+            .await
+            .unwrap()
+            .new_rejections
+            .is_empty());
+        nodes[2] = node(2);
+        assert!(r
+            .reconcile(&nodes, &no_dns)
+            .await
+            .unwrap()
+            .new_rejections
+            .is_empty());
+        nodes[2]
+            .annotations
+            .insert(ANNOTATION_PUBLIC_KEY.into(), "garbage".into());
+        assert_eq!(
+            r.reconcile(&nodes, &no_dns)
+                .await
+                .unwrap()
+                .new_rejections
+                .len(),
+            1,
+            "reported again after it had cleared"
+        );
+    }
+}
