@@ -39,16 +39,19 @@ test: tools lint
 bench: tools
 	$(CARGO) bench -p trellis-cni --bench cni_latency
 
-## demo: bring a lab cluster up and show its nodes with their pod CIDRs
+## demo: a lab cluster with the Trellis mesh running: nodes, peers with handshake ages, pods pinging
 demo: tools
-	$(CARGO) build -p trellis-e2e --bin trellis-lab
+	$(CARGO) build --workspace --bins
 	@target/debug/trellis-lab down --name $(LAB_NAME) >/dev/null 2>&1 || true
 	target/debug/trellis-lab up --name $(LAB_NAME) --nodes $(NODES)
 	@echo
 	kubectl --kubeconfig "$$(target/debug/trellis-lab kubeconfig --name $(LAB_NAME))" get nodes \
 		-o custom-columns='NODE:.metadata.name,INTERNAL-IP:.status.addresses[0].address,POD-CIDRS:.spec.podCIDRs'
 	@echo
-	@echo "The lab keeps running. Try: target/debug/trellis-lab status --name $(LAB_NAME)"
+	target/debug/trellis-lab mesh --name $(LAB_NAME) --pods 2
+	@echo
+	@echo "The lab keeps running. Try: target/debug/trellis-lab show --name $(LAB_NAME)"
+	@echo "  or: target/debug/trellis-lab exec --name $(LAB_NAME) $(LAB_NAME)-n1 -- wg show"
 	@echo "Tear it down with: make demo-down"
 
 demo-down:

@@ -12,6 +12,7 @@ pub mod cmd;
 pub mod control_plane;
 pub mod kubeconfig;
 pub mod lab;
+pub mod mesh;
 pub mod nat;
 pub mod netns;
 pub mod node;

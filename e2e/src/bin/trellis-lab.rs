@@ -101,6 +101,23 @@ enum Verb {
         node: String,
         pod: String,
     },
+    /// Run Trellis on every node: the WireGuard device, the agent, trellis-cni.
+    Mesh {
+        #[arg(long, default_value = "lab")]
+        name: String,
+        /// Userspace WireGuard implementation on the nodes.
+        #[arg(long, value_enum, default_value = "trellis-wg")]
+        device: DeviceArg,
+        /// Pods to create on each node once the mesh is up.
+        #[arg(long, default_value_t = 0)]
+        pods: usize,
+    },
+    /// Show each node's WireGuard peers with handshake ages, and an
+    /// all-pairs ping matrix of the pods.
+    Show {
+        #[arg(long, default_value = "lab")]
+        name: String,
+    },
     /// Put a node behind a NAT router.
     Nat {
         #[arg(long, default_value = "lab")]
@@ -109,6 +126,12 @@ enum Verb {
         #[arg(long, value_enum)]
         mode: trellis_e2e::NatMode,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DeviceArg {
+    TrellisWg,
+    WireguardGo,
 }
 
 fn cidrs(list: Vec<IpNet>) -> Option<Vec<IpNet>> {
@@ -205,6 +228,24 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&result)?);
         }
         Verb::PodDel { name, node, pod } => Lab::open(&name)?.delete_pod(&node, &pod)?,
+        Verb::Mesh { name, device, pods } => {
+            let mut lab = Lab::open(&name)?;
+            let device = match device {
+                DeviceArg::TrellisWg => trellis_e2e::mesh::Device::TrellisWg,
+                DeviceArg::WireguardGo => trellis_e2e::mesh::Device::WireguardGo,
+            };
+            lab.start_mesh(device)?;
+            let peers = lab.state.nodes.len().saturating_sub(1);
+            lab.wait_mesh(peers, std::time::Duration::from_secs(90))?;
+            let nodes: Vec<String> = lab.state.nodes.iter().map(|n| n.name.clone()).collect();
+            for node in &nodes {
+                for i in 0..pods {
+                    lab.add_pod(node, &format!("p{i}"), None)?;
+                }
+            }
+            show_mesh(&lab)?;
+        }
+        Verb::Show { name } => show_mesh(&Lab::open(&name)?)?,
         Verb::Nat { name, node, mode } => {
             let router = Lab::open(&name)?.put_behind_nat(&node, mode).await?;
             println!(
@@ -212,6 +253,47 @@ async fn run(cli: Cli) -> Result<()> {
                 mode, router.public_v4, router.private_v4
             );
         }
+    }
+    Ok(())
+}
+
+/// Each node's peers with handshake ages, then a ping matrix of the pods.
+fn show_mesh(lab: &Lab) -> Result<()> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    for n in &lab.state.nodes {
+        println!("{}:", n.name);
+        for (key, handshake) in lab.wg_peers(&n.name)? {
+            let peer = lab.state.nodes.iter().find(|o| o.name != n.name && lab.wg_public_key(&o.name).ok().as_deref() == Some(key.as_str())).map(|o| o.name.clone()).unwrap_or_else(|| key.clone());
+            let age = if handshake == 0 { "no handshake yet".to_string() } else { format!("handshake {}s ago", now.saturating_sub(handshake)) };
+            println!("  peer {peer:<12} {age}");
+        }
+    }
+    if lab.state.pods.is_empty() {
+        return Ok(());
+    }
+    let pods: Vec<(String, String, String)> = lab
+        .state
+        .pods
+        .iter()
+        .map(|p| {
+            let addr = trellis_e2e::cmd::ip(Some(&p.netns), &["-4", "-o", "addr", "show", "dev", "eth0"]).unwrap_or_default();
+            let v4 = addr.split_whitespace().nth(3).unwrap_or("").split('/').next().unwrap_or("").to_string();
+            (format!("{}/{}", p.node, p.name), p.netns.clone(), v4)
+        })
+        .collect();
+    println!();
+    print!("{:<14}", "ping from\\to");
+    for (name, _, _) in &pods {
+        print!(" {name:>12}");
+    }
+    println!();
+    for (from, ns, _) in &pods {
+        print!("{from:<14}");
+        for (to, _, addr) in &pods {
+            let mark = if from == to { "-" } else if trellis_e2e::pod::ping_from(ns, addr).is_ok() { "ok" } else { "FAIL" };
+            print!(" {mark:>12}");
+        }
+        println!();
     }
     Ok(())
 }

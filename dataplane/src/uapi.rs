@@ -1,0 +1,122 @@
+//! The UAPI socket `wg` and the agent talk to: served by trellis-wg itself,
+//! which forwards every request to boringtun's own socket (kept out of
+//! sight in a private directory) through [`crate::translate`].
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use crate::translate::{self, Pair};
+
+/// The front socket's state: where boringtun listens, and the private key
+/// last set through us (boringtun never reports it).
+#[derive(Debug, Clone)]
+pub(crate) struct Proxy {
+    pub(crate) inner: PathBuf,
+    private_key: Arc<Mutex<Option<String>>>,
+    /// One request at a time reaches the device (a set reads the peers
+    /// first, then writes: nothing may come in between).
+    serial: Arc<Mutex<()>>,
+}
+
+fn exchange(socket: &Path, request: &str) -> std::io::Result<String> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(request.as_bytes())?;
+    let mut answer = String::new();
+    for line in BufReader::new(&stream).lines() {
+        let line = line?;
+        let end = line.starts_with("errno=");
+        answer.push_str(&line);
+        answer.push('\n');
+        if end {
+            break;
+        }
+    }
+    Ok(answer)
+}
+
+fn split_errno(answer: &str) -> (Vec<Pair>, String) {
+    let pairs = translate::parse_pairs(answer);
+    let errno = pairs.iter().find(|(k, _)| k == "errno").map(|(_, v)| v.clone()).unwrap_or_else(|| "5".into());
+    (pairs.into_iter().filter(|(k, _)| k != "errno").collect(), errno)
+}
+
+impl Proxy {
+    pub(crate) fn new(inner: PathBuf) -> Self {
+        Proxy { inner, private_key: Arc::default(), serial: Arc::default() }
+    }
+
+    /// Answers one request.
+    pub(crate) fn handle(&self, request: &str) -> String {
+        let _one = self.serial.lock().expect("serial lock");
+        let first = request.lines().next().unwrap_or_default();
+        let result = match first {
+            "get=1" => exchange(&self.inner, "get=1\n\n").map(|answer| {
+                let (pairs, errno) = split_errno(&answer);
+                let key = self.private_key.lock().expect("key lock").clone();
+                let out = translate::translate_get(&pairs, key.as_deref(), SystemTime::now());
+                format!("{}errno={errno}\n\n", translate::render(&out))
+            }),
+            "set=1" => exchange(&self.inner, "get=1\n\n").and_then(|current| {
+                let (pairs, _) = split_errno(&current);
+                let body: Vec<Pair> = translate::parse_pairs(request).into_iter().skip(1).collect();
+                let (requests, key) = translate::rewrite_set(&body, &translate::peers_of(&pairs));
+                for part in requests {
+                    let answer = exchange(&self.inner, &format!("set=1\n{}\n", translate::render(&part)))?;
+                    let (_, errno) = split_errno(&answer);
+                    if errno != "0" {
+                        return Ok(format!("errno={errno}\n\n"));
+                    }
+                }
+                if let Some(k) = key {
+                    *self.private_key.lock().expect("key lock") = Some(k);
+                }
+                Ok("errno=0\n\n".to_string())
+            }),
+            _ => Ok("errno=22\n\n".to_string()),
+        };
+        result.unwrap_or_else(|e| {
+            eprintln!("trellis-wg: UAPI request failed: {e}");
+            "errno=5\n\n".to_string()
+        })
+    }
+
+    /// Serves `front` until the process ends, one thread per client.
+    pub(crate) fn serve(self, front: &Path) -> std::io::Result<()> {
+        let _ = std::fs::remove_file(front);
+        let listener = UnixListener::bind(front)?;
+        std::fs::set_permissions(front, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let proxy = self.clone();
+                std::thread::spawn(move || proxy.client(conn));
+            }
+        });
+        Ok(())
+    }
+
+    fn client(&self, mut conn: UnixStream) {
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+        let mut reader = BufReader::new(conn.try_clone().expect("clone a unix stream"));
+        loop {
+            let mut request = String::new();
+            loop {
+                let mut line = String::new();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                request.push_str(&line);
+                if line == "\n" {
+                    break;
+                }
+            }
+            if conn.write_all(self.handle(&request).as_bytes()).is_err() {
+                return;
+            }
+        }
+    }
+}

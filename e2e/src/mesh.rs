@@ -1,0 +1,155 @@
+//! Running Trellis on lab nodes: the userspace WireGuard device (trellis-wg
+//! or Debian's wireguard-go) and the agent, each on its node with the
+//! node's own directories, plus trellis-cni installed in the node's CNI bin
+//! dir; and waiting until the mesh is up.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::lab::{Lab, LabError};
+use crate::netns;
+use crate::node::private_dir;
+use crate::state::Daemon;
+
+/// Which userspace WireGuard implementation a node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    TrellisWg,
+    WireguardGo,
+}
+
+/// A binary of this workspace, from the target directory the running test
+/// or tool was built into.
+pub fn workspace_binary(name: &str) -> Result<PathBuf, LabError> {
+    let exe = std::env::current_exe().map_err(|source| LabError::Io { context: "locating the running binary".into(), source })?;
+    // target/debug/deps/test-hash or target/debug/trellis-lab
+    for dir in exe.ancestors().skip(1).take(2) {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    Err(LabError::Invalid {
+        what: "binary",
+        name: name.to_string(),
+        problem: format!("is not built next to {}: run `cargo build --workspace` first", exe.display()),
+    })
+}
+
+/// Interface name of the mesh on every lab node.
+pub const INTERFACE: &str = "trellis";
+
+impl Lab {
+    /// Installs trellis-cni into the node's CNI bin dir.
+    pub fn install_cni(&self, node: &str) -> Result<(), LabError> {
+        let n = self.node(node)?;
+        let link = private_dir(&n.dir, trellis_mesh::names::DEFAULT_CNI_BIN_DIR).join("trellis-cni");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(workspace_binary("trellis-cni")?, &link)
+            .map_err(|source| LabError::Io { context: format!("installing trellis-cni on {node}"), source })
+    }
+
+    /// Starts the userspace WireGuard device on a node and waits for its
+    /// UAPI socket.
+    pub fn start_device(&mut self, node: &str, device: Device) -> Result<Daemon, LabError> {
+        let (program, args): (PathBuf, Vec<&str>) = match device {
+            Device::TrellisWg => (workspace_binary("trellis-wg")?, vec![INTERFACE]),
+            Device::WireguardGo => (PathBuf::from("wireguard-go"), vec!["-f", INTERFACE]),
+        };
+        let mut command = self.node_command(node, &program)?;
+        command.args(&args).env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1");
+        let daemon = self.spawn_on_node(node, "wireguard", command)?;
+        let socket = private_dir(&self.node(node)?.dir, trellis_mesh::names::DEFAULT_WIREGUARD_RUN_DIR).join(format!("{INTERFACE}.sock"));
+        wait_for(Duration::from_secs(10), || socket.exists() && netns::alive(daemon.pid), || {
+            format!("the WireGuard device on {node} did not come up; see {}", daemon.log.display())
+        })?;
+        Ok(daemon)
+    }
+
+    /// The command line of the agent on `node` (its admin kubeconfig).
+    pub fn agent_command(&self, node: &str) -> Result<Command, LabError> {
+        let n = self.node(node)?;
+        let kubeconfig = self.kubeconfig(&n.cluster)?;
+        let mut command = self.node_command(node, workspace_binary("trellis-agent")?)?;
+        command
+            .args(["--node-name", node, "--kubeconfig"])
+            .arg(&kubeconfig)
+            .args(["--dataplane", "userspace", "--resync-seconds", "10"])
+            .env("RUST_LOG", "info,kube_client=warn,kube_runtime=warn");
+        Ok(command)
+    }
+
+    /// Starts the agent on `node`.
+    pub fn start_agent(&mut self, node: &str) -> Result<Daemon, LabError> {
+        let command = self.agent_command(node)?;
+        self.spawn_on_node(node, "agent", command)
+    }
+
+    /// Installs trellis-cni, starts the device and the agent on every node.
+    pub fn start_mesh(&mut self, device: Device) -> Result<(), LabError> {
+        let nodes: Vec<String> = self.state.nodes.iter().map(|n| n.name.clone()).collect();
+        for node in &nodes {
+            self.install_cni(node)?;
+            self.start_device(node, device)?;
+            self.start_agent(node)?;
+        }
+        Ok(())
+    }
+
+    /// `wg show trellis dump` on a node: the peers' public keys and their
+    /// latest handshake (seconds since the epoch, 0 for never).
+    pub fn wg_peers(&self, node: &str) -> Result<Vec<(String, u64)>, LabError> {
+        let mut command = self.node_command(node, "wg")?;
+        command.args(["show", INTERFACE, "dump"]);
+        let out = crate::cmd::output_of(command, format!("wg show {INTERFACE} dump (on {node})"))?;
+        Ok(out
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                Some((f.first()?.to_string(), f.get(4)?.parse().ok()?))
+            })
+            .collect())
+    }
+
+    /// The public key a node's WireGuard device has.
+    pub fn wg_public_key(&self, node: &str) -> Result<String, LabError> {
+        let mut command = self.node_command(node, "wg")?;
+        command.args(["show", INTERFACE, "public-key"]);
+        Ok(crate::cmd::output_of(command, format!("wg show {INTERFACE} public-key (on {node})"))?.trim().to_string())
+    }
+
+    /// Waits until every node's agent has written its CNI configuration and
+    /// configured `expected_peers` peers.
+    pub fn wait_mesh(&self, expected_peers: usize, timeout: Duration) -> Result<(), LabError> {
+        for node in self.state.nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>() {
+            let dir = self.node(&node)?.dir.clone();
+            let conflist = private_dir(&dir, trellis_mesh::names::DEFAULT_CNI_CONF_DIR).join("10-trellis.conflist");
+            wait_for(timeout, || conflist.exists() && self.wg_peers(&node).map(|p| p.len() == expected_peers).unwrap_or(false), || {
+                format!(
+                    "node {node} did not reach {expected_peers} peers with a CNI configuration: see {}",
+                    dir.join("agent.log").display()
+                )
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Polls `ready` every 100 ms until it holds or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut ready: impl FnMut() -> bool, what: impl Fn() -> String) -> Result<(), LabError> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if ready() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(LabError::Invalid { what: "wait", name: format!("{:.0?}", timeout), problem: what() })
+}
+
+/// The path of a node's agent log.
+pub fn agent_log(node_dir: &Path) -> PathBuf {
+    node_dir.join("agent.log")
+}
