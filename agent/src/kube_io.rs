@@ -93,19 +93,39 @@ impl EventSink {
     }
 
     pub async fn rejected(&self, r: &Rejection) {
+        // The rejected Node is the related object: events about different
+        // nodes are different events (the recorder merges equal keys).
+        let related = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some(r.node.clone()),
+            ..Default::default()
+        };
         let event = Event {
             type_: EventType::Warning,
-            reason: "PeerRejected".into(),
+            reason: reason_name(r.reason).into(),
             note: Some(format!(
                 "node {} is left out of the mesh: {}",
                 r.node, r.message
             )),
             action: "Reconcile".into(),
-            secondary: None,
+            secondary: Some(related),
         };
         if let Err(e) = self.recorder.publish(&event, &self.reference).await {
             tracing::warn!(error = %e, "could not publish an Event");
         }
+    }
+}
+
+/// The Event reason for a rejection (CamelCase, as Kubernetes reasons are).
+pub fn reason_name(reason: trellis_mesh::desired::RejectReason) -> &'static str {
+    use trellis_mesh::desired::RejectReason::*;
+    match reason {
+        InvalidAnnotation => "PeerInvalidAnnotation",
+        InvalidPodCidr => "PeerInvalidPodCIDR",
+        OverlappingPodCidr => "PeerOverlappingPodCIDR",
+        DuplicatePublicKey => "PeerDuplicatePublicKey",
+        UnresolvableEndpoint => "PeerUnresolvableEndpoint",
     }
 }
 

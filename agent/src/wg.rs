@@ -157,7 +157,9 @@ pub fn parse_get(pairs: &[(String, String)]) -> Result<DeviceState, WgError> {
                 }
             }
             // trellis-wg reports this until a key was set through it.
-            "own_public_key" => state.public_key = Some(PublicKey::from_hex(v).map_err(|_| bad(k, v))?),
+            "own_public_key" => {
+                state.public_key = Some(PublicKey::from_hex(v).map_err(|_| bad(k, v))?)
+            }
             "listen_port" => state.listen_port = Some(v.parse().map_err(|_| bad(k, v))?),
             "public_key" => {
                 if let Some((key, peer)) = current.take() {

@@ -25,7 +25,10 @@ use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{SigSet, Signal};
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Userspace WireGuard device serving the standard UAPI socket")]
+#[command(
+    version,
+    about = "Userspace WireGuard device serving the standard UAPI socket"
+)]
 struct Args {
     /// Name of the WireGuard interface to create.
     #[arg(env = "TRELLIS_INTERFACE", default_value = "trellis")]
@@ -34,7 +37,11 @@ struct Args {
     #[arg(long, env = "TRELLIS_WG_THREADS", default_value_t = 2)]
     threads: usize,
     /// Directory of UAPI sockets.
-    #[arg(long, env = "TRELLIS_WIREGUARD_RUN_DIR", default_value = "/var/run/wireguard")]
+    #[arg(
+        long,
+        env = "TRELLIS_WIREGUARD_RUN_DIR",
+        default_value = "/var/run/wireguard"
+    )]
     run_dir: PathBuf,
 }
 
@@ -42,8 +49,20 @@ struct Args {
 /// fixed socket directory is `inner`, so its socket lands there.
 fn hide_inner_socket(run_dir: &Path, inner: &Path) -> nix::Result<()> {
     unshare(CloneFlags::CLONE_FS | CloneFlags::CLONE_NEWNS)?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)?;
-    mount(Some(inner), run_dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )?;
+    mount(
+        Some(inner),
+        run_dir,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )?;
     Ok(())
 }
 
@@ -54,7 +73,8 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     // boringtun writes /var/run/wireguard literally: hide that path.
-    let real_run_dir = std::fs::canonicalize("/var/run/wireguard").unwrap_or_else(|_| args.run_dir.clone());
+    let real_run_dir =
+        std::fs::canonicalize("/var/run/wireguard").unwrap_or_else(|_| args.run_dir.clone());
     let inner = args.run_dir.join(".trellis-wg");
     if let Err(e) = std::fs::create_dir_all(&inner) {
         eprintln!("trellis-wg: cannot create {}: {e}", inner.display());
@@ -84,7 +104,9 @@ fn main() -> ExitCode {
     let inner_for_thread = inner.clone();
     std::thread::spawn(move || {
         if let Err(e) = hide_inner_socket(&real_run_dir, &inner_for_thread) {
-            let _ = started_tx.send(Err(format!("cannot set up the private socket directory: {e}")));
+            let _ = started_tx.send(Err(format!(
+                "cannot set up the private socket directory: {e}"
+            )));
             return;
         }
         match DeviceHandle::new(&name, config) {
@@ -114,9 +136,16 @@ fn main() -> ExitCode {
         eprintln!("trellis-wg: cannot serve {}: {e}", front_socket.display());
         return ExitCode::FAILURE;
     }
-    eprintln!("trellis-wg: interface {} up, UAPI socket {}", args.interface, front_socket.display());
+    eprintln!(
+        "trellis-wg: interface {} up, UAPI socket {}",
+        args.interface,
+        front_socket.display()
+    );
     let signal = signals.wait();
-    eprintln!("trellis-wg: {signal:?}: stopping interface {}", args.interface);
+    eprintln!(
+        "trellis-wg: {signal:?}: stopping interface {}",
+        args.interface
+    );
     let _ = std::fs::remove_file(&front_socket);
     let _ = stop_tx.send(());
     std::thread::sleep(std::time::Duration::from_millis(100));

@@ -20,7 +20,10 @@ pub(crate) type Pair = (String, String);
 pub(crate) fn parse_pairs(text: &str) -> Vec<Pair> {
     text.lines()
         .take_while(|l| !l.is_empty())
-        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .filter_map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
         .collect()
 }
 
@@ -54,7 +57,9 @@ pub(crate) fn peers_of(get: &[Pair]) -> BTreeMap<String, PeerConfig> {
             out.insert(v.clone(), PeerConfig::default());
             continue;
         }
-        let Some(peer) = current.as_ref().and_then(|c| out.get_mut(c)) else { continue };
+        let Some(peer) = current.as_ref().and_then(|c| out.get_mut(c)) else {
+            continue;
+        };
         match k.as_str() {
             "preshared_key" => peer.preshared_key = Some(v.clone()),
             "endpoint" => peer.endpoint = Some(v.clone()),
@@ -68,7 +73,11 @@ pub(crate) fn peers_of(get: &[Pair]) -> BTreeMap<String, PeerConfig> {
 
 /// Rewrites boringtun's `get` answer into the standard one: the private
 /// key when known (it was set through us), absolute handshake times.
-pub(crate) fn translate_get(answer: &[Pair], private_key: Option<&str>, now: SystemTime) -> Vec<Pair> {
+pub(crate) fn translate_get(
+    answer: &[Pair],
+    private_key: Option<&str>,
+    now: SystemTime,
+) -> Vec<Pair> {
     let mut out = Vec::with_capacity(answer.len() + 1);
     if let Some(key) = private_key {
         out.push(("private_key".to_string(), key.to_string()));
@@ -81,9 +90,17 @@ pub(crate) fn translate_get(answer: &[Pair], private_key: Option<&str>, now: Sys
             "last_handshake_time_nsec" => {
                 let ns = v.parse().ok().map(Duration::from_nanos).unwrap_or_default();
                 if let Some(at) = since.take().and_then(|s| now.checked_sub(s + ns)) {
-                    let epoch = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-                    out.push(("last_handshake_time_sec".into(), epoch.as_secs().to_string()));
-                    out.push(("last_handshake_time_nsec".into(), epoch.subsec_nanos().to_string()));
+                    let epoch = at
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .unwrap_or_default();
+                    out.push((
+                        "last_handshake_time_sec".into(),
+                        epoch.as_secs().to_string(),
+                    ));
+                    out.push((
+                        "last_handshake_time_nsec".into(),
+                        epoch.subsec_nanos().to_string(),
+                    ));
                 }
             }
             _ => out.push((k.clone(), v.clone())),
@@ -103,7 +120,10 @@ pub(crate) fn translate_get(answer: &[Pair], private_key: Option<&str>, now: Sys
 ///   `remove=false` and its keepalive explicitly.
 ///
 /// Also returns the private key the request sets.
-pub(crate) fn rewrite_set(request: &[Pair], existing: &BTreeMap<String, PeerConfig>) -> (Vec<Vec<Pair>>, Option<String>) {
+pub(crate) fn rewrite_set(
+    request: &[Pair],
+    existing: &BTreeMap<String, PeerConfig>,
+) -> (Vec<Vec<Pair>>, Option<String>) {
     let mut device = Vec::new();
     let mut private_key = None;
     let mut sections: Vec<(String, Vec<Pair>)> = Vec::new();
@@ -128,7 +148,10 @@ pub(crate) fn rewrite_set(request: &[Pair], existing: &BTreeMap<String, PeerConf
     for (key, lines) in sections {
         let removes = lines.iter().any(|(k, v)| k == "remove" && v == "true");
         if removes {
-            requests.push(vec![("public_key".into(), key.clone()), ("remove".into(), "true".into())]);
+            requests.push(vec![
+                ("public_key".into(), key.clone()),
+                ("remove".into(), "true".into()),
+            ]);
             removed_just_before = Some(key);
             continue;
         }
@@ -137,13 +160,17 @@ pub(crate) fn rewrite_set(request: &[Pair], existing: &BTreeMap<String, PeerConf
             Some(current) if !fresh => current.clone(),
             _ => PeerConfig::default(),
         };
-        let replace = lines.iter().any(|(k, v)| k == "replace_allowed_ips" && v == "true");
+        let replace = lines
+            .iter()
+            .any(|(k, v)| k == "replace_allowed_ips" && v == "true");
         if replace {
             merged.allowed_ips.clear();
         }
         for (k, v) in &lines {
             match k.as_str() {
-                "allowed_ip" if !merged.allowed_ips.contains(v) => merged.allowed_ips.push(v.clone()),
+                "allowed_ip" if !merged.allowed_ips.contains(v) => {
+                    merged.allowed_ips.push(v.clone())
+                }
                 "endpoint" => merged.endpoint = Some(v.clone()),
                 "persistent_keepalive_interval" => merged.keepalive = Some(v.clone()),
                 "preshared_key" => merged.preshared_key = Some(v.clone()),
@@ -165,7 +192,10 @@ pub(crate) fn rewrite_set(request: &[Pair], existing: &BTreeMap<String, PeerConf
         if let Some(e) = merged.endpoint {
             unit.push(("endpoint".into(), e));
         }
-        unit.push(("persistent_keepalive_interval".into(), merged.keepalive.unwrap_or_else(|| "0".into())));
+        unit.push((
+            "persistent_keepalive_interval".into(),
+            merged.keepalive.unwrap_or_else(|| "0".into()),
+        ));
         unit.push(("replace_allowed_ips".into(), "true".into()));
         for ip in merged.allowed_ips {
             unit.push(("allowed_ip".into(), ip));
@@ -197,12 +227,19 @@ mod tests {
         assert!(out.contains(&("last_handshake_time_sec".into(), "1799999995".into())));
         assert!(out.contains(&("rx_bytes".into(), "1".into())));
         let unknown = translate_get(&answer, None, now);
-        assert!(unknown.iter().any(|(k, _)| k == "own_public_key"), "kept when the private key is unknown");
+        assert!(
+            unknown.iter().any(|(k, _)| k == "own_public_key"),
+            "kept when the private key is unknown"
+        );
     }
 
     #[test]
     fn a_peer_without_handshake_has_no_handshake_time() {
-        let out = translate_get(&pairs("public_key=bb\nrx_bytes=0\n"), None, SystemTime::now());
+        let out = translate_get(
+            &pairs("public_key=bb\nrx_bytes=0\n"),
+            None,
+            SystemTime::now(),
+        );
         assert!(!out.iter().any(|(k, _)| k.starts_with("last_handshake")));
     }
 
@@ -227,7 +264,9 @@ mod tests {
 
     #[test]
     fn removals_never_leak_into_the_next_peer() {
-        let existing = peers_of(&pairs("public_key=bb\nallowed_ip=10.0.1.0/24\npublic_key=ee\nallowed_ip=10.0.5.0/24\n"));
+        let existing = peers_of(&pairs(
+            "public_key=bb\nallowed_ip=10.0.1.0/24\npublic_key=ee\nallowed_ip=10.0.5.0/24\n",
+        ));
         let (out, _) = rewrite_set(&pairs("public_key=ee\nremove=true\npublic_key=ff\nendpoint=1.2.3.4:5\nallowed_ip=10.0.6.0/24\n"), &existing);
         let t = texts(&out);
         assert_eq!(t[0], "public_key=ee\nremove=true\n");
@@ -236,7 +275,9 @@ mod tests {
 
     #[test]
     fn the_agents_remove_then_add_is_one_unit_with_a_fresh_peer() {
-        let existing = peers_of(&pairs("public_key=bb\nendpoint=9.9.9.9:9\nallowed_ip=10.0.1.0/24\n"));
+        let existing = peers_of(&pairs(
+            "public_key=bb\nendpoint=9.9.9.9:9\nallowed_ip=10.0.1.0/24\n",
+        ));
         let (out, _) = rewrite_set(&pairs("public_key=bb\nremove=true\npublic_key=bb\nendpoint=1.2.3.4:5\npersistent_keepalive_interval=0\nreplace_allowed_ips=true\nallowed_ip=10.0.9.0/24\n"), &existing);
         let t = texts(&out);
         assert_eq!(t[0], "public_key=bb\nremove=true\n");

@@ -40,13 +40,24 @@ fn exchange(socket: &Path, request: &str) -> std::io::Result<String> {
 
 fn split_errno(answer: &str) -> (Vec<Pair>, String) {
     let pairs = translate::parse_pairs(answer);
-    let errno = pairs.iter().find(|(k, _)| k == "errno").map(|(_, v)| v.clone()).unwrap_or_else(|| "5".into());
-    (pairs.into_iter().filter(|(k, _)| k != "errno").collect(), errno)
+    let errno = pairs
+        .iter()
+        .find(|(k, _)| k == "errno")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| "5".into());
+    (
+        pairs.into_iter().filter(|(k, _)| k != "errno").collect(),
+        errno,
+    )
 }
 
 impl Proxy {
     pub(crate) fn new(inner: PathBuf) -> Self {
-        Proxy { inner, private_key: Arc::default(), serial: Arc::default() }
+        Proxy {
+            inner,
+            private_key: Arc::default(),
+            serial: Arc::default(),
+        }
     }
 
     /// Answers one request.
@@ -62,10 +73,16 @@ impl Proxy {
             }),
             "set=1" => exchange(&self.inner, "get=1\n\n").and_then(|current| {
                 let (pairs, _) = split_errno(&current);
-                let body: Vec<Pair> = translate::parse_pairs(request).into_iter().skip(1).collect();
+                let body: Vec<Pair> = translate::parse_pairs(request)
+                    .into_iter()
+                    .skip(1)
+                    .collect();
                 let (requests, key) = translate::rewrite_set(&body, &translate::peers_of(&pairs));
                 for part in requests {
-                    let answer = exchange(&self.inner, &format!("set=1\n{}\n", translate::render(&part)))?;
+                    let answer = exchange(
+                        &self.inner,
+                        &format!("set=1\n{}\n", translate::render(&part)),
+                    )?;
                     let (_, errno) = split_errno(&answer);
                     if errno != "0" {
                         return Ok(format!("errno={errno}\n\n"));

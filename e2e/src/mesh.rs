@@ -22,7 +22,10 @@ pub enum Device {
 /// A binary of this workspace, from the target directory the running test
 /// or tool was built into.
 pub fn workspace_binary(name: &str) -> Result<PathBuf, LabError> {
-    let exe = std::env::current_exe().map_err(|source| LabError::Io { context: "locating the running binary".into(), source })?;
+    let exe = std::env::current_exe().map_err(|source| LabError::Io {
+        context: "locating the running binary".into(),
+        source,
+    })?;
     // target/debug/deps/test-hash or target/debug/trellis-lab
     for dir in exe.ancestors().skip(1).take(2) {
         let candidate = dir.join(name);
@@ -33,7 +36,10 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf, LabError> {
     Err(LabError::Invalid {
         what: "binary",
         name: name.to_string(),
-        problem: format!("is not built next to {}: run `cargo build --workspace` first", exe.display()),
+        problem: format!(
+            "is not built next to {}: run `cargo build --workspace` first",
+            exe.display()
+        ),
     })
 }
 
@@ -44,10 +50,15 @@ impl Lab {
     /// Installs trellis-cni into the node's CNI bin dir.
     pub fn install_cni(&self, node: &str) -> Result<(), LabError> {
         let n = self.node(node)?;
-        let link = private_dir(&n.dir, trellis_mesh::names::DEFAULT_CNI_BIN_DIR).join("trellis-cni");
+        let link =
+            private_dir(&n.dir, trellis_mesh::names::DEFAULT_CNI_BIN_DIR).join("trellis-cni");
         let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(workspace_binary("trellis-cni")?, &link)
-            .map_err(|source| LabError::Io { context: format!("installing trellis-cni on {node}"), source })
+        std::os::unix::fs::symlink(workspace_binary("trellis-cni")?, &link).map_err(|source| {
+            LabError::Io {
+                context: format!("installing trellis-cni on {node}"),
+                source,
+            }
+        })
     }
 
     /// Starts the userspace WireGuard device on a node and waits for its
@@ -58,12 +69,25 @@ impl Lab {
             Device::WireguardGo => (PathBuf::from("wireguard-go"), vec!["-f", INTERFACE]),
         };
         let mut command = self.node_command(node, &program)?;
-        command.args(&args).env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1");
+        command
+            .args(&args)
+            .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1");
         let daemon = self.spawn_on_node(node, "wireguard", command)?;
-        let socket = private_dir(&self.node(node)?.dir, trellis_mesh::names::DEFAULT_WIREGUARD_RUN_DIR).join(format!("{INTERFACE}.sock"));
-        wait_for(Duration::from_secs(10), || socket.exists() && netns::alive(daemon.pid), || {
-            format!("the WireGuard device on {node} did not come up; see {}", daemon.log.display())
-        })?;
+        let socket = private_dir(
+            &self.node(node)?.dir,
+            trellis_mesh::names::DEFAULT_WIREGUARD_RUN_DIR,
+        )
+        .join(format!("{INTERFACE}.sock"));
+        wait_for(
+            Duration::from_secs(10),
+            || socket.exists() && netns::alive(daemon.pid),
+            || {
+                format!(
+                    "the WireGuard device on {node} did not come up; see {}",
+                    daemon.log.display()
+                )
+            },
+        )?;
         Ok(daemon)
     }
 
@@ -117,28 +141,109 @@ impl Lab {
     pub fn wg_public_key(&self, node: &str) -> Result<String, LabError> {
         let mut command = self.node_command(node, "wg")?;
         command.args(["show", INTERFACE, "public-key"]);
-        Ok(crate::cmd::output_of(command, format!("wg show {INTERFACE} public-key (on {node})"))?.trim().to_string())
+        Ok(crate::cmd::output_of(
+            command,
+            format!("wg show {INTERFACE} public-key (on {node})"),
+        )?
+        .trim()
+        .to_string())
     }
 
     /// Waits until every node's agent has written its CNI configuration and
     /// configured `expected_peers` peers.
     pub fn wait_mesh(&self, expected_peers: usize, timeout: Duration) -> Result<(), LabError> {
-        for node in self.state.nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>() {
+        for node in self
+            .state
+            .nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .collect::<Vec<_>>()
+        {
             let dir = self.node(&node)?.dir.clone();
-            let conflist = private_dir(&dir, trellis_mesh::names::DEFAULT_CNI_CONF_DIR).join("10-trellis.conflist");
-            wait_for(timeout, || conflist.exists() && self.wg_peers(&node).map(|p| p.len() == expected_peers).unwrap_or(false), || {
-                format!(
+            let conflist = private_dir(&dir, trellis_mesh::names::DEFAULT_CNI_CONF_DIR)
+                .join("10-trellis.conflist");
+            wait_for(
+                timeout,
+                || {
+                    conflist.exists()
+                        && self
+                            .wg_peers(&node)
+                            .map(|p| p.len() == expected_peers)
+                            .unwrap_or(false)
+                },
+                || {
+                    format!(
                     "node {node} did not reach {expected_peers} peers with a CNI configuration: see {}",
                     dir.join("agent.log").display()
                 )
-            })?;
+                },
+            )?;
         }
         Ok(())
     }
 }
 
+impl Lab {
+    /// Stops a daemon the lab started on a node (by its name, e.g. "agent")
+    /// with `signal`; returns whether one was running.
+    pub fn signal_daemon(
+        &mut self,
+        node: &str,
+        what: &str,
+        signal: nix::sys::signal::Signal,
+    ) -> bool {
+        let name = format!("{node}/{what}");
+        let mut found = false;
+        for d in self
+            .state
+            .daemons
+            .iter()
+            .filter(|d| d.name == name && netns::alive(d.pid))
+        {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.pid), signal);
+            found = true;
+        }
+        if signal == nix::sys::signal::Signal::SIGKILL {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline
+                && self
+                    .state
+                    .daemons
+                    .iter()
+                    .any(|d| d.name == name && netns::alive(d.pid))
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            self.state.daemons.retain(|d| d.name != name);
+            let _ = self.state.save();
+        }
+        found
+    }
+
+    /// The text of a node agent's /metrics.
+    pub fn agent_metrics(&self, node: &str) -> Result<String, LabError> {
+        use std::io::{Read, Write};
+        let ns = self.node(node)?.netns.clone();
+        netns::run_in(&ns, || -> std::io::Result<String> {
+            let mut conn = std::net::TcpStream::connect("127.0.0.1:9473")?;
+            conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+            let mut text = String::new();
+            conn.read_to_string(&mut text)?;
+            Ok(text)
+        })?
+        .map_err(|source| LabError::Io {
+            context: format!("reading the agent metrics on {node}"),
+            source,
+        })
+    }
+}
+
 /// Polls `ready` every 100 ms until it holds or `timeout` passes.
-pub fn wait_for(timeout: Duration, mut ready: impl FnMut() -> bool, what: impl Fn() -> String) -> Result<(), LabError> {
+pub fn wait_for(
+    timeout: Duration,
+    mut ready: impl FnMut() -> bool,
+    what: impl Fn() -> String,
+) -> Result<(), LabError> {
     let start = Instant::now();
     while start.elapsed() < timeout {
         if ready() {
@@ -146,7 +251,11 @@ pub fn wait_for(timeout: Duration, mut ready: impl FnMut() -> bool, what: impl F
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Err(LabError::Invalid { what: "wait", name: format!("{:.0?}", timeout), problem: what() })
+    Err(LabError::Invalid {
+        what: "wait",
+        name: format!("{:.0?}", timeout),
+        problem: what(),
+    })
 }
 
 /// The path of a node's agent log.

@@ -11,7 +11,10 @@ use trellis_e2e::pod::ping_from;
 use trellis_e2e::{netns, Lab, LabOptions};
 
 fn require_root() {
-    assert!(nix::unistd::geteuid().is_root(), "this test needs root: run `make test` as root");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root: run `make test` as root"
+    );
 }
 
 /// The pods of the lab: (node, pod, netns, IPv4, IPv6).
@@ -28,11 +31,32 @@ fn add_pods(lab: &mut Lab, per_node: usize) -> Vec<Pod> {
     for node in &nodes {
         for i in 0..per_node {
             let name = format!("p{i}");
-            let result = lab.add_pod(node, &name, None).unwrap_or_else(|e| panic!("pod {name} on {node}: {e}"));
+            let result = lab
+                .add_pod(node, &name, None)
+                .unwrap_or_else(|e| panic!("pod {name} on {node}: {e}"));
             let addr = |v4: bool| {
-                result["ips"].as_array().unwrap().iter().map(|ip| ip["address"].as_str().unwrap().split('/').next().unwrap().to_string()).find(|a| a.contains('.') == v4).unwrap()
+                result["ips"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|ip| {
+                        ip["address"]
+                            .as_str()
+                            .unwrap()
+                            .split('/')
+                            .next()
+                            .unwrap()
+                            .to_string()
+                    })
+                    .find(|a| a.contains('.') == v4)
+                    .unwrap()
             };
-            pods.push(Pod { name: format!("{node}/{name}"), netns: lab.names().pod_netns(node, &name), v4: addr(true), v6: addr(false) });
+            pods.push(Pod {
+                name: format!("{node}/{name}"),
+                netns: lab.names().pod_netns(node, &name),
+                v4: addr(true),
+                v6: addr(false),
+            });
         }
     }
     pods
@@ -76,10 +100,12 @@ fn tcp_transfer(from: &Pod, to: &Pod, bytes: usize) -> usize {
 #[ignore = "needs root"]
 async fn three_nodes_mesh_all_pairs_over_wireguard_only() {
     require_root();
+    let _one = serial().await;
     trellis_e2e::down("m3");
     let mut lab = Lab::up(LabOptions::new("m3", 3)).await.expect("lab up");
     lab.start_mesh(Device::TrellisWg).expect("mesh started");
-    lab.wait_mesh(2, Duration::from_secs(60)).expect("every node has both peers");
+    lab.wait_mesh(2, Duration::from_secs(60))
+        .expect("every node has both peers");
     let pods = add_pods(&mut lab, 2);
 
     // A capture on the underlay bridge while pods talk: only WireGuard.
@@ -91,7 +117,21 @@ async fn three_nodes_mesh_all_pairs_over_wireguard_only() {
         .spawn()
         .unwrap();
     let wireguard = std::process::Command::new("ip")
-        .args(["netns", "exec", &sw, "timeout", "20", "tcpdump", "-i", "br0", "-n", "-l", "-c", "20", "udp port 51820"])
+        .args([
+            "netns",
+            "exec",
+            &sw,
+            "timeout",
+            "20",
+            "tcpdump",
+            "-i",
+            "br0",
+            "-n",
+            "-l",
+            "-c",
+            "20",
+            "udp port 51820",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -99,17 +139,349 @@ async fn three_nodes_mesh_all_pairs_over_wireguard_only() {
     std::thread::sleep(Duration::from_secs(1));
 
     let failures = all_pairs_ping(&pods);
-    assert!(failures.is_empty(), "pairs that did not answer: {failures:#?}");
+    assert!(
+        failures.is_empty(),
+        "pairs that did not answer: {failures:#?}"
+    );
     let received = tcp_transfer(&pods[0], &pods[5], 1 << 20);
-    assert_eq!(received, 1 << 20, "a 1 MiB TCP transfer across nodes arrives whole");
+    assert_eq!(
+        received,
+        1 << 20,
+        "a 1 MiB TCP transfer across nodes arrives whole"
+    );
 
     let wg_out = wireguard.wait_with_output().unwrap();
     let wg_lines = String::from_utf8_lossy(&wg_out.stdout).lines().count();
-    assert!(wg_lines >= 20, "WireGuard UDP seen on the underlay: {wg_lines} packets");
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(plaintext.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        wg_lines >= 20,
+        "WireGuard UDP seen on the underlay: {wg_lines} packets"
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(plaintext.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     let plain_out = plaintext.wait_with_output().unwrap();
     let leaked = String::from_utf8_lossy(&plain_out.stdout).to_string();
-    assert!(leaked.trim().is_empty(), "plaintext pod traffic on the underlay: {leaked}");
+    assert!(
+        leaked.trim().is_empty(),
+        "plaintext pod traffic on the underlay: {leaked}"
+    );
 
     assert!(trellis_e2e::down("m3").is_clean());
+}
+
+/// The mesh tests run one at a time: each brings a lab up, and the timing
+/// ones (a restart loses at most 1 s) must not share two cores with others.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().await
+}
+
+async fn mesh_lab(name: &str, nodes: u8) -> Lab {
+    trellis_e2e::down(name);
+    let mut lab = Lab::up(LabOptions::new(name, nodes)).await.expect("lab up");
+    lab.start_mesh(Device::TrellisWg).expect("mesh started");
+    lab.wait_mesh(usize::from(nodes) - 1, Duration::from_secs(60))
+        .expect("mesh up");
+    lab
+}
+
+/// Pings `target` from `netns` every 50 ms for `seconds`; returns (sent, received).
+fn flow(netns: &str, target: &str, seconds: u32) -> std::thread::JoinHandle<(u32, u32)> {
+    let args: Vec<String> = [
+        "netns",
+        "exec",
+        netns,
+        "ping",
+        "-q",
+        "-i",
+        "0.05",
+        "-W",
+        "1",
+        "-w",
+        &seconds.to_string(),
+        target,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    std::thread::spawn(move || {
+        let out = std::process::Command::new("ip")
+            .args(&args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .unwrap_or_default()
+            .to_string();
+        let num = |word: &str| {
+            line.split(',')
+                .find(|p| p.contains(word))
+                .and_then(|p| p.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        (num("transmitted"), num("received"))
+    })
+}
+
+fn routes_of(lab: &Lab, node: &str) -> String {
+    let mut c = lab.node_command(node, "ip").unwrap();
+    c.args(["route", "show", "proto", "84"]);
+    String::from_utf8_lossy(&c.output().unwrap().stdout).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root"]
+async fn a_node_joins_and_leaves() {
+    require_root();
+    let _one = serial().await;
+    let mut lab = mesh_lab("mjoin", 3).await;
+    let pods = add_pods(&mut lab, 1);
+
+    let new = lab.add_node("mjoin").await.unwrap();
+    lab.install_cni(&new).unwrap();
+    lab.start_device(&new, Device::TrellisWg).unwrap();
+    lab.start_agent(&new).unwrap();
+    lab.wait_mesh(3, Duration::from_secs(60))
+        .expect("every agent adds the new node");
+    let joined = lab.add_pod(&new, "p0", None).unwrap();
+    let joined_ip = joined["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    for p in &pods {
+        ping_from(&p.netns, &joined_ip)
+            .unwrap_or_else(|e| panic!("{} -> new node's pod: {e}", p.name));
+    }
+
+    // The node goes: its Node object is deleted, its namespace with it.
+    let gone_cidr = {
+        let api: kube::Api<k8s_openapi::api::core::v1::Node> =
+            kube::Api::all(lab.client("mjoin").await.unwrap());
+        api.get(&new)
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .pod_cidrs
+            .unwrap()[0]
+            .clone()
+    };
+    lab.remove_node(&new).await.unwrap();
+    lab.wait_mesh(2, Duration::from_secs(60))
+        .expect("every agent drops the peer");
+    for n in ["mjoin-n1", "mjoin-n2", "mjoin-n3"] {
+        let routes = routes_of(&lab, n);
+        assert!(
+            !routes.contains(&gone_cidr),
+            "{n} still routes {gone_cidr}: {routes}"
+        );
+    }
+    assert!(all_pairs_ping(&pods).is_empty());
+    assert!(trellis_e2e::down("mjoin").is_clean());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root"]
+async fn an_agent_killed_and_restarted_keeps_traffic_flowing() {
+    require_root();
+    let _one = serial().await;
+    let mut lab = mesh_lab("mkill", 3).await;
+    let pods = add_pods(&mut lab, 1);
+    let before: Vec<Vec<(String, u64)>> = ["mkill-n1", "mkill-n2", "mkill-n3"]
+        .iter()
+        .map(|n| lab.wg_peers(n).unwrap())
+        .collect();
+
+    let traffic = flow(&pods[0].netns, &pods[2].v4, 8);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(lab.signal_daemon("mkill-n1", "agent", nix::sys::signal::Signal::SIGKILL));
+    std::thread::sleep(Duration::from_secs(1));
+    lab.start_agent("mkill-n1").unwrap();
+    let (sent, received) = traffic.join().unwrap();
+    assert!(sent >= 100, "the flow ran: {sent} sent");
+    let lost = sent - received;
+    assert!(
+        lost <= 20,
+        "a restart lost {lost} of {sent} packets at 50 ms intervals (more than 1 s)"
+    );
+
+    // The restarted agent converges on the same peers: none duplicated,
+    // missing or extra.
+    std::thread::sleep(Duration::from_secs(2));
+    let after = lab.wg_peers("mkill-n1").unwrap();
+    let keys = |v: &[(String, u64)]| {
+        v.iter()
+            .map(|(k, _)| k.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(after.len(), 2);
+    assert_eq!(keys(&after), keys(&before[0]));
+    assert!(trellis_e2e::down("mkill").is_clean());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root"]
+async fn bad_nodes_are_left_out_and_the_rest_keeps_working() {
+    require_root();
+    let _one = serial().await;
+    let mut lab = mesh_lab("mbad", 3).await;
+    let pods = add_pods(&mut lab, 1);
+    let client = lab.client("mbad").await.unwrap();
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+
+    // A node whose agent is gone gets a garbage key.
+    assert!(lab.signal_daemon("mbad-n3", "agent", nix::sys::signal::Signal::SIGKILL));
+    let patch =
+        serde_json::json!({"metadata": {"annotations": {"trellis.dev/public-key": "garbage"}}});
+    nodes
+        .patch(
+            "mbad-n3",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    // And a Node object whose pod CIDR overlaps n1's.
+    let n1_cidrs = nodes
+        .get("mbad-n1")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .pod_cidrs
+        .unwrap();
+    let overlapping: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "intruder", "annotations": {"trellis.dev/public-key": "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=", "trellis.dev/endpoint": "198.51.100.99:51820"}},
+        "spec": {"podCIDR": n1_cidrs[0], "podCIDRs": [n1_cidrs[0]]}
+    }))
+    .unwrap();
+    nodes
+        .create(&Default::default(), &overlapping)
+        .await
+        .unwrap();
+
+    trellis_e2e::mesh::wait_for(
+        Duration::from_secs(30),
+        || {
+            lab.wg_peers("mbad-n1")
+                .map(|p| p.len() == 1)
+                .unwrap_or(false)
+        },
+        || "n1 did not drop n3".into(),
+    )
+    .unwrap();
+    trellis_e2e::mesh::wait_for(
+        Duration::from_secs(30),
+        || {
+            lab.wg_peers("mbad-n2")
+                .map(|p| p.len() == 1)
+                .unwrap_or(false)
+        },
+        || "n2 did not drop n3".into(),
+    )
+    .unwrap();
+    // n1 and n2 keep talking.
+    ping_from(&pods[0].netns, &pods[1].v4).expect("n1 to n2 still works");
+    ping_from(&pods[1].netns, &pods[0].v6).expect("n2 to n1 still works");
+
+    // Metrics and Events say why.
+    let metrics = lab.agent_metrics("mbad-n2").unwrap();
+    assert!(
+        metrics.contains("trellis_rejected_peers{reason=\"invalid_annotation\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("trellis_rejected_peers{reason=\"overlapping_pod_cidr\"} 1"),
+        "{metrics}"
+    );
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> = kube::Api::all(client);
+    let notes: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.note)
+        .collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("mbad-n3") && n.contains("public-key")),
+        "{notes:#?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("intruder") && n.contains("overlaps")),
+        "{notes:#?}"
+    );
+    assert!(trellis_e2e::down("mbad").is_clean());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root"]
+async fn wireguard_go_on_one_node_interoperates() {
+    require_root();
+    let _one = serial().await;
+    trellis_e2e::down("mgo");
+    let mut lab = Lab::up(LabOptions::new("mgo", 3)).await.expect("lab up");
+    for (node, device) in [
+        ("mgo-n1", Device::TrellisWg),
+        ("mgo-n2", Device::WireguardGo),
+        ("mgo-n3", Device::TrellisWg),
+    ] {
+        lab.install_cni(node).unwrap();
+        lab.start_device(node, device).unwrap();
+        lab.start_agent(node).unwrap();
+    }
+    lab.wait_mesh(2, Duration::from_secs(60))
+        .expect("mesh up with wireguard-go on n2");
+    let pods = add_pods(&mut lab, 1);
+    let failures = all_pairs_ping(&pods);
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(trellis_e2e::down("mgo").is_clean());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root"]
+async fn traffic_survives_a_stopped_apiserver_and_changes_converge_after() {
+    require_root();
+    let _one = serial().await;
+    let mut lab = mesh_lab("mapi", 3).await;
+    let pods = add_pods(&mut lab, 1);
+    let apiserver = lab
+        .state
+        .daemons
+        .iter()
+        .find(|d| d.name == "mapi/kube-apiserver")
+        .unwrap()
+        .pid;
+    let stop = |sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(apiserver), sig).unwrap();
+
+    let traffic = flow(&pods[0].netns, &pods[1].v4, 62);
+    stop(nix::sys::signal::Signal::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(60));
+    stop(nix::sys::signal::Signal::SIGCONT);
+    let (sent, received) = traffic.join().unwrap();
+    assert!(
+        sent > 1000 && sent - received <= 5,
+        "traffic during the outage: {received}/{sent}"
+    );
+
+    // A node joining after the outage reaches every agent.
+    let new = lab.add_node("mapi").await.unwrap();
+    lab.install_cni(&new).unwrap();
+    lab.start_device(&new, Device::TrellisWg).unwrap();
+    lab.start_agent(&new).unwrap();
+    lab.wait_mesh(3, Duration::from_secs(90))
+        .expect("changes after the outage converge");
+    assert!(trellis_e2e::down("mapi").is_clean());
 }

@@ -257,43 +257,76 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-/// Each node's peers with handshake ages, then a ping matrix of the pods.
+/// An all-pairs ping matrix of the pods, then each node's peers with
+/// handshake ages.
 fn show_mesh(lab: &Lab) -> Result<()> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    if !lab.state.pods.is_empty() {
+        let pods: Vec<(String, String, String)> = lab
+            .state
+            .pods
+            .iter()
+            .map(|p| {
+                let addr = trellis_e2e::cmd::ip(
+                    Some(&p.netns),
+                    &["-4", "-o", "addr", "show", "dev", "eth0"],
+                )
+                .unwrap_or_default();
+                let v4 = addr
+                    .split_whitespace()
+                    .nth(3)
+                    .unwrap_or("")
+                    .split('/')
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                (format!("{}/{}", p.node, p.name), p.netns.clone(), v4)
+            })
+            .collect();
+        print!("{:<14}", "ping from\\to");
+        for (name, _, _) in &pods {
+            print!(" {name:>12}");
+        }
+        println!();
+        for (from, ns, _) in &pods {
+            print!("{from:<14}");
+            for (to, _, addr) in &pods {
+                let mark = if from == to {
+                    "-"
+                } else if trellis_e2e::pod::ping_from(ns, addr).is_ok() {
+                    "ok"
+                } else {
+                    "FAIL"
+                };
+                print!(" {mark:>12}");
+            }
+            println!();
+        }
+        println!();
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let keys: Vec<(String, String)> = lab
+        .state
+        .nodes
+        .iter()
+        .filter_map(|n| Some((lab.wg_public_key(&n.name).ok()?, n.name.clone())))
+        .collect();
     for n in &lab.state.nodes {
         println!("{}:", n.name);
         for (key, handshake) in lab.wg_peers(&n.name)? {
-            let peer = lab.state.nodes.iter().find(|o| o.name != n.name && lab.wg_public_key(&o.name).ok().as_deref() == Some(key.as_str())).map(|o| o.name.clone()).unwrap_or_else(|| key.clone());
-            let age = if handshake == 0 { "no handshake yet".to_string() } else { format!("handshake {}s ago", now.saturating_sub(handshake)) };
+            let peer = keys
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, name)| name.clone())
+                .unwrap_or(key);
+            let age = if handshake == 0 {
+                "no handshake yet".to_string()
+            } else {
+                format!("latest handshake {}s ago", now.saturating_sub(handshake))
+            };
             println!("  peer {peer:<12} {age}");
         }
-    }
-    if lab.state.pods.is_empty() {
-        return Ok(());
-    }
-    let pods: Vec<(String, String, String)> = lab
-        .state
-        .pods
-        .iter()
-        .map(|p| {
-            let addr = trellis_e2e::cmd::ip(Some(&p.netns), &["-4", "-o", "addr", "show", "dev", "eth0"]).unwrap_or_default();
-            let v4 = addr.split_whitespace().nth(3).unwrap_or("").split('/').next().unwrap_or("").to_string();
-            (format!("{}/{}", p.node, p.name), p.netns.clone(), v4)
-        })
-        .collect();
-    println!();
-    print!("{:<14}", "ping from\\to");
-    for (name, _, _) in &pods {
-        print!(" {name:>12}");
-    }
-    println!();
-    for (from, ns, _) in &pods {
-        print!("{from:<14}");
-        for (to, _, addr) in &pods {
-            let mark = if from == to { "-" } else if trellis_e2e::pod::ping_from(ns, addr).is_ok() { "ok" } else { "FAIL" };
-            print!(" {mark:>12}");
-        }
-        println!();
     }
     Ok(())
 }
