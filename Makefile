@@ -37,7 +37,9 @@ test: tools lint
 
 ## bench: benchmarks that print figures and ratios and record them in BENCHMARKS.md (root)
 bench: tools
+	$(CARGO) build --release --workspace --bins
 	$(CARGO) bench -p trellis-cni --bench cni_latency
+	$(CARGO) bench -p trellis-e2e --bench mesh
 
 ## demo: a lab cluster with the Trellis mesh running: nodes, peers with handshake ages, pods pinging
 demo: tools

@@ -8,6 +8,7 @@
 //! namespace it creates carries the lab's name, so `down` removes a lab even
 //! when the process that built it was killed.
 
+pub mod bench;
 pub mod cmd;
 pub mod control_plane;
 pub mod kubeconfig;
