@@ -5,6 +5,7 @@
 //!   peer, and → the first successful ping to a pod on it;
 //! - the agent at idle with 3 nodes and with 1000 Node objects (resident
 //!   memory, CPU), and the dataplane operations one more join costs.
+//!
 //! Needs root; writes its sections into BENCHMARKS.md.
 
 use std::time::{Duration, Instant};
