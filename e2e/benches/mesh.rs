@@ -25,12 +25,21 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let throughput = rt.block_on(throughput());
-    update_benchmarks_md("mesh-throughput", "Pod-to-pod throughput", &throughput);
-    let convergence = rt.block_on(convergence());
-    update_benchmarks_md("mesh-convergence", "Convergence of a join", &convergence);
-    let scale = rt.block_on(scale());
-    update_benchmarks_md("mesh-scale", "The agent at idle, and at 1000 nodes", &scale);
+    // TRELLIS_BENCH=throughput,convergence,scale picks parts (default: all).
+    let only = std::env::var("TRELLIS_BENCH").unwrap_or_default();
+    let wanted = |part: &str| only.is_empty() || only.split(',').any(|p| p == part);
+    if wanted("throughput") {
+        let throughput = rt.block_on(throughput());
+        update_benchmarks_md("mesh-throughput", "Pod-to-pod throughput", &throughput);
+    }
+    if wanted("convergence") {
+        let convergence = rt.block_on(convergence());
+        update_benchmarks_md("mesh-convergence", "Convergence of a join", &convergence);
+    }
+    if wanted("scale") {
+        let scale = rt.block_on(scale());
+        update_benchmarks_md("mesh-scale", "The agent at idle, and at 1000 nodes", &scale);
+    }
 }
 
 fn pod_ip(result: &serde_json::Value) -> String {
@@ -281,7 +290,9 @@ async fn scale() -> String {
     trellis_e2e::down("bscale");
     let mut options = LabOptions::new("bscale", 3);
     options.family = IpFamily::Ipv4;
-    options.cluster_cidrs = Some(vec!["10.0.0.0/8".parse().unwrap()]);
+    // /12: 4096 node CIDRs of /24 (the controller-manager refuses more
+    // than 16 bits between cluster and node mask).
+    options.cluster_cidrs = Some(vec!["10.0.0.0/12".parse().unwrap()]);
     let mut lab = Lab::up(options).await.expect("lab");
     lab.start_mesh(Device::TrellisWg).unwrap();
     lab.wait_mesh(2, Duration::from_secs(60)).unwrap();

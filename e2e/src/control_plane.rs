@@ -195,13 +195,22 @@ pub fn start(
         "--controllers=node-ipam-controller,serviceaccount-controller".to_string(),
         "--allocate-node-cidrs=true".to_string(),
         format!("--cluster-cidr={}", cidrs.join(",")),
-        "--node-cidr-mask-size-ipv4=24".to_string(),
-        "--node-cidr-mask-size-ipv6=64".to_string(),
         format!("--service-cluster-ip-range={}", spec.service_cidr()),
         "--leader-elect=false".to_string(),
         "--secure-port=0".to_string(),
         "--use-service-account-credentials=true".to_string(),
     ]);
+    // The per-family flags are refused by a single-stack cluster.
+    let has_v4 = spec.cluster_cidrs.iter().any(|c| c.addr().is_ipv4());
+    let has_v6 = spec.cluster_cidrs.iter().any(|c| c.addr().is_ipv6());
+    match (has_v4, has_v6) {
+        (true, true) => kcm.args([
+            "--node-cidr-mask-size-ipv4=24",
+            "--node-cidr-mask-size-ipv6=64",
+        ]),
+        (true, false) => kcm.arg("--node-cidr-mask-size=24"),
+        _ => kcm.arg("--node-cidr-mask-size=64"),
+    };
     for (name, command) in [
         ("etcd", etcd),
         ("kube-apiserver", apiserver),

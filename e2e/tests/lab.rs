@@ -352,3 +352,31 @@ async fn pods_nat_and_a_second_cluster() {
     assert!(report.is_clean(), "{:?}", report.errors);
     assert_gone("t4pods", &pids);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root"]
+async fn single_stack_labs_assign_one_cidr_per_node() {
+    require_root();
+    for (name, family, v4) in [
+        ("t5four", trellis_e2e::IpFamily::Ipv4, true),
+        ("t5six", trellis_e2e::IpFamily::Ipv6, false),
+    ] {
+        trellis_e2e::down(name);
+        let mut options = LabOptions::new(name, 2);
+        options.family = family;
+        let lab = Lab::up(options)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        for node in nodes(&lab, name).await {
+            let cidrs = node.spec.unwrap().pod_cidrs.unwrap();
+            assert_eq!(cidrs.len(), 1, "{name}: {cidrs:?}");
+            assert_eq!(cidrs[0].contains('.'), v4, "{name}: {cidrs:?}");
+        }
+        let n1 = lab.node(&format!("{name}-n1")).unwrap();
+        assert_eq!(n1.v4.is_some(), v4);
+        assert_eq!(n1.v6.is_some(), !v4);
+        let pids = daemon_pids(&lab);
+        assert!(trellis_e2e::down(name).is_clean());
+        assert_gone(name, &pids);
+    }
+}
