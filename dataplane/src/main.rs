@@ -33,9 +33,13 @@ struct Args {
     /// Name of the WireGuard interface to create.
     #[arg(env = "TRELLIS_INTERFACE", default_value = "trellis")]
     interface: String,
-    /// Worker threads of the device.
-    #[arg(long, env = "TRELLIS_WG_THREADS", default_value_t = 2)]
+    /// Worker threads of the device. One is fastest on small nodes: with
+    /// two cores, one thread moved 0.68 Gbit/s and four 0.36 (BENCHMARKS.md).
+    #[arg(long, env = "TRELLIS_WG_THREADS", default_value_t = 1)]
     threads: usize,
+    /// One TUN queue per worker thread.
+    #[arg(long, env = "TRELLIS_WG_MULTI_QUEUE", default_value_t = true, action = clap::ArgAction::Set)]
+    multi_queue: bool,
     /// Directory of UAPI sockets.
     #[arg(
         long,
@@ -98,7 +102,7 @@ fn main() -> ExitCode {
         n_threads: args.threads.max(1),
         // Connected sockets break roaming and NAT rebinding.
         use_connected_socket: false,
-        use_multi_queue: true,
+        use_multi_queue: args.multi_queue,
         uapi_fd: -1,
     };
     let inner_for_thread = inner.clone();

@@ -148,6 +148,7 @@ async fn throughput() -> String {
         "| bare underlay veth (no WireGuard) | {bare:.2} | {:.2}x | 1x |\n",
         bare / wg_go
     ));
+    t.push_str("\ntrellis-wg runs with its default of one worker thread (`TRELLIS_WG_THREADS`): here both nodes, both devices and iperf3 share two cores, and more boringtun threads lose more to lock contention than they gain.\n");
     t.push_str(&format!(
         "\nTarget: trellis-wg at least equal to wireguard-go — measured {:.2}x: {}.\n",
         rows[0].1 / wg_go,
