@@ -8,8 +8,8 @@
 //! in place (it panics, then hangs): its own socket is hidden in a private
 //! directory, and trellis-wg answers on the standard one, translating (see
 //! `translate`). The device is created on its own thread, which also holds
-//! the private mount namespace that hides the inner socket; that thread's
-//! signal mask is left to boringtun.
+//! the private mount namespace that hides the inner socket. SIGTERM and
+//! SIGINT are boringtun's to take (it reads them through a signalfd).
 
 mod translate;
 mod uapi;
@@ -87,7 +87,10 @@ fn main() -> ExitCode {
     let inner_socket = inner.join(format!("{}.sock", args.interface));
     let front_socket = args.run_dir.join(format!("{}.sock", args.interface));
 
-    // Stop on SIGTERM or SIGINT, taken here.
+    // SIGTERM and SIGINT stop the device: boringtun reads them through a
+    // signalfd in its event loop, which needs them blocked in every thread
+    // (started from here on, all inherit the mask). Its threads then end,
+    // and the device thread reports back.
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGINT);
@@ -96,7 +99,12 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let (started_tx, started_rx) = mpsc::channel();
-    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    // Stopping: the device's threads end → main removes the front socket
+    // → the device thread closes the interface. In that order, whoever
+    // waits for the interface to vanish finds the socket path free.
+    let (stopped_tx, stopped_rx) = mpsc::channel::<()>();
+    let (unlinked_tx, unlinked_rx) = mpsc::channel::<()>();
+    let (closed_tx, closed_rx) = mpsc::channel::<()>();
     let name = args.interface.clone();
     let config = DeviceConfig {
         n_threads: args.threads.max(1),
@@ -114,11 +122,15 @@ fn main() -> ExitCode {
             return;
         }
         match DeviceHandle::new(&name, config) {
-            Ok(handle) => {
+            Ok(mut handle) => {
                 let _ = started_tx.send(Ok(()));
-                let _ = stop_rx.recv();
-                // Dropping the handle stops the device and removes its socket.
+                handle.wait();
+                let _ = stopped_tx.send(());
+                let _ = unlinked_rx.recv();
+                // Dropping the handle closes the interface and removes
+                // boringtun's own socket.
                 drop(handle);
+                let _ = closed_tx.send(());
             }
             Err(e) => {
                 let _ = started_tx.send(Err(format!("{e:?}")));
@@ -136,22 +148,27 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    if let Err(e) = uapi::Proxy::new(inner_socket).serve(&front_socket) {
-        eprintln!("trellis-wg: cannot serve {}: {e}", front_socket.display());
-        return ExitCode::FAILURE;
-    }
+    let ours = match uapi::Proxy::new(inner_socket).serve(&front_socket) {
+        Ok(identity) => identity,
+        Err(e) => {
+            eprintln!("trellis-wg: cannot serve {}: {e}", front_socket.display());
+            return ExitCode::FAILURE;
+        }
+    };
     eprintln!(
         "trellis-wg: interface {} up, UAPI socket {}",
         args.interface,
         front_socket.display()
     );
-    let signal = signals.wait();
-    eprintln!(
-        "trellis-wg: {signal:?}: stopping interface {}",
-        args.interface
-    );
-    let _ = std::fs::remove_file(&front_socket);
-    let _ = stop_tx.send(());
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    let _ = stopped_rx.recv();
+    eprintln!("trellis-wg: stopping interface {}", args.interface);
+    // Remove the socket only if it is still ours: a device started in our
+    // place as soon as the interface went may have bound the same path.
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata(&front_socket).is_ok_and(|m| (m.dev(), m.ino()) == ours) {
+        let _ = std::fs::remove_file(&front_socket);
+    }
+    let _ = unlinked_tx.send(());
+    let _ = closed_rx.recv();
     ExitCode::SUCCESS
 }

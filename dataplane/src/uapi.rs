@@ -102,17 +102,22 @@ impl Proxy {
     }
 
     /// Serves `front` until the process ends, one thread per client.
-    pub(crate) fn serve(self, front: &Path) -> std::io::Result<()> {
+    /// Returns the identity (device, inode) of the socket file it created,
+    /// so that only that file is removed at exit.
+    pub(crate) fn serve(self, front: &Path) -> std::io::Result<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
         let _ = std::fs::remove_file(front);
         let listener = UnixListener::bind(front)?;
         std::fs::set_permissions(front, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        let meta = std::fs::metadata(front)?;
+        let identity = (meta.dev(), meta.ino());
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
                 let proxy = self.clone();
                 std::thread::spawn(move || proxy.client(conn));
             }
         });
-        Ok(())
+        Ok(identity)
     }
 
     fn client(&self, mut conn: UnixStream) {

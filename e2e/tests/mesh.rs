@@ -167,6 +167,31 @@ async fn three_nodes_mesh_all_pairs_over_wireguard_only() {
         "plaintext pod traffic on the underlay: {leaked}"
     );
 
+    // Traffic leaving the mesh is masqueraded: the host (outside every pod
+    // CIDR) sees the node's address, not the pod's.
+    let host_ip = lab.host_addrs().v4.unwrap();
+    let receiver = std::net::UdpSocket::bind((host_ip, 0)).unwrap();
+    receiver
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let to = receiver.local_addr().unwrap();
+    netns::run_in(&pods[0].netns, move || {
+        std::net::UdpSocket::bind("0.0.0.0:0")
+            .unwrap()
+            .send_to(b"out", to)
+            .unwrap()
+    })
+    .unwrap();
+    let (_, seen) = receiver
+        .recv_from(&mut [0u8; 8])
+        .expect("a datagram from the pod");
+    let node_ip = lab.node("m3-n1").unwrap().v4.unwrap();
+    assert_eq!(
+        seen.ip(),
+        std::net::IpAddr::V4(node_ip),
+        "masqueraded to the node's address"
+    );
+
     assert!(trellis_e2e::down("m3").is_clean());
 }
 
@@ -442,17 +467,20 @@ async fn bad_nodes_are_left_out_and_the_rest_keeps_working() {
 async fn wireguard_go_on_one_node_interoperates() {
     require_root();
     let _one = serial().await;
-    trellis_e2e::down("mgo");
-    let mut lab = Lab::up(LabOptions::new("mgo", 3)).await.expect("lab up");
-    for (node, device) in [
-        ("mgo-n1", Device::TrellisWg),
-        ("mgo-n2", Device::WireguardGo),
-        ("mgo-n3", Device::TrellisWg),
-    ] {
-        lab.install_cni(node).unwrap();
-        lab.start_device(node, device).unwrap();
-        lab.start_agent(node).unwrap();
-    }
+    let mut lab = mesh_lab("mgo", 3).await;
+    // Swap n2's trellis-wg for Debian's wireguard-go; the agent configures
+    // it over the same UAPI socket.
+    lab.signal_daemon("mgo-n2", "agent", nix::sys::signal::Signal::SIGKILL);
+    lab.signal_daemon("mgo-n2", "wireguard", nix::sys::signal::Signal::SIGTERM);
+    let ns = lab.node("mgo-n2").unwrap().netns.clone();
+    trellis_e2e::mesh::wait_for(
+        Duration::from_secs(10),
+        || trellis_e2e::cmd::ip(Some(&ns), &["link", "show", "trellis"]).is_err(),
+        || "trellis-wg did not stop".into(),
+    )
+    .unwrap();
+    lab.start_device("mgo-n2", Device::WireguardGo).unwrap();
+    lab.start_agent("mgo-n2").unwrap();
     lab.wait_mesh(2, Duration::from_secs(60))
         .expect("mesh up with wireguard-go on n2");
     let pods = add_pods(&mut lab, 1);
