@@ -33,6 +33,7 @@ unit-test:
 ## test: everything CI runs
 test: tools lint
 	@if [ "$$(id -u)" != 0 ]; then echo "NOTE: not root: root-only tests are skipped (shown as ignored)"; fi
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace -- $(ROOT_TEST_FLAGS)
 
 ## bench: benchmarks that print figures and ratios and record them in BENCHMARKS.md (root)

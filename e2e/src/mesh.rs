@@ -222,17 +222,24 @@ impl Lab {
 
     /// The text of a node agent's /metrics.
     pub fn agent_metrics(&self, node: &str) -> Result<String, LabError> {
+        self.agent_http(node, "/metrics")
+    }
+
+    /// The whole HTTP answer (status line first) of the agent on `node` to
+    /// `GET path`.
+    pub fn agent_http(&self, node: &str, path: &str) -> Result<String, LabError> {
         use std::io::{Read, Write};
         let ns = self.node(node)?.netns.clone();
-        netns::run_in(&ns, || -> std::io::Result<String> {
+        let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+        netns::run_in(&ns, move || -> std::io::Result<String> {
             let mut conn = std::net::TcpStream::connect("127.0.0.1:9473")?;
-            conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+            conn.write_all(request.as_bytes())?;
             let mut text = String::new();
             conn.read_to_string(&mut text)?;
             Ok(text)
         })?
         .map_err(|source| LabError::Io {
-            context: format!("reading the agent metrics on {node}"),
+            context: format!("GET {path} from the agent on {node}"),
             source,
         })
     }

@@ -167,6 +167,21 @@ async fn three_nodes_mesh_all_pairs_over_wireguard_only() {
         "plaintext pod traffic on the underlay: {leaked}"
     );
 
+    // The agents report healthy and ready.
+    for node in ["m3-n1", "m3-n2", "m3-n3"] {
+        for path in ["/healthz", "/readyz"] {
+            let answer = lab.agent_http(node, path).unwrap();
+            assert!(
+                answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+                "{node} {path}: {answer}"
+            );
+        }
+        assert!(
+            lab.agent_metrics(node).unwrap().contains("trellis_peers 2"),
+            "{node}"
+        );
+    }
+
     // Traffic leaving the mesh is masqueraded: the host (outside every pod
     // CIDR) sees the node's address, not the pod's.
     let host_ip = lab.host_addrs().v4.unwrap();
