@@ -13,21 +13,7 @@ use serde_json::json;
 use trellis_e2e::{cmd, netns};
 
 fn addr_of(result: &serde_json::Value, v4: bool) -> String {
-    result["ips"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|ip| {
-            ip["address"]
-                .as_str()
-                .unwrap()
-                .split('/')
-                .next()
-                .unwrap()
-                .to_string()
-        })
-        .find(|a| a.contains('.') == v4)
-        .unwrap()
+    trellis_e2e::pod::result_address(result, v4).expect("an address of that family")
 }
 
 #[test]

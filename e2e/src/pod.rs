@@ -180,6 +180,21 @@ impl Lab {
     }
 }
 
+/// The first address of a family in a CNI result (without its prefix).
+pub fn result_address(result: &serde_json::Value, v4: bool) -> Option<String> {
+    result["ips"]
+        .as_array()?
+        .iter()
+        .filter_map(|ip| {
+            ip["address"]
+                .as_str()?
+                .split('/')
+                .next()
+                .map(str::to_string)
+        })
+        .find(|a| a.contains('.') == v4)
+}
+
 /// Pings `target` from a namespace; `Ok` when a reply came back.
 pub fn ping_from(netns_name: &str, target: &str) -> Result<(), CommandError> {
     cmd::in_netns(netns_name, "ping", &["-c", "1", "-W", "2", target]).map(drop)
@@ -188,6 +203,15 @@ pub fn ping_from(netns_name: &str, target: &str) -> Result<(), CommandError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn result_addresses_by_family() {
+        let r =
+            serde_json::json!({"ips": [{"address": "fd00::5/128"}, {"address": "10.0.0.5/32"}]});
+        assert_eq!(result_address(&r, true).as_deref(), Some("10.0.0.5"));
+        assert_eq!(result_address(&r, false).as_deref(), Some("fd00::5"));
+        assert_eq!(result_address(&serde_json::json!({}), true), None);
+    }
 
     #[test]
     fn default_network_is_the_first_file_by_name() {

@@ -244,15 +244,8 @@ async fn pods_nat_and_a_second_cluster() {
     .unwrap();
     let web = lab.add_pod("t4pods-n1", "web", None).expect("pod web");
     let db = lab.add_pod("t4pods-n1", "db", None).expect("pod db");
-    let ip_of = |r: &serde_json::Value| {
-        r["ips"][0]["address"]
-            .as_str()
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string()
-    };
+    let ip_of =
+        |r: &serde_json::Value| trellis_e2e::pod::result_address(r, true).expect("IPv4 address");
     let (web_ip, db_ip) = (ip_of(&web), ip_of(&db));
     assert_ne!(web_ip, db_ip);
     let web_ns = lab.names().pod_netns("t4pods-n1", "web");

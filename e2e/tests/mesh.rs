@@ -34,23 +34,7 @@ fn add_pods(lab: &mut Lab, per_node: usize) -> Vec<Pod> {
             let result = lab
                 .add_pod(node, &name, None)
                 .unwrap_or_else(|e| panic!("pod {name} on {node}: {e}"));
-            let addr = |v4: bool| {
-                result["ips"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|ip| {
-                        ip["address"]
-                            .as_str()
-                            .unwrap()
-                            .split('/')
-                            .next()
-                            .unwrap()
-                            .to_string()
-                    })
-                    .find(|a| a.contains('.') == v4)
-                    .unwrap()
-            };
+            let addr = |v4: bool| trellis_e2e::pod::result_address(&result, v4).expect("address");
             pods.push(Pod {
                 name: format!("{node}/{name}"),
                 netns: lab.names().pod_netns(node, &name),
