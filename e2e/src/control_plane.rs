@@ -140,12 +140,21 @@ pub fn write_pki(spec: &ControlPlaneSpec) -> Result<(), ControlPlaneError> {
     Ok(())
 }
 
-/// Starts etcd, kube-apiserver and kube-controller-manager as daemons in the
-/// control plane's namespace; `record` is called with each one as soon as it
+/// A process of the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    Etcd,
+    ApiServer,
+    ControllerManager,
+}
+
+/// Starts the given components (etcd, kube-apiserver,
+/// kube-controller-manager) as daemons in the control plane's namespace; `record` is called with each one as soon as it
 /// runs, so the caller can persist it before the next step.
 pub fn start(
     spec: &ControlPlaneSpec,
     tools: &Tools,
+    components: &[Component],
     mut record: impl FnMut(Daemon) -> Result<(), ControlPlaneError>,
 ) -> Result<(), ControlPlaneError> {
     let place = Placement::netns(&spec.netns);
@@ -211,11 +220,14 @@ pub fn start(
         (true, false) => kcm.arg("--node-cidr-mask-size=24"),
         _ => kcm.arg("--node-cidr-mask-size=64"),
     };
-    for (name, command) in [
-        ("etcd", etcd),
-        ("kube-apiserver", apiserver),
-        ("kube-controller-manager", kcm),
+    for (component, name, command) in [
+        (Component::Etcd, "etcd", etcd),
+        (Component::ApiServer, "kube-apiserver", apiserver),
+        (Component::ControllerManager, "kube-controller-manager", kcm),
     ] {
+        if !components.contains(&component) {
+            continue;
+        }
         let log = spec.log(name);
         let pid = place.spawn_daemon(command, name, &log)?;
         record(Daemon {

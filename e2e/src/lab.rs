@@ -284,17 +284,25 @@ impl Lab {
         });
         self.state.save()?;
         control_plane::write_pki(&spec)?;
+        // The controller-manager starts once the apiserver is ready (RBAC
+        // roles bootstrapped): on a slow machine it would otherwise give up.
+        use control_plane::Component;
         let mut started = Vec::new();
-        control_plane::start(&spec, &self.tools, |daemon| {
-            started.push(daemon.clone());
-            self.state.daemons.push(daemon);
-            self.state.save().map_err(|e| ControlPlaneError::Dir {
-                path: self.state.dir.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })
-        })?;
         let start = Instant::now();
-        control_plane::wait_ready(&spec, &started, APISERVER_READY).await?;
+        for phase in [
+            &[Component::Etcd, Component::ApiServer][..],
+            &[Component::ControllerManager][..],
+        ] {
+            control_plane::start(&spec, &self.tools, phase, |daemon| {
+                started.push(daemon.clone());
+                self.state.daemons.push(daemon);
+                self.state.save().map_err(|e| ControlPlaneError::Dir {
+                    path: self.state.dir.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })?;
+            control_plane::wait_ready(&spec, &started, APISERVER_READY).await?;
+        }
         info!(
             cluster = name,
             seconds = start.elapsed().as_secs_f32(),
