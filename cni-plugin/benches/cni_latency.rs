@@ -12,6 +12,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use trellis_e2e::bench::{percentile, update_benchmarks_md};
 
 const CYCLES: usize = 200;
 const DUAL_CYCLES: usize = 30;
@@ -20,13 +21,6 @@ struct Figures {
     name: &'static str,
     add: Vec<Duration>,
     del: Vec<Duration>,
-}
-
-fn percentile(samples: &[Duration], p: f64) -> Duration {
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank]
 }
 
 fn ms(d: Duration) -> f64 {
@@ -157,7 +151,7 @@ fn compare(node: &mut common::Node, dual: bool, cycles: usize) -> String {
 }
 
 fn main() {
-    common::require_root();
+    trellis_e2e::assert_root();
     let mut node = common::Node::new("bench");
     let v4 = compare(&mut node, false, CYCLES);
     // ptp waits for IPv6 duplicate address detection (~2 s per ADD), so the
@@ -175,35 +169,5 @@ fn main() {
         if met { "met" } else { "NOT met" }
     );
     println!("{table}");
-    update_benchmarks_md("cni-latency", &table);
-}
-
-/// Replaces the section between `<!-- NAME:begin -->` and `<!-- NAME:end -->`
-/// in BENCHMARKS.md (appending it when missing).
-fn update_benchmarks_md(name: &str, body: &str) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|_| "# Benchmarks\n\nFigures written by `make bench` (as root), each against a reference measured in\nthe same run on the same machine. Never asserted in tests.\n".into());
-    let (begin, end) = (
-        format!("<!-- {name}:begin -->"),
-        format!("<!-- {name}:end -->"),
-    );
-    let when = std::process::Command::new("date")
-        .arg("-u")
-        .arg("+%Y-%m-%d")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    let section = format!(
-        "{begin}\n_Measured {when} by `make bench` on this machine ({} cores)._\n\n{body}{end}",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    );
-    let new = match (text.find(&begin), text.find(&end)) {
-        (Some(b), Some(e)) if e > b => format!("{}{section}{}", &text[..b], &text[e + end.len()..]),
-        _ => format!("{}\n## CNI plugin latency\n\n{section}\n", text.trim_end()),
-    };
-    std::fs::write(&path, new).expect("BENCHMARKS.md written");
-    eprintln!("wrote {}", path.display());
+    update_benchmarks_md("cni-latency", "CNI plugin latency", &table);
 }

@@ -29,3 +29,12 @@ pub use lab::{Lab, LabError, LabOptions};
 pub use nat::NatMode;
 pub use plan::IpFamily;
 pub use teardown::{down, DownReport};
+
+/// Fails the calling test loudly unless it runs as root (root-only tests are
+/// `#[ignore = "needs root"]`; `make test` includes them when it is root).
+pub fn assert_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (network namespaces): run `make test` as root"
+    );
+}

@@ -3,7 +3,7 @@
 //! node's own directories, plus trellis-cni installed in the node's CNI bin
 //! dir; and waiting until the mesh is up.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -263,9 +263,4 @@ pub fn wait_for(
         name: format!("{:.0?}", timeout),
         problem: what(),
     })
-}
-
-/// The path of a node's agent log.
-pub fn agent_log(node_dir: &Path) -> PathBuf {
-    node_dir.join("agent.log")
 }

@@ -13,13 +13,6 @@ use trellis_e2e::plan::Names;
 use trellis_e2e::state::{lab_root, LabState};
 use trellis_e2e::{netns, Lab, LabOptions, NatMode};
 
-fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test needs root (network namespaces): run `make test` as root"
-    );
-}
-
 /// Asserts that nothing of lab `name` is left: namespaces, the host link,
 /// the state directory, and the processes it had started.
 fn assert_gone(name: &str, pids: &[i32]) {
@@ -51,7 +44,7 @@ async fn nodes(lab: &Lab, cluster: &str) -> Vec<Node> {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root"]
 async fn up_assigns_real_pod_cidrs_and_down_leaves_nothing() {
-    require_root();
+    trellis_e2e::assert_root();
     trellis_e2e::down("t1up");
     let lab = Lab::up(LabOptions::new("t1up", 3)).await.expect("lab up");
 
@@ -135,7 +128,7 @@ async fn up_assigns_real_pod_cidrs_and_down_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root"]
 async fn two_labs_run_at_once_on_separate_underlays() {
-    require_root();
+    trellis_e2e::assert_root();
     for name in ["t2a", "t2b"] {
         trellis_e2e::down(name);
     }
@@ -165,7 +158,7 @@ async fn two_labs_run_at_once_on_separate_underlays() {
 #[test]
 #[ignore = "needs root"]
 fn a_killed_lab_is_removed_by_down() {
-    require_root();
+    trellis_e2e::assert_root();
     trellis_e2e::down("t3kill");
     let mut up = std::process::Command::new(env!("CARGO_BIN_EXE_trellis-lab"))
         .args(["up", "--name", "t3kill", "--nodes", "3"])
@@ -229,7 +222,7 @@ fn observed_source(
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root"]
 async fn pods_nat_and_a_second_cluster() {
-    require_root();
+    trellis_e2e::assert_root();
     trellis_e2e::down("t4pods");
     let mut lab = Lab::up(LabOptions::new("t4pods", 3)).await.expect("lab up");
 
@@ -349,7 +342,7 @@ async fn pods_nat_and_a_second_cluster() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root"]
 async fn single_stack_labs_assign_one_cidr_per_node() {
-    require_root();
+    trellis_e2e::assert_root();
     for (name, family, v4) in [
         ("t5four", trellis_e2e::IpFamily::Ipv4, true),
         ("t5six", trellis_e2e::IpFamily::Ipv6, false),

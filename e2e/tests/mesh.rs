@@ -10,13 +10,6 @@ use trellis_e2e::mesh::Device;
 use trellis_e2e::pod::ping_from;
 use trellis_e2e::{netns, Lab, LabOptions};
 
-fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test needs root: run `make test` as root"
-    );
-}
-
 /// The pods of the lab: (node, pod, netns, IPv4, IPv6).
 struct Pod {
     name: String,
@@ -83,7 +76,7 @@ fn tcp_transfer(from: &Pod, to: &Pod, bytes: usize) -> usize {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root"]
 async fn three_nodes_mesh_all_pairs_over_wireguard_only() {
-    require_root();
+    trellis_e2e::assert_root();
     let _one = serial().await;
     trellis_e2e::down("m3");
     let mut lab = Lab::up(LabOptions::new("m3", 3)).await.expect("lab up");
@@ -261,7 +254,7 @@ fn routes_of(lab: &Lab, node: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root"]
 async fn a_node_joins_and_leaves() {
-    require_root();
+    trellis_e2e::assert_root();
     let _one = serial().await;
     let mut lab = mesh_lab("mjoin", 3).await;
     let pods = add_pods(&mut lab, 1);
@@ -315,7 +308,7 @@ async fn a_node_joins_and_leaves() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root"]
 async fn an_agent_killed_and_restarted_keeps_traffic_flowing() {
-    require_root();
+    trellis_e2e::assert_root();
     let _one = serial().await;
     let mut lab = mesh_lab("mkill", 3).await;
     let pods = add_pods(&mut lab, 1);
@@ -354,7 +347,7 @@ async fn an_agent_killed_and_restarted_keeps_traffic_flowing() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root"]
 async fn bad_nodes_are_left_out_and_the_rest_keeps_working() {
-    require_root();
+    trellis_e2e::assert_root();
     let _one = serial().await;
     let mut lab = mesh_lab("mbad", 3).await;
     let pods = add_pods(&mut lab, 1);
@@ -464,7 +457,7 @@ async fn bad_nodes_are_left_out_and_the_rest_keeps_working() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root"]
 async fn wireguard_go_on_one_node_interoperates() {
-    require_root();
+    trellis_e2e::assert_root();
     let _one = serial().await;
     let mut lab = mesh_lab("mgo", 3).await;
     // Swap n2's trellis-wg for Debian's wireguard-go; the agent configures
@@ -491,7 +484,7 @@ async fn wireguard_go_on_one_node_interoperates() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root"]
 async fn traffic_survives_a_stopped_apiserver_and_changes_converge_after() {
-    require_root();
+    trellis_e2e::assert_root();
     let _one = serial().await;
     let mut lab = mesh_lab("mapi", 3).await;
     let pods = add_pods(&mut lab, 1);

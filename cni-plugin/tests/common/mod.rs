@@ -17,13 +17,6 @@ pub const POD_CIDR_V6: &str = "fd00:10:244:7::/64";
 /// The node's own address (on a bridge named node0), which pods must reach.
 pub const NODE_ADDR: &str = "10.255.0.1";
 
-pub fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test needs root (network namespaces): run it as root"
-    );
-}
-
 pub struct Node {
     pub name: String,
     pub dir: PathBuf,
@@ -35,7 +28,7 @@ impl Node {
     /// A node namespace `tc-<tag>` with forwarding on, a bridge holding
     /// NODE_ADDR and an up "trellis" mesh interface.
     pub fn new(tag: &str) -> Node {
-        require_root();
+        trellis_e2e::assert_root();
         let name = format!("tc-{tag}");
         cleanup_prefix(&name);
         netns::create(&name).unwrap();
