@@ -111,9 +111,7 @@ async fn throughput() -> String {
     ] {
         for node in [&n1, &n2] {
             stop_node_mesh(&mut lab, node);
-            lab.install_cni(node).unwrap();
-            lab.start_device(node, device).unwrap();
-            lab.start_agent(node).unwrap();
+            lab.start_node(node, device).unwrap();
         }
         lab.wait_mesh(1, Duration::from_secs(60)).expect("mesh");
         if pod_ips.is_none() {
@@ -169,9 +167,7 @@ async fn convergence() -> String {
     for i in 0..20 {
         let start = Instant::now();
         let node = lab.add_node("bconv").await.unwrap();
-        lab.install_cni(&node).unwrap();
-        lab.start_device(&node, Device::TrellisWg).unwrap();
-        lab.start_agent(&node).unwrap();
+        lab.start_node(&node, Device::TrellisWg).unwrap();
         let others: Vec<String> = lab
             .state
             .nodes

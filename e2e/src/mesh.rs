@@ -12,11 +12,26 @@ use crate::netns;
 use crate::node::private_dir;
 use crate::state::Daemon;
 
-/// Which userspace WireGuard implementation a node runs.
+/// Which WireGuard implementation a node runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Device {
+    /// trellis-wg (boringtun), a process of its own.
     TrellisWg,
+    /// Debian's wireguard-go, a process of its own.
     WireguardGo,
+    /// The kernel module: no device process, the agent creates the
+    /// interface (`--dataplane kernel`).
+    Kernel,
+}
+
+impl Device {
+    /// The agent's `--dataplane` for this device.
+    pub fn agent_dataplane(self) -> &'static str {
+        match self {
+            Device::Kernel => "kernel",
+            Device::TrellisWg | Device::WireguardGo => "userspace",
+        }
+    }
 }
 
 /// A binary of this workspace, from the target directory the running test
@@ -62,11 +77,12 @@ impl Lab {
     }
 
     /// Starts the userspace WireGuard device on a node and waits for its
-    /// UAPI socket.
-    pub fn start_device(&mut self, node: &str, device: Device) -> Result<Daemon, LabError> {
+    /// UAPI socket. The kernel device has no process: nothing to start.
+    pub fn start_device(&mut self, node: &str, device: Device) -> Result<Option<Daemon>, LabError> {
         let (program, args): (PathBuf, Vec<&str>) = match device {
             Device::TrellisWg => (workspace_binary("trellis-wg")?, vec![INTERFACE]),
             Device::WireguardGo => (PathBuf::from("wireguard-go"), vec!["-f", INTERFACE]),
+            Device::Kernel => return Ok(None),
         };
         let mut command = self.node_command(node, &program)?;
         command
@@ -88,35 +104,44 @@ impl Lab {
                 )
             },
         )?;
-        Ok(daemon)
+        Ok(Some(daemon))
     }
 
-    /// The command line of the agent on `node` (its admin kubeconfig).
-    pub fn agent_command(&self, node: &str) -> Result<Command, LabError> {
+    /// The command line of the agent on `node` (its admin kubeconfig) for
+    /// the node's WireGuard `device`.
+    pub fn agent_command(&self, node: &str, device: Device) -> Result<Command, LabError> {
         let n = self.node(node)?;
         let kubeconfig = self.kubeconfig(&n.cluster)?;
         let mut command = self.node_command(node, workspace_binary("trellis-agent")?)?;
         command
             .args(["--node-name", node, "--kubeconfig"])
             .arg(&kubeconfig)
-            .args(["--dataplane", "userspace", "--resync-seconds", "10"])
+            .args(["--dataplane", device.agent_dataplane()])
+            .args(["--resync-seconds", "10"])
             .env("RUST_LOG", "info,kube_client=warn,kube_runtime=warn");
         Ok(command)
     }
 
-    /// Starts the agent on `node`.
-    pub fn start_agent(&mut self, node: &str) -> Result<Daemon, LabError> {
-        let command = self.agent_command(node)?;
+    /// Starts the agent on `node` for the node's WireGuard `device`.
+    pub fn start_agent(&mut self, node: &str, device: Device) -> Result<Daemon, LabError> {
+        let command = self.agent_command(node, device)?;
         self.spawn_on_node(node, "agent", command)
     }
 
-    /// Installs trellis-cni, starts the device and the agent on every node.
+    /// Installs trellis-cni, starts the device (if it is a process) and the
+    /// agent on `node`.
+    pub fn start_node(&mut self, node: &str, device: Device) -> Result<(), LabError> {
+        self.install_cni(node)?;
+        self.start_device(node, device)?;
+        self.start_agent(node, device)?;
+        Ok(())
+    }
+
+    /// Starts Trellis with the same `device` on every node.
     pub fn start_mesh(&mut self, device: Device) -> Result<(), LabError> {
         let nodes: Vec<String> = self.state.nodes.iter().map(|n| n.name.clone()).collect();
         for node in &nodes {
-            self.install_cni(node)?;
-            self.start_device(node, device)?;
-            self.start_agent(node)?;
+            self.start_node(node, device)?;
         }
         Ok(())
     }

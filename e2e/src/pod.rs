@@ -200,8 +200,65 @@ pub fn ping_from(netns_name: &str, target: &str) -> Result<(), CommandError> {
     cmd::in_netns(netns_name, "ping", &["-c", "1", "-W", "2", target]).map(drop)
 }
 
+/// Pings `target` from `netns_name` every 50 ms for `seconds`, in a thread;
+/// joins to (sent, received).
+pub fn ping_flow(
+    netns_name: &str,
+    target: &str,
+    seconds: u32,
+) -> std::thread::JoinHandle<(u32, u32)> {
+    let args: Vec<String> = [
+        "netns", "exec", netns_name, "ping", "-q", "-i", "0.05", "-W", "1", "-w",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([seconds.to_string(), target.to_string()])
+    .collect();
+    std::thread::spawn(move || {
+        let out = std::process::Command::new("ip")
+            .args(&args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        ping_counts(&out)
+    })
+}
+
+/// (transmitted, received) from ping's summary line; (0, 0) without one.
+fn ping_counts(output: &str) -> (u32, u32) {
+    let line = output
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_default();
+    let num = |word: &str| {
+        line.split(',')
+            .find(|p| p.contains(word))
+            .and_then(|p| p.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    (num("transmitted"), num("received"))
+}
+
+impl Lab {
+    /// `ip route show proto 84` on a node: the agent's routes.
+    pub fn mesh_routes(&self, node: &str) -> Result<String, LabError> {
+        let mut c = self.node_command(node, "ip")?;
+        c.args(["route", "show", "proto"])
+            .arg(trellis_mesh::names::ROUTE_PROTOCOL_MESH.to_string());
+        Ok(cmd::output_of(c, format!("ip route show proto 84 (on {node})"))?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ping_summary_counts() {
+        let out = "PING 10.0.0.1\n\n--- 10.0.0.1 ping statistics ---\n20 packets transmitted, 18 received, 10% packet loss, time 950ms\n";
+        assert_eq!(ping_counts(out), (20, 18));
+        assert_eq!(ping_counts("ping: connect: Network is unreachable"), (0, 0));
+    }
+
     use super::*;
 
     #[test]

@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use trellis_e2e::mesh::Device;
-use trellis_e2e::pod::ping_from;
+use trellis_e2e::pod::{ping_flow, ping_from};
 use trellis_e2e::{netns, Lab, LabOptions};
 
 /// The pods of the lab: (node, pod, netns, IPv4, IPv6).
@@ -227,53 +227,6 @@ async fn mesh_lab(name: &str, nodes: u8) -> Lab {
     lab
 }
 
-/// Pings `target` from `netns` every 50 ms for `seconds`; returns (sent, received).
-fn flow(netns: &str, target: &str, seconds: u32) -> std::thread::JoinHandle<(u32, u32)> {
-    let args: Vec<String> = [
-        "netns",
-        "exec",
-        netns,
-        "ping",
-        "-q",
-        "-i",
-        "0.05",
-        "-W",
-        "1",
-        "-w",
-        &seconds.to_string(),
-        target,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    std::thread::spawn(move || {
-        let out = std::process::Command::new("ip")
-            .args(&args)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        let line = text
-            .lines()
-            .find(|l| l.contains("packets transmitted"))
-            .unwrap_or_default()
-            .to_string();
-        let num = |word: &str| {
-            line.split(',')
-                .find(|p| p.contains(word))
-                .and_then(|p| p.split_whitespace().next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0)
-        };
-        (num("transmitted"), num("received"))
-    })
-}
-
-fn routes_of(lab: &Lab, node: &str) -> String {
-    let mut c = lab.node_command(node, "ip").unwrap();
-    c.args(["route", "show", "proto", "84"]);
-    String::from_utf8_lossy(&c.output().unwrap().stdout).to_string()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root"]
 async fn a_node_joins_and_leaves() {
@@ -283,9 +236,7 @@ async fn a_node_joins_and_leaves() {
     let pods = add_pods(&mut lab, 1);
 
     let new = lab.add_node("mjoin").await.unwrap();
-    lab.install_cni(&new).unwrap();
-    lab.start_device(&new, Device::TrellisWg).unwrap();
-    lab.start_agent(&new).unwrap();
+    lab.start_node(&new, Device::TrellisWg).unwrap();
     lab.wait_mesh(3, Duration::from_secs(60))
         .expect("every agent adds the new node");
     let joined = lab.add_pod(&new, "p0", None).unwrap();
@@ -318,7 +269,7 @@ async fn a_node_joins_and_leaves() {
     lab.wait_mesh(2, Duration::from_secs(60))
         .expect("every agent drops the peer");
     for n in ["mjoin-n1", "mjoin-n2", "mjoin-n3"] {
-        let routes = routes_of(&lab, n);
+        let routes = lab.mesh_routes(n).unwrap();
         assert!(
             !routes.contains(&gone_cidr),
             "{n} still routes {gone_cidr}: {routes}"
@@ -340,11 +291,11 @@ async fn an_agent_killed_and_restarted_keeps_traffic_flowing() {
         .map(|n| lab.wg_peers(n).unwrap())
         .collect();
 
-    let traffic = flow(&pods[0].netns, &pods[2].v4, 8);
+    let traffic = ping_flow(&pods[0].netns, &pods[2].v4, 8);
     std::thread::sleep(Duration::from_secs(2));
     assert!(lab.signal_daemon("mkill-n1", "agent", nix::sys::signal::Signal::SIGKILL));
     std::thread::sleep(Duration::from_secs(1));
-    lab.start_agent("mkill-n1").unwrap();
+    lab.start_agent("mkill-n1", Device::TrellisWg).unwrap();
     let (sent, received) = traffic.join().unwrap();
     assert!(sent >= 100, "the flow ran: {sent} sent");
     let lost = sent - received;
@@ -495,7 +446,7 @@ async fn wireguard_go_on_one_node_interoperates() {
     )
     .unwrap();
     lab.start_device("mgo-n2", Device::WireguardGo).unwrap();
-    lab.start_agent("mgo-n2").unwrap();
+    lab.start_agent("mgo-n2", Device::WireguardGo).unwrap();
     lab.wait_mesh(2, Duration::from_secs(60))
         .expect("mesh up with wireguard-go on n2");
     let pods = add_pods(&mut lab, 1);
@@ -520,7 +471,7 @@ async fn traffic_survives_a_stopped_apiserver_and_changes_converge_after() {
         .pid;
     let stop = |sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(apiserver), sig).unwrap();
 
-    let traffic = flow(&pods[0].netns, &pods[1].v4, 62);
+    let traffic = ping_flow(&pods[0].netns, &pods[1].v4, 62);
     stop(nix::sys::signal::Signal::SIGSTOP);
     std::thread::sleep(Duration::from_secs(60));
     stop(nix::sys::signal::Signal::SIGCONT);
@@ -532,9 +483,7 @@ async fn traffic_survives_a_stopped_apiserver_and_changes_converge_after() {
 
     // A node joining after the outage reaches every agent.
     let new = lab.add_node("mapi").await.unwrap();
-    lab.install_cni(&new).unwrap();
-    lab.start_device(&new, Device::TrellisWg).unwrap();
-    lab.start_agent(&new).unwrap();
+    lab.start_node(&new, Device::TrellisWg).unwrap();
     lab.wait_mesh(3, Duration::from_secs(90))
         .expect("changes after the outage converge");
     assert!(trellis_e2e::down("mapi").is_clean());

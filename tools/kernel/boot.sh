@@ -4,8 +4,9 @@
 # own filesystem with virtme-ng, and runs a command in it as root.
 # Installs what it needs the first time: qemu-system-x86, linux-image-amd64
 # and busybox-static from Debian, virtme-ng from PyPI (in a venv in the
-# tools cache). The guest's console goes to $TRELLIS_KERNEL_LOG (default
-# ./kernel-tier.log); a guest that hangs is stopped after
+# tools cache). The command's output is shown as it comes; the whole
+# console (kernel messages too) goes to $TRELLIS_KERNEL_LOG (default
+# ./kernel-tier.log). A guest that hangs is stopped after
 # $TRELLIS_KERNEL_TIMEOUT seconds (default 900) and its console kept.
 #
 #   tools/kernel/boot.sh -- 'modprobe wireguard && ip link add wg0 type wireguard && wg show'
@@ -37,10 +38,13 @@ fi
 kernel="$(ls -1 /boot/vmlinuz-*-amd64 | sort -V | tail -1)"
 log "booting $kernel (software emulation; console in $console)"
 start=$SECONDS
+# The guest sees the host's root read-only, with throwaway writable
+# overlays (/etc, /var, /tmp, /opt, ...) and its own tmpfs /run.
 set +e
 timeout --kill-after=10 "$timeout_s" "$venv/bin/vng" --disable-kvm --memory 4G --cpus 2 \
-	--run "$kernel" --user root --exec "$command_line" >"$console" 2>&1
-status=$?
+	--verbose --append loglevel=4 --run "$kernel" --user root --exec "$command_line" </dev/null 2>&1 |
+	tee "$console" | grep --line-buffered -Ev '^\[ *[0-9]+\.[0-9]+\] '
+status=${PIPESTATUS[0]}
 set -e
 if ((status == 124 || status == 137)); then
 	log "the guest did not finish within ${timeout_s}s; last console lines:"

@@ -105,7 +105,7 @@ enum Verb {
     Mesh {
         #[arg(long, default_value = "lab")]
         name: String,
-        /// Userspace WireGuard implementation on the nodes.
+        /// WireGuard implementation on the nodes.
         #[arg(long, value_enum, default_value = "trellis-wg")]
         device: DeviceArg,
         /// Pods to create on each node once the mesh is up.
@@ -130,8 +130,12 @@ enum Verb {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum DeviceArg {
+    /// trellis-wg, the userspace device built on boringtun.
     TrellisWg,
+    /// Debian's wireguard-go.
     WireguardGo,
+    /// The kernel module (the agent creates the interface).
+    Kernel,
 }
 
 fn cidrs(list: Vec<IpNet>) -> Option<Vec<IpNet>> {
@@ -233,6 +237,7 @@ async fn run(cli: Cli) -> Result<()> {
             let device = match device {
                 DeviceArg::TrellisWg => trellis_e2e::mesh::Device::TrellisWg,
                 DeviceArg::WireguardGo => trellis_e2e::mesh::Device::WireguardGo,
+                DeviceArg::Kernel => trellis_e2e::mesh::Device::Kernel,
             };
             lab.start_mesh(device)?;
             let peers = lab.state.nodes.len().saturating_sub(1);

@@ -1,0 +1,166 @@
+//! The kernel tier: Trellis' kernel WireGuard dataplane, for real, in a
+//! kernel that has the WireGuard module. `make test-kernel` boots such a
+//! kernel under qemu and runs this binary in it as root; it refuses to run
+//! anywhere the module cannot be loaded (built only with the `kernel-tier`
+//! feature, so `cargo test` elsewhere never sees it).
+//!
+//! Two groups of trials, run in order:
+//! - `dataplane::` drives the agent's reconciler over the real kernel
+//!   dataplane directly, with Node descriptions written by the test: exact
+//!   checks of what lands in the kernel (in-place peer updates, removal,
+//!   recreation);
+//! - `agent::` runs the real agents (`--dataplane kernel`) against a real
+//!   kube-apiserver of a lab started inside the guest, in a mesh with a
+//!   trellis-wg node (interop), with pods wired by trellis-cni.
+
+mod agent;
+mod dataplane;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use trellis_e2e::cmd;
+
+/// Name of the WireGuard interface everywhere in this tier.
+const INTERFACE: &str = trellis_e2e::mesh::INTERFACE;
+
+/// `Ok` when `holds`, else a failure saying `what` was wrong.
+fn check(holds: bool, what: impl std::fmt::Display) -> Result<(), Failed> {
+    if holds {
+        Ok(())
+    } else {
+        Err(Failed::from(what))
+    }
+}
+
+/// One peer line of `wg show <interface> dump`.
+#[derive(Debug, Clone, PartialEq)]
+struct WgPeer {
+    public_key: String,
+    endpoint: String,
+    /// Sorted.
+    allowed_ips: Vec<String>,
+    latest_handshake: u64,
+    rx_bytes: u64,
+}
+
+impl WgPeer {
+    fn parse(dump: &str) -> Vec<WgPeer> {
+        dump.lines()
+            .skip(1)
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split('\t').collect();
+                let mut allowed_ips: Vec<String> = f
+                    .get(3)?
+                    .split(',')
+                    .filter(|s| !s.is_empty() && *s != "(none)")
+                    .map(str::to_string)
+                    .collect();
+                allowed_ips.sort();
+                Some(WgPeer {
+                    public_key: f.first()?.to_string(),
+                    endpoint: f.get(2)?.to_string(),
+                    allowed_ips,
+                    latest_handshake: f.get(4)?.parse().ok()?,
+                    rx_bytes: f.get(5)?.parse().ok()?,
+                })
+            })
+            .collect()
+    }
+
+    /// The peers of a kernel interface in a namespace.
+    fn dump(netns: &str) -> Result<Vec<WgPeer>, Failed> {
+        Ok(WgPeer::parse(&cmd::in_netns(
+            netns,
+            "wg",
+            &["show", INTERFACE, "dump"],
+        )?))
+    }
+}
+
+/// The agent's routes (protocol 84) in a namespace, both families, as
+/// sorted `CIDR dev IFACE`.
+fn routes(netns: &str) -> Result<Vec<String>, Failed> {
+    let mut out = Vec::new();
+    for family in ["-4", "-6"] {
+        let text = cmd::ip(Some(netns), &[family, "route", "show", "proto", "84"])?;
+        out.extend(text.lines().filter(|l| !l.trim().is_empty()).map(|l| {
+            l.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        }));
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn main() -> std::process::ExitCode {
+    let mut args = Arguments::from_args();
+    // The agent trials share one lab and follow each other.
+    args.test_threads = Some(1);
+    if !args.list {
+        if let Err(e) = guest_ready() {
+            eprintln!("kernel tier: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
+    let trials = vec![
+        Trial::test(
+            "dataplane::creates_and_configures_the_interface",
+            dataplane::creates_and_configures_the_interface,
+        ),
+        Trial::test(
+            "dataplane::updates_a_peer_in_place",
+            dataplane::updates_a_peer_in_place,
+        ),
+        Trial::test(
+            "dataplane::removes_and_re_adds_a_peer",
+            dataplane::removes_and_re_adds_a_peer,
+        ),
+        Trial::test(
+            "dataplane::recreates_a_deleted_interface",
+            dataplane::recreates_a_deleted_interface,
+        ),
+        Trial::test(
+            "agent::kernel_and_trellis_wg_nodes_mesh",
+            agent::kernel_and_trellis_wg_nodes_mesh,
+        ),
+        Trial::test(
+            "agent::restart_leaves_the_kernel_interface_alone",
+            agent::restart_leaves_the_kernel_interface_alone,
+        ),
+        Trial::test(
+            "agent::deleted_interface_is_recreated",
+            agent::deleted_interface_is_recreated,
+        ),
+        Trial::test(
+            "agent::endpoint_annotation_updates_the_peer_in_place",
+            agent::endpoint_annotation_updates_the_peer_in_place,
+        ),
+        Trial::test(
+            "agent::a_kernel_node_joins_and_leaves",
+            agent::a_kernel_node_joins_and_leaves,
+        ),
+    ];
+    let conclusion = libtest_mimic::run(&args, trials);
+    agent::tear_down();
+    conclusion.exit_code()
+}
+
+/// Root, and the WireGuard module loadable: otherwise this is not the
+/// kernel tier's guest and nothing here can run.
+fn guest_ready() -> Result<(), String> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Err("needs root (run it through `make test-kernel`)".into());
+    }
+    if !trellis_agent::kernel_wg::available() {
+        let _ = std::process::Command::new("modprobe")
+            .arg("wireguard")
+            .status();
+    }
+    if !trellis_agent::kernel_wg::available() {
+        return Err(
+            "this kernel has no WireGuard module; `make test-kernel` boots one that has".into(),
+        );
+    }
+    Ok(())
+}
