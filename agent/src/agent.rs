@@ -114,15 +114,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("the Node reflector stopped")?;
 
-    let dataplane = NodeDataplane {
+    let mut dataplane = NodeDataplane {
         wg,
         links: links.clone(),
         interface: config.interface.clone(),
         private_key: key,
         nft_table: config.nft_table.clone(),
         last_nft: None,
+        nft_record: Some(config.nft_record_path()),
         creates_interface,
     };
+    dataplane.load_nft_record();
     let mut reconciler: Option<Reconciler<NodeDataplane>> = None;
     let mut pending_dataplane = Some(dataplane);
     let mut events: Option<EventSink> = None;

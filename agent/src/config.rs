@@ -86,6 +86,11 @@ impl Config {
         self.cni_conf_dir.join("10-trellis.conflist")
     }
 
+    /// The masquerade ruleset last loaded into nftables.
+    pub fn nft_record_path(&self) -> PathBuf {
+        self.state_dir.join("nft-ruleset")
+    }
+
     pub fn ipam_dir(&self) -> PathBuf {
         self.state_dir.join("ipam")
     }

@@ -50,9 +50,12 @@ pub struct NodeDataplane {
     pub interface: String,
     pub private_key: PrivateKey,
     pub nft_table: String,
-    /// The ruleset this process last loaded (the kernel's text differs in
-    /// form, so we compare with what we wrote).
+    /// The ruleset last loaded (the kernel's text differs in form, so we
+    /// compare with what we wrote). Kept in `nft_record` too, so that a
+    /// restarted agent does not load an unchanged ruleset again.
     pub last_nft: Option<String>,
+    /// Where the last loaded ruleset is recorded (in the state dir).
+    pub nft_record: Option<std::path::PathBuf>,
     /// Whether creating the interface is ours to do (kernel) or the
     /// userspace device's.
     pub creates_interface: bool,
@@ -99,6 +102,23 @@ async fn run_nft(args: &[&str], stdin: Option<&str>) -> Result<String, Dataplane
 }
 
 impl NodeDataplane {
+    /// Reads the ruleset a previous agent recorded (nothing if none).
+    pub fn load_nft_record(&mut self) {
+        if let Some(path) = &self.nft_record {
+            self.last_nft = std::fs::read_to_string(path).ok();
+        }
+    }
+
+    fn record_nft(&self, rules: &str) {
+        let Some(path) = &self.nft_record else { return };
+        let tmp = path.with_extension("tmp");
+        let written = std::fs::write(&tmp, rules).and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            // Only costs a reload of the same ruleset after a restart.
+            tracing::warn!(path = %path.display(), error = %e, "recording the loaded ruleset");
+        }
+    }
+
     fn device(&mut self) -> Result<DeviceState, DataplaneError> {
         let mut state = match self.wg.read() {
             Err(WgError::Missing(_)) if self.creates_interface => {
@@ -196,6 +216,7 @@ impl Dataplane for NodeDataplane {
         if let Some(rules) = &plan.nft_ruleset {
             run_nft(&["-f", "-"], Some(rules)).await?;
             self.last_nft = Some(rules.clone());
+            self.record_nft(rules);
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use trellis_mesh::desired::LocalError;
 use trellis_mesh::nft::masquerade_ruleset;
+use trellis_mesh::roaming::AppliedEndpoints;
 use trellis_mesh::{desired, Desired, LocalNode, NodeInfo, Plan, Rejection};
 
 use crate::dataplane::{Dataplane, DataplaneError, Observation};
@@ -38,6 +39,7 @@ pub struct Reconciler<D> {
     pub dataplane: D,
     pub metrics: Metrics,
     reported: BTreeSet<(String, String)>,
+    applied_endpoints: AppliedEndpoints,
 }
 
 impl<D: Dataplane> Reconciler<D> {
@@ -48,6 +50,7 @@ impl<D: Dataplane> Reconciler<D> {
             dataplane,
             metrics,
             reported: BTreeSet::new(),
+            applied_endpoints: AppliedEndpoints::default(),
         }
     }
 
@@ -77,7 +80,19 @@ impl<D: Dataplane> Reconciler<D> {
         let desired = desired(&self.local, nodes, resolve)?;
         let ruleset = masquerade_ruleset(&desired, &self.nft_table);
         let observation = self.dataplane.observe().await?;
-        let plan = trellis_mesh::plan(&desired, &ruleset, &observation.observed);
+        let handshakes = observation
+            .device
+            .peers
+            .iter()
+            .filter_map(|(key, peer)| Some((*key, peer.last_handshake?)))
+            .collect();
+        let observed = self.applied_endpoints.keep_roamed(
+            &desired,
+            observation.observed.clone(),
+            &handshakes,
+            std::time::SystemTime::now(),
+        );
+        let plan = trellis_mesh::plan(&desired, &ruleset, &observed);
         if !plan.is_empty() {
             tracing::info!(
                 peers_added = plan.peers.iter().filter(|c| matches!(c, trellis_mesh::PeerChange::Add(_))).count(),
@@ -93,6 +108,7 @@ impl<D: Dataplane> Reconciler<D> {
             );
             tracing::debug!(?plan, "plan");
             self.dataplane.apply(&plan).await?;
+            self.applied_endpoints.record(&plan);
             self.metrics
                 .dataplane_operations
                 .inc_by(plan.operations() as u64);

@@ -246,7 +246,10 @@ impl Lab {
         let mut c = self.node_command(node, "ip")?;
         c.args(["route", "show", "proto"])
             .arg(trellis_mesh::names::ROUTE_PROTOCOL_MESH.to_string());
-        Ok(cmd::output_of(c, format!("ip route show proto 84 (on {node})"))?)
+        Ok(cmd::output_of(
+            c,
+            format!("ip route show proto 84 (on {node})"),
+        )?)
     }
 }
 

@@ -315,6 +315,13 @@ async fn an_agent_killed_and_restarted_keeps_traffic_flowing() {
     };
     assert_eq!(after.len(), 2);
     assert_eq!(keys(&after), keys(&before[0]));
+    // ... and finds nothing to change: not even the masquerade ruleset is
+    // loaded again.
+    let metrics = lab.agent_metrics("mkill-n1").unwrap();
+    assert!(
+        metrics.contains("trellis_dataplane_operations_total 0"),
+        "the restarted agent changed the dataplane:\n{metrics}"
+    );
     assert!(trellis_e2e::down("mkill").is_clean());
 }
 

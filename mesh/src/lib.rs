@@ -10,6 +10,7 @@ pub mod key;
 pub mod names;
 pub mod nft;
 pub mod plan;
+pub mod roaming;
 
 pub use desired::{desired, Desired, DesiredPeer, LocalNode, NodeInfo, Rejection};
 pub use key::PublicKey;

@@ -8,6 +8,8 @@
 # console (kernel messages too) goes to $TRELLIS_KERNEL_LOG (default
 # ./kernel-tier.log). A guest that hangs is stopped after
 # $TRELLIS_KERNEL_TIMEOUT seconds (default 900) and its console kept.
+# $TRELLIS_KERNEL_RWDIR, if set, is a host directory the guest may write
+# (everything else the guest writes is thrown away).
 #
 #   tools/kernel/boot.sh -- 'modprobe wireguard && ip link add wg0 type wireguard && wg show'
 set -euo pipefail
@@ -42,7 +44,7 @@ start=$SECONDS
 # overlays (/etc, /var, /tmp, /opt, ...) and its own tmpfs /run.
 set +e
 timeout --kill-after=10 "$timeout_s" "$venv/bin/vng" --disable-kvm --memory 4G --cpus 2 \
-	--verbose --append loglevel=4 --run "$kernel" --user root --exec "$command_line" </dev/null 2>&1 |
+	--verbose --append loglevel=4 ${TRELLIS_KERNEL_RWDIR:+--rwdir="$TRELLIS_KERNEL_RWDIR"} --run "$kernel" --user root --exec "$command_line" </dev/null 2>&1 |
 	tee "$console" | grep --line-buffered -Ev '^\[ *[0-9]+\.[0-9]+\] '
 status=${PIPESTATUS[0]}
 set -e

@@ -21,6 +21,9 @@ use trellis_mesh::{LocalNode, NodeInfo, PeerChange, PublicKey};
 
 use crate::{check, WgPeer, INTERFACE};
 
+/// Not the kernel's default (1420), so that a missed MTU shows.
+const MESH_MTU: u32 = 1380;
+
 type Reply = mpsc::Sender<Result<Outcome, String>>;
 
 /// One node: its namespace and a thread in it that owns its reconciler.
@@ -36,7 +39,13 @@ struct KernelNode {
 }
 
 impl KernelNode {
-    fn start(name: &str, netns: &str, created: i64, endpoint: SocketAddr, pod_cidrs: &[&str]) -> Self {
+    fn start(
+        name: &str,
+        netns: &str,
+        created: i64,
+        endpoint: SocketAddr,
+        pod_cidrs: &[&str],
+    ) -> Self {
         let key = PrivateKey::generate();
         let public_key = key.public_key();
         let local = LocalNode {
@@ -44,7 +53,7 @@ impl KernelNode {
             public_key,
             interface: INTERFACE.to_string(),
             listen_port: DEFAULT_LISTEN_PORT,
-            mtu: 1420,
+            mtu: MESH_MTU,
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Vec<NodeInfo>, Reply)>();
         let ns = netns.to_string();
@@ -62,6 +71,7 @@ impl KernelNode {
                         private_key: key,
                         nft_table: "trellis".to_string(),
                         last_nft: None,
+                        nft_record: None,
                         creates_interface: true,
                     };
                     let mut reconciler =
@@ -93,7 +103,10 @@ impl KernelNode {
     /// The Node object of this node as the others see it.
     fn info(&self) -> NodeInfo {
         let annotations = BTreeMap::from([
-            (ANNOTATION_PUBLIC_KEY.to_string(), self.public_key.to_string()),
+            (
+                ANNOTATION_PUBLIC_KEY.to_string(),
+                self.public_key.to_string(),
+            ),
             (ANNOTATION_ENDPOINT.to_string(), self.endpoint.to_string()),
         ]);
         NodeInfo {
@@ -159,16 +172,33 @@ impl Pair {
         }
         cmd::ip(
             Some(&na),
-            &["link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", &nb],
+            &[
+                "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", &nb,
+            ],
         )?;
         for (ns, addr) in [(&na, UNDERLAY_A), (&nb, UNDERLAY_B)] {
-            cmd::ip(Some(ns), &["addr", "add", &format!("{addr}/24"), "dev", "ul0"])?;
+            cmd::ip(
+                Some(ns),
+                &["addr", "add", &format!("{addr}/24"), "dev", "ul0"],
+            )?;
             cmd::ip(Some(ns), &["link", "set", "ul0", "up"])?;
         }
         let endpoint = |a: &str| SocketAddr::new(a.parse().unwrap(), DEFAULT_LISTEN_PORT);
         Ok(Pair {
-            a: KernelNode::start("a", &na, 1, endpoint(UNDERLAY_A), &["10.77.1.0/24", "fd77:1::/64"]),
-            b: KernelNode::start("b", &nb, 2, endpoint(UNDERLAY_B), &["10.77.2.0/24", "fd77:2::/64"]),
+            a: KernelNode::start(
+                "a",
+                &na,
+                1,
+                endpoint(UNDERLAY_A),
+                &["10.77.1.0/24", "fd77:1::/64"],
+            ),
+            b: KernelNode::start(
+                "b",
+                &nb,
+                2,
+                endpoint(UNDERLAY_B),
+                &["10.77.2.0/24", "fd77:2::/64"],
+            ),
         })
     }
 
@@ -216,34 +246,72 @@ pub(crate) fn creates_and_configures_the_interface() -> Result<(), Failed> {
     pair.converge()?;
     for (n, other) in [(&pair.a, &pair.b), (&pair.b, &pair.a)] {
         let details = cmd::ip(Some(&n.netns), &["-d", "link", "show", INTERFACE])?;
-        check(details.contains("wireguard"), format!("{}: not a kernel WireGuard link: {details}", n.name))?;
-        check(details.contains("mtu 1420"), format!("{}: MTU: {details}", n.name))?;
-        check(details.contains(",UP,") || details.contains("<UP,") || details.contains(",UP>"), format!("{}: not up: {details}", n.name))?;
+        check(
+            details.contains("wireguard"),
+            format!("{}: not a kernel WireGuard link: {details}", n.name),
+        )?;
+        check(
+            details.contains(&format!("mtu {MESH_MTU} ")),
+            format!("{}: MTU: {details}", n.name),
+        )?;
+        check(
+            details.contains(",UP,") || details.contains("<UP,") || details.contains(",UP>"),
+            format!("{}: not up: {details}", n.name),
+        )?;
         let key = cmd::in_netns(&n.netns, "wg", &["show", INTERFACE, "public-key"])?;
-        check(key.trim() == n.public_key.to_string(), format!("{}: device key {key}", n.name))?;
+        check(
+            key.trim() == n.public_key.to_string(),
+            format!("{}: device key {key}", n.name),
+        )?;
         let port = cmd::in_netns(&n.netns, "wg", &["show", INTERFACE, "listen-port"])?;
-        check(port.trim() == "51820", format!("{}: listen port {port}", n.name))?;
+        check(
+            port.trim() == "51820",
+            format!("{}: listen port {port}", n.name),
+        )?;
         let addrs = cmd::ip(Some(&n.netns), &["addr", "show", "dev", INTERFACE])?;
         for v4 in [true, false] {
-            check(addrs.contains(&n.mesh_address(v4)), format!("{}: mesh address missing: {addrs}", n.name))?;
+            check(
+                addrs.contains(&n.mesh_address(v4)),
+                format!("{}: mesh address missing: {addrs}", n.name),
+            )?;
         }
         let routes = crate::routes(&n.netns)?;
         check(
-            routes == other.pod_cidrs.iter().map(|c| format!("{c} dev {INTERFACE}")).collect::<Vec<_>>(),
-            format!("{}: routes (proto 84) {routes:?}, want the other's pod CIDRs", n.name),
+            routes
+                == other
+                    .pod_cidrs
+                    .iter()
+                    .map(|c| format!("{c} dev {INTERFACE}"))
+                    .collect::<Vec<_>>(),
+            format!(
+                "{}: routes (proto 84) {routes:?}, want the other's pod CIDRs",
+                n.name
+            ),
         )?;
         let peers = WgPeer::dump(&n.netns)?;
-        check(peers.len() == 1 && peers[0].public_key == other.public_key.to_string(), format!("{}: peers {peers:?}", n.name))?;
-        check(peers[0].endpoint == other.endpoint.to_string(), format!("{}: endpoint {}", n.name, peers[0].endpoint))?;
+        check(
+            peers.len() == 1 && peers[0].public_key == other.public_key.to_string(),
+            format!("{}: peers {peers:?}", n.name),
+        )?;
+        check(
+            peers[0].endpoint == other.endpoint.to_string(),
+            format!("{}: endpoint {}", n.name, peers[0].endpoint),
+        )?;
         check(
             peers[0].allowed_ips == other.pod_cidrs,
-            format!("{}: allowed IPs {:?}, want {:?}", n.name, peers[0].allowed_ips, other.pod_cidrs),
+            format!(
+                "{}: allowed IPs {:?}, want {:?}",
+                n.name, peers[0].allowed_ips, other.pod_cidrs
+            ),
         )?;
     }
     pair.ping(&pair.a, &pair.b)?;
     pair.ping(&pair.b, &pair.a)?;
     let peers = WgPeer::dump(&pair.a.netns)?;
-    check(peers[0].latest_handshake > 0 && peers[0].rx_bytes > 0, format!("no handshake: {peers:?}"))?;
+    check(
+        peers[0].latest_handshake > 0 && peers[0].rx_bytes > 0,
+        format!("no handshake: {peers:?}"),
+    )?;
     Ok(())
 }
 
@@ -260,21 +328,36 @@ pub(crate) fn updates_a_peer_in_place() -> Result<(), Failed> {
 
     // b moves to another address of its underlay link and gets another
     // IPv4 pod CIDR.
-    cmd::ip(Some(&pair.b.netns), &["addr", "add", "192.168.77.12/24", "dev", "ul0"])?;
-    pair.b.endpoint = SocketAddr::new("192.168.77.12".parse::<IpAddr>().unwrap(), DEFAULT_LISTEN_PORT);
+    cmd::ip(
+        Some(&pair.b.netns),
+        &["addr", "add", "192.168.77.12/24", "dev", "ul0"],
+    )?;
+    pair.b.endpoint = SocketAddr::new(
+        "192.168.77.12".parse::<IpAddr>().unwrap(),
+        DEFAULT_LISTEN_PORT,
+    );
     pair.b.pod_cidrs = vec!["10.77.3.0/24".into(), "fd77:2::/64".into()];
     let nodes = pair.infos();
     let outcome = pair.a.reconcile(&nodes)?;
     let changes: Vec<String> = outcome.plan.peers.iter().map(change_name).collect();
-    check(changes == ["update b"], format!("a's peer changes: {changes:?}, want one in-place update"))?;
+    check(
+        changes == ["update b"],
+        format!("a's peer changes: {changes:?}, want one in-place update"),
+    )?;
     pair.b.reconcile(&nodes)?;
     pair.ping(&pair.a, &pair.b)?;
 
     let after = WgPeer::dump(&pair.a.netns)?.remove(0);
-    check(after.endpoint == "192.168.77.12:51820", format!("endpoint {}", after.endpoint))?;
+    check(
+        after.endpoint == "192.168.77.12:51820",
+        format!("endpoint {}", after.endpoint),
+    )?;
     check(
         after.allowed_ips == ["10.77.3.0/24", "fd77:2::/64"],
-        format!("allowed IPs {:?}: the old CIDR must be gone", after.allowed_ips),
+        format!(
+            "allowed IPs {:?}: the old CIDR must be gone",
+            after.allowed_ips
+        ),
     )?;
     check(
         after.rx_bytes > before.rx_bytes
@@ -289,7 +372,10 @@ pub(crate) fn updates_a_peer_in_place() -> Result<(), Failed> {
     )?;
     for n in [&pair.a, &pair.b] {
         let again = n.reconcile(&nodes)?;
-        check(again.plan.is_empty(), format!("{}: left to do: {:?}", n.name, again.plan))?;
+        check(
+            again.plan.is_empty(),
+            format!("{}: left to do: {:?}", n.name, again.plan),
+        )?;
     }
     Ok(())
 }
@@ -306,10 +392,21 @@ pub(crate) fn removes_and_re_adds_a_peer() -> Result<(), Failed> {
         changes == [format!("remove {}", pair.b.public_key)],
         format!("changes {changes:?}"),
     )?;
-    check(WgPeer::dump(&pair.a.netns)?.is_empty(), "a still has a peer")?;
-    check(crate::routes(&pair.a.netns)?.is_empty(), "a still routes b's pod CIDRs")?;
     check(
-        cmd::in_netns(&pair.a.netns, "ping", &["-c", "1", "-W", "1", &pair.b.mesh_address(true)]).is_err(),
+        WgPeer::dump(&pair.a.netns)?.is_empty(),
+        "a still has a peer",
+    )?;
+    check(
+        crate::routes(&pair.a.netns)?.is_empty(),
+        "a still routes b's pod CIDRs",
+    )?;
+    check(
+        cmd::in_netns(
+            &pair.a.netns,
+            "ping",
+            &["-c", "1", "-W", "1", &pair.b.mesh_address(true)],
+        )
+        .is_err(),
         "b's mesh address still answers without a peer",
     )?;
     let outcome = pair.a.reconcile(&pair.infos())?;
@@ -326,13 +423,25 @@ pub(crate) fn recreates_a_deleted_interface() -> Result<(), Failed> {
     pair.converge()?;
     pair.ping(&pair.a, &pair.b)?;
     cmd::ip(Some(&pair.a.netns), &["link", "del", INTERFACE])?;
-    check(crate::routes(&pair.a.netns)?.is_empty(), "routes outlived their interface")?;
+    check(
+        crate::routes(&pair.a.netns)?.is_empty(),
+        "routes outlived their interface",
+    )?;
     pair.a.reconcile(&pair.infos())?;
     let details = cmd::ip(Some(&pair.a.netns), &["-d", "link", "show", INTERFACE])?;
-    check(details.contains("wireguard") && details.contains("mtu 1420"), details.clone())?;
+    check(
+        details.contains("wireguard") && details.contains(&format!("mtu {MESH_MTU} ")),
+        details.clone(),
+    )?;
     let key = cmd::in_netns(&pair.a.netns, "wg", &["show", INTERFACE, "public-key"])?;
-    check(key.trim() == pair.a.public_key.to_string(), "recreated with another key")?;
-    check(crate::routes(&pair.a.netns)?.len() == 2, "routes not restored")?;
+    check(
+        key.trim() == pair.a.public_key.to_string(),
+        "recreated with another key",
+    )?;
+    check(
+        crate::routes(&pair.a.netns)?.len() == 2,
+        "routes not restored",
+    )?;
     pair.ping(&pair.a, &pair.b)?;
     Ok(())
 }

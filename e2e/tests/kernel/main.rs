@@ -82,12 +82,11 @@ fn routes(netns: &str) -> Result<Vec<String>, Failed> {
     let mut out = Vec::new();
     for family in ["-4", "-6"] {
         let text = cmd::ip(Some(netns), &[family, "route", "show", "proto", "84"])?;
-        out.extend(text.lines().filter(|l| !l.trim().is_empty()).map(|l| {
-            l.split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" ")
-        }));
+        out.extend(
+            text.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")),
+        );
     }
     out.sort();
     Ok(out)
@@ -142,7 +141,11 @@ fn main() -> std::process::ExitCode {
         ),
     ];
     let conclusion = libtest_mimic::run(&args, trials);
-    agent::tear_down();
+    // After a failure the lab stays for its logs (tools/kernel/guest.sh
+    // copies them out; the guest's /run goes with the guest).
+    if !conclusion.has_failed() {
+        agent::tear_down();
+    }
     conclusion.exit_code()
 }
 

@@ -1,0 +1,196 @@
+//! Roaming: WireGuard moves a peer's endpoint to wherever its authenticated
+//! packets come from. Over a live session that learned endpoint is right
+//! (the peer answered from there), and setting the configured one again
+//! would fight the device every resync — and on a userspace device that
+//! cannot change a peer in place it would drop the session each time. So a
+//! roamed endpoint is kept while the session lives, unless the configured
+//! endpoint itself changed since it was last applied.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use crate::desired::Desired;
+use crate::key::PublicKey;
+use crate::plan::{Observed, PeerChange, Plan};
+
+/// A session whose latest handshake is older than this is dead (WireGuard's
+/// REJECT_AFTER_TIME): its peer gets the configured endpoint again.
+pub const SESSION_LIFETIME: Duration = Duration::from_secs(180);
+
+/// The endpoint last set on each peer by this process.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AppliedEndpoints(BTreeMap<PublicKey, Option<SocketAddr>>);
+
+impl AppliedEndpoints {
+    /// Records the endpoints a plan set (once it was applied).
+    pub fn record(&mut self, plan: &Plan) {
+        for change in &plan.peers {
+            match change {
+                PeerChange::Add(p) | PeerChange::Update(p) => {
+                    self.0.insert(p.public_key, p.endpoint);
+                }
+                PeerChange::Remove(key) => {
+                    self.0.remove(key);
+                }
+            }
+        }
+    }
+
+    /// `observed` with every roamed endpoint that should stay counted as
+    /// the configured one, so that the plan leaves it alone: the peer's
+    /// latest handshake (from `handshakes`) is within [`SESSION_LIFETIME`]
+    /// of `now`, and its configured endpoint is the one last applied (or
+    /// unknown, after a restart).
+    pub fn keep_roamed(
+        &self,
+        desired: &Desired,
+        mut observed: Observed,
+        handshakes: &BTreeMap<PublicKey, SystemTime>,
+        now: SystemTime,
+    ) -> Observed {
+        for (key, want) in &desired.peers {
+            let Some(have) = observed.peers.get_mut(key) else {
+                continue;
+            };
+            if want.endpoint.is_none() || have.endpoint == want.endpoint {
+                continue;
+            }
+            let live = handshakes
+                .get(key)
+                .and_then(|t| now.duration_since(*t).ok())
+                .is_some_and(|age| age < SESSION_LIFETIME);
+            let unchanged = self
+                .0
+                .get(key)
+                .is_none_or(|applied| *applied == want.endpoint);
+            if live && unchanged {
+                have.endpoint = want.endpoint;
+            }
+        }
+        observed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::DesiredPeer;
+    use crate::plan::ObservedPeer;
+
+    fn addr(s: &str) -> Option<SocketAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    fn desired_with(endpoint: &str) -> Desired {
+        let mut d = Desired::default();
+        d.peers.insert(
+            PublicKey([1; 32]),
+            DesiredPeer {
+                node: "b".into(),
+                public_key: PublicKey([1; 32]),
+                endpoint: addr(endpoint),
+                allowed_ips: vec![],
+                persistent_keepalive: None,
+            },
+        );
+        d
+    }
+
+    fn observed_at(endpoint: &str) -> Observed {
+        let mut o = Observed::default();
+        o.peers.insert(
+            PublicKey([1; 32]),
+            ObservedPeer {
+                endpoint: addr(endpoint),
+                allowed_ips: vec![],
+                persistent_keepalive: None,
+            },
+        );
+        o
+    }
+
+    fn handshake(ago: u64, now: SystemTime) -> BTreeMap<PublicKey, SystemTime> {
+        BTreeMap::from([(PublicKey([1; 32]), now - Duration::from_secs(ago))])
+    }
+
+    fn endpoint_after(
+        applied: &AppliedEndpoints,
+        want: &str,
+        have: &str,
+        handshake_ago: Option<u64>,
+    ) -> Option<SocketAddr> {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let handshakes = handshake_ago.map(|a| handshake(a, now)).unwrap_or_default();
+        applied
+            .keep_roamed(&desired_with(want), observed_at(have), &handshakes, now)
+            .peers[&PublicKey([1; 32])]
+            .endpoint
+    }
+
+    fn applied(endpoint: &str) -> AppliedEndpoints {
+        let mut a = AppliedEndpoints::default();
+        a.record(&Plan {
+            peers: vec![PeerChange::Add(
+                desired_with(endpoint).peers[&PublicKey([1; 32])].clone(),
+            )],
+            ..Default::default()
+        });
+        a
+    }
+
+    #[test]
+    fn a_roamed_endpoint_over_a_live_session_is_kept() {
+        let a = applied("192.0.2.1:51820");
+        assert_eq!(
+            endpoint_after(&a, "192.0.2.1:51820", "192.0.2.9:51820", Some(5)),
+            addr("192.0.2.1:51820"),
+            "counted as configured: nothing to plan"
+        );
+    }
+
+    #[test]
+    fn a_stale_or_never_handshaken_session_gets_the_configured_endpoint() {
+        let a = applied("192.0.2.1:51820");
+        for ago in [Some(181), None] {
+            assert_eq!(
+                endpoint_after(&a, "192.0.2.1:51820", "192.0.2.9:51820", ago),
+                addr("192.0.2.9:51820"),
+                "handshake {ago:?} s ago: left as observed, so the plan sets it"
+            );
+        }
+    }
+
+    #[test]
+    fn a_changed_configured_endpoint_is_applied_even_over_a_live_session() {
+        let a = applied("192.0.2.1:51820");
+        assert_eq!(
+            endpoint_after(&a, "192.0.2.7:51820", "192.0.2.1:51820", Some(5)),
+            addr("192.0.2.1:51820"),
+            "left as observed, so the plan sets the new one"
+        );
+    }
+
+    #[test]
+    fn after_a_restart_a_live_roamed_endpoint_is_kept() {
+        assert_eq!(
+            endpoint_after(
+                &AppliedEndpoints::default(),
+                "192.0.2.1:51820",
+                "192.0.2.9:51820",
+                Some(5)
+            ),
+            addr("192.0.2.1:51820")
+        );
+    }
+
+    #[test]
+    fn removal_forgets_the_endpoint() {
+        let mut a = applied("192.0.2.1:51820");
+        a.record(&Plan {
+            peers: vec![PeerChange::Remove(PublicKey([1; 32]))],
+            ..Default::default()
+        });
+        assert_eq!(a, AppliedEndpoints::default());
+    }
+}
