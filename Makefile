@@ -10,7 +10,7 @@ export PATH := $(TRELLIS_TOOLS_BIN):$(PATH)
 # Root-only tests are #[ignore]d ("needs root"); run them when we are root.
 ROOT_TEST_FLAGS := $(if $(filter 0,$(shell id -u)),--include-ignored,)
 
-.PHONY: all build tools test lint unit-test bench demo demo-down clean
+.PHONY: all build tools test test-kernel lint unit-test bench demo demo-down clean
 
 all: build
 
@@ -24,17 +24,24 @@ tools:
 ## lint: formatting and clippy, warnings are errors
 lint:
 	$(CARGO) fmt --all --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 
 ## unit-test: tests that need no root and no network
 unit-test:
 	$(CARGO) test --workspace
 
-## test: everything CI runs
+## test: everything CI runs (the kernel tier too, as root)
 test: tools lint
 	@if [ "$$(id -u)" != 0 ]; then echo "NOTE: not root: root-only tests are skipped (shown as ignored)"; fi
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace -- $(ROOT_TEST_FLAGS)
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory test-kernel; \
+	else echo "NOTE: not root: the kernel tier (make test-kernel) is SKIPPED"; fi
+
+## test-kernel: the kernel WireGuard dataplane in a booted Debian kernel under qemu (root;
+## installs qemu, the kernel package and virtme-ng the first time). FILTER=name selects trials.
+test-kernel: tools
+	tools/kernel/run-tests.sh $(FILTER)
 
 ## bench: benchmarks that print figures and ratios and record them in BENCHMARKS.md (root)
 bench: tools
