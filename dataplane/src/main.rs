@@ -148,7 +148,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let ours = match uapi::Proxy::new(inner_socket).serve(&front_socket) {
+    let ours = match uapi::Proxy::new(inner_socket, &args.interface).serve(&front_socket) {
         Ok(identity) => identity,
         Err(e) => {
             eprintln!("trellis-wg: cannot serve {}: {e}", front_socket.display());

@@ -6,7 +6,11 @@
 //!   the time *of* it: `wg show` would print "56 years ago";
 //! - boringtun panics, then hangs, when a `set` changes a peer that exists:
 //!   such a change becomes "remove the peer, add it again with its merged
-//!   configuration" in the same request.
+//!   configuration" in the same request. A peer re-created that way has
+//!   lost its session; [`sessions_to_restart`] names an address behind each
+//!   such peer, so that a datagram sent there starts a new handshake at once
+//!   (the other side would otherwise keep sending on the old session until
+//!   its rekey timeout, about 15 s).
 //!
 //! Pure functions over key/value lines, tested without a device.
 
@@ -45,6 +49,8 @@ pub(crate) struct PeerConfig {
     pub endpoint: Option<String>,
     pub keepalive: Option<String>,
     pub allowed_ips: Vec<String>,
+    /// boringtun reported a handshake: the peer has (or had) a session.
+    pub had_session: bool,
 }
 
 /// The peers of a `get` answer, by hex public key.
@@ -65,6 +71,7 @@ pub(crate) fn peers_of(get: &[Pair]) -> BTreeMap<String, PeerConfig> {
             "endpoint" => peer.endpoint = Some(v.clone()),
             "persistent_keepalive_interval" => peer.keepalive = Some(v.clone()),
             "allowed_ip" => peer.allowed_ips.push(v.clone()),
+            "last_handshake_time_sec" => peer.had_session = true,
             _ => {}
         }
     }
@@ -107,6 +114,53 @@ pub(crate) fn translate_get(
         }
     }
     out
+}
+
+/// For each request of [`rewrite_set`] that re-creates a peer which had a
+/// session, an address in the peer's AllowedIPs (the first address after
+/// the network address of its first range): traffic to it makes boringtun
+/// handshake with the peer.
+pub(crate) fn sessions_to_restart(
+    requests: &[Vec<Pair>],
+    existing: &BTreeMap<String, PeerConfig>,
+) -> Vec<std::net::IpAddr> {
+    let mut removed = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for unit in requests {
+        let mut key = None;
+        for (k, v) in unit {
+            match (k.as_str(), v.as_str()) {
+                ("public_key", _) => key = Some(v.as_str()),
+                ("remove", "true") => {
+                    removed.extend(key);
+                }
+                ("allowed_ip", range) => {
+                    let re_created = key.is_some_and(|k| {
+                        removed.contains(k) && existing.get(k).is_some_and(|p| p.had_session)
+                    });
+                    if let Some(address) = re_created.then(|| first_host(range)).flatten() {
+                        out.push(address);
+                        removed.remove(key.unwrap_or_default());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// The first address after the network address of `range` (the address
+/// itself for a host range).
+fn first_host(range: &str) -> Option<std::net::IpAddr> {
+    use std::net::IpAddr;
+    let (addr, prefix) = range.split_once('/')?;
+    let (addr, prefix): (IpAddr, u8) = (addr.parse().ok()?, prefix.parse().ok()?);
+    Some(match addr {
+        IpAddr::V4(a) if prefix < 32 => IpAddr::V4((u32::from(a) | 1).into()),
+        IpAddr::V6(a) if prefix < 128 => IpAddr::V6((u128::from(a) | 1).into()),
+        other => other,
+    })
 }
 
 /// Rewrites a `set` request into the requests to send boringtun, in order.
@@ -260,6 +314,19 @@ mod tests {
                 "public_key=dd\nremove=false\npersistent_keepalive_interval=0\nreplace_allowed_ips=true\nallowed_ip=10.0.2.0/24\n".to_string(),
             ]
         );
+    }
+
+    #[test]
+    fn a_re_created_peer_that_had_a_session_is_poked_at_its_first_range() {
+        let existing = peers_of(&pairs("public_key=bb\nlast_handshake_time_sec=3\nallowed_ip=10.0.1.0/24\npublic_key=cc\nallowed_ip=10.0.3.0/24\npublic_key=ee\nlast_handshake_time_sec=1\nallowed_ip=fd00:5::/64\n"));
+        // bb changes in place (had a session), cc too (never handshook),
+        // dd is new, ee is re-added by the agent's remove-then-add.
+        let (out, _) = rewrite_set(&pairs("public_key=bb\nendpoint=192.0.2.9:51820\npublic_key=cc\nendpoint=192.0.2.7:51820\npublic_key=dd\nallowed_ip=10.0.2.0/24\npublic_key=ee\nremove=true\npublic_key=ee\nallowed_ip=fd00:6::/64\n"), &existing);
+        let pokes: Vec<String> = sessions_to_restart(&out, &existing)
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(pokes, ["10.0.1.1", "fd00:6::1"]);
     }
 
     #[test]

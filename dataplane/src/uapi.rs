@@ -15,6 +15,9 @@ use crate::translate::{self, Pair};
 #[derive(Debug, Clone)]
 pub(crate) struct Proxy {
     pub(crate) inner: PathBuf,
+    /// The WireGuard interface (datagrams that restart sessions go out
+    /// through it).
+    interface: String,
     private_key: Arc<Mutex<Option<String>>>,
     /// One request at a time reaches the device (a set reads the peers
     /// first, then writes: nothing may come in between).
@@ -51,10 +54,30 @@ fn split_errno(answer: &str) -> (Vec<Pair>, String) {
     )
 }
 
+/// Sends one empty datagram to the discard port of `address` through
+/// `interface`: boringtun, which has no session with the peer behind it,
+/// queues it and starts a handshake. Best effort: a failure only means the
+/// session comes back on the next traffic or rekey.
+fn restart_session(interface: &str, address: std::net::IpAddr) {
+    use nix::sys::socket::{setsockopt, sockopt::BindToDevice};
+    let local: std::net::SocketAddr = match address {
+        std::net::IpAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        std::net::IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let sent = std::net::UdpSocket::bind(local).and_then(|socket| {
+        setsockopt(&socket, BindToDevice, &std::ffi::OsString::from(interface))?;
+        socket.send_to(&[], (address, 9))
+    });
+    if let Err(e) = sent {
+        eprintln!("trellis-wg: restarting the session behind {address}: {e}");
+    }
+}
+
 impl Proxy {
-    pub(crate) fn new(inner: PathBuf) -> Self {
+    pub(crate) fn new(inner: PathBuf, interface: &str) -> Self {
         Proxy {
             inner,
+            interface: interface.to_string(),
             private_key: Arc::default(),
             serial: Arc::default(),
         }
@@ -77,7 +100,9 @@ impl Proxy {
                     .into_iter()
                     .skip(1)
                     .collect();
-                let (requests, key) = translate::rewrite_set(&body, &translate::peers_of(&pairs));
+                let existing = translate::peers_of(&pairs);
+                let (requests, key) = translate::rewrite_set(&body, &existing);
+                let restart = translate::sessions_to_restart(&requests, &existing);
                 for part in requests {
                     let answer = exchange(
                         &self.inner,
@@ -90,6 +115,9 @@ impl Proxy {
                 }
                 if let Some(k) = key {
                     *self.private_key.lock().expect("key lock") = Some(k);
+                }
+                for address in restart {
+                    restart_session(&self.interface, address);
                 }
                 Ok("errno=0\n\n".to_string())
             }),
