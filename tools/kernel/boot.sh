@@ -3,8 +3,8 @@
 # software emulation (nested KVM fails on these machines), over the host's
 # own filesystem with virtme-ng, and runs a command in it as root.
 # Installs what it needs the first time: qemu-system-x86, linux-image-amd64
-# and busybox-static from Debian, virtme-ng from PyPI (in a venv in the
-# tools cache). The command's output is shown as it comes; the whole
+# and busybox-static from Debian, virtme-ng from PyPI (pinned, in a venv in
+# the tools cache). The command's output is shown as it comes; the whole
 # console (kernel messages too) goes to $TRELLIS_KERNEL_LOG (default
 # ./kernel-tier.log). A guest that hangs is stopped after
 # $TRELLIS_KERNEL_TIMEOUT seconds (default 900) and its console kept.
@@ -16,7 +16,8 @@ set -euo pipefail
 
 log() { echo "[kernel] $*" >&2; }
 cache="${TRELLIS_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/trellis/tools}"
-venv="$cache/virtme-ng-venv"
+virtme_ng_version=1.42
+venv="$cache/virtme-ng-$virtme_ng_version"
 console="${TRELLIS_KERNEL_LOG:-$PWD/kernel-tier.log}"
 timeout_s="${TRELLIS_KERNEL_TIMEOUT:-900}"
 
@@ -24,7 +25,7 @@ timeout_s="${TRELLIS_KERNEL_TIMEOUT:-900}"
 command_line="${1:?usage: tools/kernel/boot.sh -- 'COMMAND'}"
 
 missing=()
-for pkg in qemu-system-x86 linux-image-amd64 busybox-static; do
+for pkg in qemu-system-x86 linux-image-amd64 busybox-static python3-venv; do
 	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
@@ -35,7 +36,7 @@ fi
 if [[ ! -x "$venv/bin/vng" ]]; then
 	log "installing virtme-ng into $venv (first time only)"
 	python3 -m venv "$venv"
-	"$venv/bin/pip" install -q virtme-ng
+	"$venv/bin/pip" install -q "virtme-ng==$virtme_ng_version"
 fi
 kernel="$(ls -1 /boot/vmlinuz-*-amd64 | sort -V | tail -1)"
 log "booting $kernel (software emulation; console in $console)"
