@@ -10,7 +10,7 @@ export PATH := $(TRELLIS_TOOLS_BIN):$(PATH)
 # Root-only tests are #[ignore]d ("needs root"); run them when we are root.
 ROOT_TEST_FLAGS := $(if $(filter 0,$(shell id -u)),--include-ignored,)
 
-.PHONY: all build tools test test-kernel lint unit-test bench demo demo-down clean
+.PHONY: all build tools test test-kernel static lint unit-test bench demo demo-down clean
 
 all: build
 
@@ -31,12 +31,16 @@ unit-test:
 	$(CARGO) test --workspace
 
 ## test: everything CI runs (the kernel tier too, as root)
-test: tools lint
+test: tools lint static
 	@if [ "$$(id -u)" != 0 ]; then echo "NOTE: not root: root-only tests are skipped (shown as ignored)"; fi
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace -- $(ROOT_TEST_FLAGS)
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory test-kernel; \
 	else echo "NOTE: not root: the kernel tier (make test-kernel) is SKIPPED"; fi
+
+## static: the image's binaries built for musl (as the Dockerfile does), checked to be static
+static:
+	tools/static-build.sh
 
 ## test-kernel: the kernel WireGuard dataplane in a booted Debian kernel under qemu (root;
 ## installs qemu, the kernel package and virtme-ng the first time). FILTER=name selects trials.
