@@ -146,20 +146,27 @@ impl Lab {
         Ok(())
     }
 
-    /// `wg show trellis dump` on a node: the peers' public keys and their
-    /// latest handshake (seconds since the epoch, 0 for never).
-    pub fn wg_peers(&self, node: &str) -> Result<Vec<(String, u64)>, LabError> {
+    /// The peers of a node's WireGuard device (`wg show trellis dump`).
+    pub fn wg_dump(&self, node: &str) -> Result<Vec<WgPeer>, LabError> {
         let mut command = self.node_command(node, "wg")?;
         command.args(["show", INTERFACE, "dump"]);
         let out = crate::cmd::output_of(command, format!("wg show {INTERFACE} dump (on {node})"))?;
-        Ok(out
-            .lines()
-            .skip(1)
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split('\t').collect();
-                Some((f.first()?.to_string(), f.get(4)?.parse().ok()?))
-            })
+        Ok(WgPeer::parse_dump(&out))
+    }
+
+    /// The peers' public keys and their latest handshake (seconds since the
+    /// epoch, 0 for never).
+    pub fn wg_peers(&self, node: &str) -> Result<Vec<(String, u64)>, LabError> {
+        Ok(self
+            .wg_dump(node)?
+            .into_iter()
+            .map(|p| (p.public_key, p.latest_handshake))
             .collect())
+    }
+
+    /// The agent's routes (protocol 84) on a node; see [`mesh_routes_in`].
+    pub fn mesh_routes(&self, node: &str) -> Result<Vec<String>, LabError> {
+        Ok(mesh_routes_in(&self.node(node)?.netns)?)
     }
 
     /// The public key a node's WireGuard device has.
@@ -270,6 +277,62 @@ impl Lab {
     }
 }
 
+/// One peer line of `wg show <interface> dump`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WgPeer {
+    pub public_key: String,
+    /// `(none)` when the device has none.
+    pub endpoint: String,
+    /// Sorted.
+    pub allowed_ips: Vec<String>,
+    /// Seconds since the epoch, 0 for never.
+    pub latest_handshake: u64,
+    pub rx_bytes: u64,
+}
+
+impl WgPeer {
+    /// The peer lines of a dump (the first line is the interface's).
+    pub fn parse_dump(dump: &str) -> Vec<WgPeer> {
+        dump.lines()
+            .skip(1)
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split('\t').collect();
+                let mut allowed_ips: Vec<String> = f
+                    .get(3)?
+                    .split(',')
+                    .filter(|s| !s.is_empty() && *s != "(none)")
+                    .map(str::to_string)
+                    .collect();
+                allowed_ips.sort();
+                Some(WgPeer {
+                    public_key: f.first()?.to_string(),
+                    endpoint: f.get(2)?.to_string(),
+                    allowed_ips,
+                    latest_handshake: f.get(4)?.parse().ok()?,
+                    rx_bytes: f.get(5)?.parse().ok()?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The agent's routes (protocol 84) in a namespace, IPv4 and IPv6, each as
+/// `CIDR dev IFACE`, sorted.
+pub fn mesh_routes_in(netns: &str) -> Result<Vec<String>, crate::cmd::CommandError> {
+    let proto = trellis_mesh::names::ROUTE_PROTOCOL_MESH.to_string();
+    let mut out = Vec::new();
+    for family in ["-4", "-6"] {
+        let text = crate::cmd::ip(Some(netns), &[family, "route", "show", "proto", &proto])?;
+        out.extend(
+            text.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")),
+        );
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// Polls `ready` every 100 ms until it holds or `timeout` passes.
 pub fn wait_for(
     timeout: Duration,
@@ -288,4 +351,25 @@ pub fn wait_for(
         name: format!("{:.0?}", timeout),
         problem: what(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dump_lines_become_peers_with_sorted_ranges() {
+        let dump = "priv\tpub\t51820\toff\n\
+                    AAA=\t(none)\t192.0.2.3:51820\tfd00:1::/64,10.0.1.0/24\t1700000000\t364\t500\toff\n\
+                    BBB=\t(none)\t(none)\t(none)\t0\t0\t0\toff\n";
+        let peers = WgPeer::parse_dump(dump);
+        assert_eq!(peers.len(), 2);
+        assert_eq!(peers[0].allowed_ips, ["10.0.1.0/24", "fd00:1::/64"]);
+        assert_eq!(
+            (peers[0].latest_handshake, peers[0].rx_bytes),
+            (1_700_000_000, 364)
+        );
+        assert_eq!(peers[0].endpoint, "192.0.2.3:51820");
+        assert!(peers[1].allowed_ips.is_empty() && peers[1].latest_handshake == 0);
+    }
 }

@@ -240,19 +240,6 @@ fn ping_counts(output: &str) -> (u32, u32) {
     (num("transmitted"), num("received"))
 }
 
-impl Lab {
-    /// `ip route show proto 84` on a node: the agent's routes.
-    pub fn mesh_routes(&self, node: &str) -> Result<String, LabError> {
-        let mut c = self.node_command(node, "ip")?;
-        c.args(["route", "show", "proto"])
-            .arg(trellis_mesh::names::ROUTE_PROTOCOL_MESH.to_string());
-        Ok(cmd::output_of(
-            c,
-            format!("ip route show proto 84 (on {node})"),
-        )?)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #[test]

@@ -14,7 +14,9 @@ use trellis_e2e::pod::{ping_flow, ping_from, result_address};
 use trellis_e2e::{netns, Lab, LabOptions};
 use trellis_mesh::names::{ANNOTATION_FORCE_ENDPOINT, DEFAULT_WIREGUARD_RUN_DIR};
 
-use crate::{check, WgPeer, INTERFACE};
+use trellis_e2e::mesh::WgPeer;
+
+use crate::{check, INTERFACE};
 
 const LAB: &str = "kt";
 /// Under software emulation everything is slow: generous waits.
@@ -78,15 +80,6 @@ fn with_mesh(f: impl FnOnce(&mut Mesh) -> Result<(), Failed>) -> Result<(), Fail
     mesh.lab
         .wait_mesh(mesh.lab.state.nodes.len() - 1, CONVERGE)?;
     f(mesh)
-}
-
-fn peers(lab: &Lab, node: &str) -> Result<Vec<WgPeer>, Failed> {
-    let mut c = lab.node_command(node, "wg")?;
-    c.args(["show", INTERFACE, "dump"]);
-    Ok(WgPeer::parse(&trellis_e2e::cmd::output_of(
-        c,
-        format!("wg show on {node}"),
-    )?))
 }
 
 fn link_details(lab: &Lab, node: &str) -> Result<String, Failed> {
@@ -198,7 +191,7 @@ pub(crate) fn kernel_and_trellis_wg_nodes_mesh() -> Result<(), Failed> {
         }
         all_pairs_ping(&m.pods)?;
         for (node, _) in devices() {
-            let peers = peers(&m.lab, &node)?;
+            let peers = m.lab.wg_dump(&node)?;
             check(
                 peers.len() == 2 && peers.iter().all(|p| p.latest_handshake > 0),
                 format!("{node}: every peer should have a handshake: {peers:?}"),
@@ -221,7 +214,7 @@ pub(crate) fn restart_leaves_the_kernel_interface_alone() -> Result<(), Failed> 
                 .unwrap_or_default()
                 .to_string())
         };
-        let (index_before, peers_before) = (ifindex(&m.lab)?, peers(&m.lab, &node)?);
+        let (index_before, peers_before) = (ifindex(&m.lab)?, m.lab.wg_dump(&node)?);
         let flow = ping_flow(&m.pods[0].netns, &m.pods[1].v4, 12);
         std::thread::sleep(Duration::from_secs(2));
         let old = m
@@ -275,7 +268,7 @@ pub(crate) fn restart_leaves_the_kernel_interface_alone() -> Result<(), Failed> 
             ifindex(&m.lab)? == index_before,
             "the interface was re-created",
         )?;
-        let peers_after = peers(&m.lab, &node)?;
+        let peers_after = m.lab.wg_dump(&node)?;
         let config = |p: &[WgPeer]| -> Vec<(String, String, Vec<String>, u64)> {
             p.iter()
                 .map(|p| {
@@ -304,7 +297,7 @@ pub(crate) fn deleted_interface_is_recreated() -> Result<(), Failed> {
         trellis_e2e::cmd::ip(Some(&ns), &["link", "del", INTERFACE])?;
         wait_for(
             CONVERGE,
-            || peers(&m.lab, &node).map(|p| p.len() == 2).unwrap_or(false),
+            || m.lab.wg_dump(&node).map(|p| p.len() == 2).unwrap_or(false),
             || format!("{node}: the interface was not recreated with its peers"),
         )?;
         let details = link_details(&m.lab, &node)?;
@@ -345,7 +338,7 @@ pub(crate) fn endpoint_annotation_updates_the_peer_in_place() -> Result<(), Fail
         ping_from(&m.pods[0].netns, &m.pods[1].v4)?;
         let key_n2 = m.lab.wg_public_key(&n2)?;
         let peer_of = |lab: &Lab| -> Result<WgPeer, Failed> {
-            peers(lab, &n1)?
+            lab.wg_dump(&n1)?
                 .into_iter()
                 .find(|p| p.public_key == key_n2)
                 .ok_or_else(|| Failed::from("kt-n1 has no peer kt-n2"))
@@ -380,7 +373,8 @@ pub(crate) fn endpoint_annotation_updates_the_peer_in_place() -> Result<(), Fail
         wait_for(
             CONVERGE,
             || {
-                peers(&m.lab, &n3)
+                m.lab
+                    .wg_dump(&n3)
                     .map(|p| {
                         p.iter()
                             .any(|p| p.public_key == key_n2_on_n3 && p.endpoint == want)

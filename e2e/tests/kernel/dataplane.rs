@@ -19,7 +19,7 @@ use trellis_e2e::{cmd, netns};
 use trellis_mesh::names::{ANNOTATION_ENDPOINT, ANNOTATION_PUBLIC_KEY, DEFAULT_LISTEN_PORT};
 use trellis_mesh::{LocalNode, NodeInfo, PeerChange, PublicKey};
 
-use crate::{check, WgPeer, INTERFACE};
+use crate::{check, INTERFACE};
 
 /// Not the kernel's default (1420), so that a missed MTU shows.
 const MESH_MTU: u32 = 1380;
@@ -288,7 +288,7 @@ pub(crate) fn creates_and_configures_the_interface() -> Result<(), Failed> {
                 n.name
             ),
         )?;
-        let peers = WgPeer::dump(&n.netns)?;
+        let peers = crate::wg_dump(&n.netns)?;
         check(
             peers.len() == 1 && peers[0].public_key == other.public_key.to_string(),
             format!("{}: peers {peers:?}", n.name),
@@ -307,7 +307,7 @@ pub(crate) fn creates_and_configures_the_interface() -> Result<(), Failed> {
     }
     pair.ping(&pair.a, &pair.b)?;
     pair.ping(&pair.b, &pair.a)?;
-    let peers = WgPeer::dump(&pair.a.netns)?;
+    let peers = crate::wg_dump(&pair.a.netns)?;
     check(
         peers[0].latest_handshake > 0 && peers[0].rx_bytes > 0,
         format!("no handshake: {peers:?}"),
@@ -321,7 +321,7 @@ pub(crate) fn updates_a_peer_in_place() -> Result<(), Failed> {
     let mut pair = Pair::new("upd")?;
     pair.converge()?;
     pair.ping(&pair.a, &pair.b)?;
-    let before = WgPeer::dump(&pair.a.netns)?.remove(0);
+    let before = crate::wg_dump(&pair.a.netns)?.remove(0);
     // Handshake times have a resolution of seconds: a re-created peer's new
     // handshake must show as a different second.
     std::thread::sleep(std::time::Duration::from_millis(1100));
@@ -347,7 +347,7 @@ pub(crate) fn updates_a_peer_in_place() -> Result<(), Failed> {
     pair.b.reconcile(&nodes)?;
     pair.ping(&pair.a, &pair.b)?;
 
-    let after = WgPeer::dump(&pair.a.netns)?.remove(0);
+    let after = crate::wg_dump(&pair.a.netns)?.remove(0);
     check(
         after.endpoint == "192.168.77.12:51820",
         format!("endpoint {}", after.endpoint),
@@ -393,7 +393,7 @@ pub(crate) fn removes_and_re_adds_a_peer() -> Result<(), Failed> {
         format!("changes {changes:?}"),
     )?;
     check(
-        WgPeer::dump(&pair.a.netns)?.is_empty(),
+        crate::wg_dump(&pair.a.netns)?.is_empty(),
         "a still has a peer",
     )?;
     check(

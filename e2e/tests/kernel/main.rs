@@ -18,6 +18,7 @@ mod dataplane;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use trellis_e2e::cmd;
+use trellis_e2e::mesh::{mesh_routes_in, WgPeer};
 
 /// Name of the WireGuard interface everywhere in this tier.
 const INTERFACE: &str = trellis_e2e::mesh::INTERFACE;
@@ -31,65 +32,18 @@ fn check(holds: bool, what: impl std::fmt::Display) -> Result<(), Failed> {
     }
 }
 
-/// One peer line of `wg show <interface> dump`.
-#[derive(Debug, Clone, PartialEq)]
-struct WgPeer {
-    public_key: String,
-    endpoint: String,
-    /// Sorted.
-    allowed_ips: Vec<String>,
-    latest_handshake: u64,
-    rx_bytes: u64,
+/// The peers of the kernel interface in a namespace.
+fn wg_dump(netns: &str) -> Result<Vec<WgPeer>, Failed> {
+    Ok(WgPeer::parse_dump(&cmd::in_netns(
+        netns,
+        "wg",
+        &["show", INTERFACE, "dump"],
+    )?))
 }
 
-impl WgPeer {
-    fn parse(dump: &str) -> Vec<WgPeer> {
-        dump.lines()
-            .skip(1)
-            .filter_map(|line| {
-                let f: Vec<&str> = line.split('\t').collect();
-                let mut allowed_ips: Vec<String> = f
-                    .get(3)?
-                    .split(',')
-                    .filter(|s| !s.is_empty() && *s != "(none)")
-                    .map(str::to_string)
-                    .collect();
-                allowed_ips.sort();
-                Some(WgPeer {
-                    public_key: f.first()?.to_string(),
-                    endpoint: f.get(2)?.to_string(),
-                    allowed_ips,
-                    latest_handshake: f.get(4)?.parse().ok()?,
-                    rx_bytes: f.get(5)?.parse().ok()?,
-                })
-            })
-            .collect()
-    }
-
-    /// The peers of a kernel interface in a namespace.
-    fn dump(netns: &str) -> Result<Vec<WgPeer>, Failed> {
-        Ok(WgPeer::parse(&cmd::in_netns(
-            netns,
-            "wg",
-            &["show", INTERFACE, "dump"],
-        )?))
-    }
-}
-
-/// The agent's routes (protocol 84) in a namespace, both families, as
-/// sorted `CIDR dev IFACE`.
+/// The agent's routes in a namespace, both families, as sorted `CIDR dev IFACE`.
 fn routes(netns: &str) -> Result<Vec<String>, Failed> {
-    let mut out = Vec::new();
-    for family in ["-4", "-6"] {
-        let text = cmd::ip(Some(netns), &[family, "route", "show", "proto", "84"])?;
-        out.extend(
-            text.lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")),
-        );
-    }
-    out.sort();
-    Ok(out)
+    Ok(mesh_routes_in(netns)?)
 }
 
 fn main() -> std::process::ExitCode {
@@ -155,11 +109,7 @@ fn guest_ready() -> Result<(), String> {
     if !nix::unistd::Uid::effective().is_root() {
         return Err("needs root (run it through `make test-kernel`)".into());
     }
-    if !trellis_agent::kernel_wg::available() {
-        let _ = std::process::Command::new("modprobe")
-            .arg("wireguard")
-            .status();
-    }
+    // tools/kernel/guest.sh loads the module.
     if !trellis_agent::kernel_wg::available() {
         return Err(
             "this kernel has no WireGuard module; `make test-kernel` boots one that has".into(),
