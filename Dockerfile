@@ -1,5 +1,6 @@
 # The Trellis image: static (musl) trellis-agent, trellis-cni and trellis-wg
-# in a minimal Alpine base with the one program the agent runs: nft.
+# in a minimal Alpine base with the one program the agent runs (nft) and
+# `wg` for people who `kubectl exec` in to look at the mesh.
 # (The DaemonSet's init container copies trellis-cni to the host's CNI bin
 # dir; the agent and trellis-wg run from here.)
 #
@@ -19,7 +20,7 @@ RUN tools/static-build.sh \
 		target/x86_64-unknown-linux-musl/release/trellis-wg /out/
 
 FROM alpine:3.20
-RUN apk add --no-cache nftables
+RUN apk add --no-cache nftables wireguard-tools-wg
 COPY --from=build /out/ /usr/local/bin/
 USER 0
 ENTRYPOINT ["/usr/local/bin/trellis-agent"]

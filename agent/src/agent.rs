@@ -59,9 +59,11 @@ async fn kube_client(config: &Config) -> anyhow::Result<kube::Client> {
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
             kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
         }
-        None => kube::Config::infer()
-            .await
-            .context("no kubeconfig given and no in-cluster configuration")?,
+        // Explicitly in-cluster: a kubeconfig lying around in $HOME must not
+        // give the agent another identity than its pod's.
+        None => kube::Config::incluster().context(
+            "no --kubeconfig given and no in-cluster configuration (KUBERNETES_SERVICE_HOST, KUBERNETES_SERVICE_PORT and the pod's service-account token)",
+        )?,
     };
     Ok(kube::Client::try_from(kube_config)?)
 }
@@ -74,7 +76,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(node = %config.node_name, public_key = %public_key, interface = %config.interface, "starting");
     let client = kube_client(&config).await?;
     let nodes: Api<Node> = Api::all(client.clone());
-    link::enable_forwarding().context("enabling IP forwarding")?;
+    link::enable_forwarding(&config.sysctl_dir).context("enabling IP forwarding")?;
     let links = Links::connect().context("opening netlink")?;
     let (wg, creates_interface) = choose_device(&config)?;
     tracing::info!(kernel = creates_interface, "WireGuard dataplane chosen");

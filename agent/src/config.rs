@@ -34,7 +34,7 @@ pub struct Config {
     /// The Node this agent runs on.
     #[arg(long, env = "NODE_NAME")]
     pub node_name: String,
-    /// Kubeconfig to use (in-cluster configuration when absent).
+    /// Kubeconfig to use (the pod's in-cluster configuration when absent).
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
     /// WireGuard interface name.
@@ -60,6 +60,11 @@ pub struct Config {
     /// Directory of WireGuard UAPI sockets.
     #[arg(long, env = "TRELLIS_WIREGUARD_RUN_DIR", default_value = names::DEFAULT_WIREGUARD_RUN_DIR)]
     pub wireguard_run_dir: PathBuf,
+    /// Root of the sysctl tree used to turn IP forwarding on: /proc/sys, or
+    /// in a container (where /proc/sys is read-only) the host's
+    /// /proc/sys/net mounted writable under DIR/net.
+    #[arg(long, env = "TRELLIS_SYSCTL_DIR", default_value = "/proc/sys")]
+    pub sysctl_dir: PathBuf,
     /// nftables table (family inet) for masquerading.
     #[arg(long, env = "TRELLIS_NFT_TABLE", default_value = names::DEFAULT_NFT_TABLE)]
     pub nft_table: String,

@@ -11,7 +11,7 @@ use crate::wg::{DeviceState, DeviceUpdate, PeerState, WgError, WireGuard};
 
 /// The kernel module is loaded (or built in).
 pub fn available() -> bool {
-    std::path::Path::new("/sys/module/wireguard").exists()
+    std::path::Path::new(trellis_mesh::names::KERNEL_WIREGUARD_MODULE).exists()
 }
 
 #[derive(Debug)]

@@ -67,10 +67,14 @@ pub async fn publish_annotations(
     Ok(true)
 }
 
-/// Publishes Events about rejected nodes on the agent's own Node.
+/// Publishes Events about rejected nodes on the agent's own Node. Each
+/// Event is created, never patched: the chart's RBAC grants `create` only
+/// (a Recorder kept across publishes would PATCH a repeat into a series).
+/// Rejections are reported when they are new, so repeats are rare.
 #[derive(Clone)]
 pub struct EventSink {
-    recorder: Recorder,
+    client: kube::Client,
+    reporter: Reporter,
     reference: ObjectReference,
 }
 
@@ -87,7 +91,8 @@ impl EventSink {
             instance: own_node.metadata.name.clone(),
         };
         EventSink {
-            recorder: Recorder::new(client, reporter),
+            client,
+            reporter,
             reference: own_node.object_ref(&()),
         }
     }
@@ -111,7 +116,8 @@ impl EventSink {
             action: "Reconcile".into(),
             secondary: Some(related),
         };
-        if let Err(e) = self.recorder.publish(&event, &self.reference).await {
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        if let Err(e) = recorder.publish(&event, &self.reference).await {
             tracing::warn!(error = %e, "could not publish an Event");
         }
     }

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod cni_conf;
 pub mod config;
 pub mod dataplane;
+pub mod install_cni;
 pub mod kernel_wg;
 pub mod key;
 pub mod kube_io;

@@ -315,11 +315,34 @@ fn to_route(msg: &RouteMessage) -> Option<Route> {
     Some(Route { dst: net, src })
 }
 
-/// Turns IP forwarding on (both families), as a router of pod traffic must.
-pub fn enable_forwarding() -> std::io::Result<()> {
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
-    if std::path::Path::new("/proc/sys/net/ipv6/conf/all/forwarding").exists() {
-        std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")?;
+/// Turns IP forwarding on (both families), as a router of pod traffic must,
+/// through the sysctl tree at `sysctl_dir` (`/proc/sys`, or in a container
+/// the host's net sysctls mounted writable). A switch already on is not
+/// written, so a host that enables forwarding itself needs no writable tree.
+pub fn enable_forwarding(sysctl_dir: &std::path::Path) -> std::io::Result<()> {
+    for (name, required) in [
+        ("net/ipv4/ip_forward", true),
+        ("net/ipv6/conf/all/forwarding", false),
+    ] {
+        let path = sysctl_dir.join(name);
+        let current = match std::fs::read_to_string(&path) {
+            Ok(value) => value,
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(sysctl_error(&path, e)),
+        };
+        if current.trim() != "1" {
+            std::fs::write(&path, "1").map_err(|e| sysctl_error(&path, e))?;
+        }
     }
     Ok(())
+}
+
+fn sysctl_error(path: &std::path::Path, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(
+        e.kind(),
+        format!(
+            "{}: {e} (mount the host's /proc/sys/net writable and point --sysctl-dir at it, or turn forwarding on on the host)",
+            path.display()
+        ),
+    )
 }

@@ -7,9 +7,18 @@
 //! boringtun speaks a dialect of the UAPI protocol and cannot change a peer
 //! in place (it panics, then hangs): its own socket is hidden in a private
 //! directory, and trellis-wg answers on the standard one, translating (see
-//! `translate`). The device is created on its own thread, which also holds
-//! the private mount namespace that hides the inner socket. SIGTERM and
-//! SIGINT are boringtun's to take (it reads them through a signalfd).
+//! `translate`). boringtun always binds in `/var/run/wireguard`: when the
+//! front directory is elsewhere (in the chart's container the host's
+//! directory is mounted at another path, and the container's own
+//! `/var/run/wireguard` is private), the inner socket is simply there;
+//! when the front directory is `/var/run/wireguard` itself, the device
+//! thread takes a private mount namespace to hide it (which needs
+//! CAP_SYS_ADMIN). SIGTERM and SIGINT are boringtun's to take (it reads
+//! them through a signalfd).
+//!
+//! With `--dataplane auto`, trellis-wg stays idle on a kernel that has
+//! WireGuard (the agent then uses the kernel), so one DaemonSet fits every
+//! node.
 
 mod translate;
 mod uapi;
@@ -23,6 +32,7 @@ use clap::Parser;
 use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{SigSet, Signal};
+use trellis_mesh::names::KERNEL_WIREGUARD_MODULE;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -47,7 +57,20 @@ struct Args {
         default_value = "/var/run/wireguard"
     )]
     run_dir: PathBuf,
+    /// auto: stay idle when the kernel has WireGuard (the agent uses it);
+    /// userspace: always run the device.
+    #[arg(long, value_enum, env = "TRELLIS_DATAPLANE", default_value_t = Mode::Userspace)]
+    dataplane: Mode,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    Auto,
+    Userspace,
+}
+
+/// boringtun's fixed socket directory.
+const BORINGTUN_RUN_DIR: &str = "/var/run/wireguard";
 
 /// On the device thread: a mount namespace of its own in which boringtun's
 /// fixed socket directory is `inner`, so its socket lands there.
@@ -70,23 +93,18 @@ fn hide_inner_socket(run_dir: &Path, inner: &Path) -> nix::Result<()> {
     Ok(())
 }
 
+/// Where boringtun's own socket lands, and whether the device thread must
+/// hide it: only when the front directory is boringtun's directory itself.
+fn inner_socket_dir(run_dir: &Path) -> std::io::Result<(PathBuf, bool)> {
+    let front = std::fs::canonicalize(run_dir)?;
+    match std::fs::canonicalize(BORINGTUN_RUN_DIR) {
+        Ok(fixed) if fixed == front => Ok((run_dir.join(".trellis-wg"), true)),
+        _ => Ok((PathBuf::from(BORINGTUN_RUN_DIR), false)),
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Err(e) = std::fs::create_dir_all(&args.run_dir) {
-        eprintln!("trellis-wg: cannot create {}: {e}", args.run_dir.display());
-        return ExitCode::FAILURE;
-    }
-    // boringtun writes /var/run/wireguard literally: hide that path.
-    let real_run_dir =
-        std::fs::canonicalize("/var/run/wireguard").unwrap_or_else(|_| args.run_dir.clone());
-    let inner = args.run_dir.join(".trellis-wg");
-    if let Err(e) = std::fs::create_dir_all(&inner) {
-        eprintln!("trellis-wg: cannot create {}: {e}", inner.display());
-        return ExitCode::FAILURE;
-    }
-    let inner_socket = inner.join(format!("{}.sock", args.interface));
-    let front_socket = args.run_dir.join(format!("{}.sock", args.interface));
-
     // SIGTERM and SIGINT stop the device: boringtun reads them through a
     // signalfd in its event loop, which needs them blocked in every thread
     // (started from here on, all inherit the mask). Its threads then end,
@@ -98,6 +116,33 @@ fn main() -> ExitCode {
         eprintln!("trellis-wg: cannot block signals: {e}");
         return ExitCode::FAILURE;
     }
+    if args.dataplane == Mode::Auto && Path::new(KERNEL_WIREGUARD_MODULE).exists() {
+        eprintln!(
+            "trellis-wg: the kernel has WireGuard ({KERNEL_WIREGUARD_MODULE}): the agent uses it, and trellis-wg stays idle"
+        );
+        let _ = signals.wait();
+        return ExitCode::SUCCESS;
+    }
+    if let Err(e) = std::fs::create_dir_all(&args.run_dir) {
+        eprintln!("trellis-wg: cannot create {}: {e}", args.run_dir.display());
+        return ExitCode::FAILURE;
+    }
+    let (inner, hide) = match inner_socket_dir(&args.run_dir) {
+        Ok(found) => found,
+        Err(e) => {
+            eprintln!("trellis-wg: cannot resolve {}: {e}", args.run_dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = std::fs::create_dir_all(&inner) {
+        eprintln!("trellis-wg: cannot create {}: {e}", inner.display());
+        return ExitCode::FAILURE;
+    }
+    // Mount on the real directory (/var/run is a symlink to /run).
+    let real_run_dir = std::fs::canonicalize(BORINGTUN_RUN_DIR)
+        .unwrap_or_else(|_| PathBuf::from(BORINGTUN_RUN_DIR));
+    let inner_socket = inner.join(format!("{}.sock", args.interface));
+    let front_socket = args.run_dir.join(format!("{}.sock", args.interface));
     let (started_tx, started_rx) = mpsc::channel();
     // Stopping: the device's threads end → main removes the front socket
     // → the device thread closes the interface. In that order, whoever
@@ -115,7 +160,11 @@ fn main() -> ExitCode {
     };
     let inner_for_thread = inner.clone();
     std::thread::spawn(move || {
-        if let Err(e) = hide_inner_socket(&real_run_dir, &inner_for_thread) {
+        let hidden = match hide {
+            true => hide_inner_socket(&real_run_dir, &inner_for_thread),
+            false => Ok(()),
+        };
+        if let Err(e) = hidden {
             let _ = started_tx.send(Err(format!(
                 "cannot set up the private socket directory: {e}"
             )));

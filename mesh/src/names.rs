@@ -34,6 +34,9 @@ pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
 pub const DEFAULT_CNI_BIN_DIR: &str = "/opt/cni/bin";
 /// Directory of WireGuard UAPI sockets (shared by `wg` and userspace devices).
 pub const DEFAULT_WIREGUARD_RUN_DIR: &str = "/var/run/wireguard";
+/// Exists when the running kernel has WireGuard (module loaded or built in):
+/// the agent and trellis-wg decide `--dataplane auto` by the same test.
+pub const KERNEL_WIREGUARD_MODULE: &str = "/sys/module/wireguard";
 
 /// Route protocol number of the routes the agent owns (to remote pod CIDRs),
 /// so that it only ever changes its own routes (`ip route show proto 84`).

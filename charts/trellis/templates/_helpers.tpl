@@ -1,0 +1,41 @@
+{{/* The release's full name: "trellis" for a release called trellis. */}}
+{{- define "trellis.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "trellis.serviceAccountName" -}}
+{{- default (include "trellis.fullname" .) .Values.serviceAccount.name -}}
+{{- end -}}
+
+{{- define "trellis.selectorLabels" -}}
+app.kubernetes.io/name: trellis
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "trellis.labels" -}}
+{{ include "trellis.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "trellis.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* The user name the API server gives the agents' ServiceAccount. */}}
+{{- define "trellis.agentUser" -}}
+{{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "trellis.serviceAccountName" .) -}}
+{{- end -}}
+
+{{- define "trellis.metricsAddress" -}}
+{{- if contains ":" .Values.metrics.bindAddress -}}
+{{- printf "[%s]:%v" .Values.metrics.bindAddress .Values.metrics.port -}}
+{{- else -}}
+{{- printf "%s:%v" .Values.metrics.bindAddress .Values.metrics.port -}}
+{{- end -}}
+{{- end -}}
