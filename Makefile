@@ -10,7 +10,7 @@ export PATH := $(TRELLIS_TOOLS_BIN):$(PATH)
 # Root-only tests are #[ignore]d ("needs root"); run them when we are root.
 ROOT_TEST_FLAGS := $(if $(filter 0,$(shell id -u)),--include-ignored,)
 
-.PHONY: all build tools test test-kernel static lint unit-test bench demo demo-down clean
+.PHONY: all build tools test test-kernel static lint manifests unit-test bench demo demo-down clean
 
 all: build
 
@@ -22,9 +22,14 @@ tools:
 	@tools/bootstrap.sh >/dev/null
 
 ## lint: formatting and clippy, warnings are errors
-lint:
+lint: tools
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
+	helm lint --strict charts/trellis
+
+## manifests: render manifests/trellis.yaml from the chart (a test fails when it is stale)
+manifests: tools
+	tools/render-manifests.sh > manifests/trellis.yaml
 
 ## unit-test: tests that need no root and no network
 unit-test:

@@ -77,7 +77,7 @@ fn iperf(server_ns: &str, client_ns: &str, server_ip: &str) -> f64 {
 
 fn stop_node_mesh(lab: &mut Lab, node: &str) {
     lab.signal_daemon(node, "agent", nix::sys::signal::Signal::SIGKILL);
-    lab.signal_daemon(node, "wireguard", nix::sys::signal::Signal::SIGKILL);
+    lab.signal_daemon(node, "trellis-wg", nix::sys::signal::Signal::SIGKILL);
     let ns = lab.node(node).expect("node").netns.clone();
     wait_for(
         Duration::from_secs(5),
@@ -111,7 +111,7 @@ async fn throughput() -> String {
     ] {
         for node in [&n1, &n2] {
             stop_node_mesh(&mut lab, node);
-            lab.start_node(node, device).unwrap();
+            lab.start_node(node, device).await.unwrap();
         }
         lab.wait_mesh(1, Duration::from_secs(60)).expect("mesh");
         if pod_ips.is_none() {
@@ -159,7 +159,7 @@ async fn convergence() -> String {
     eprintln!("convergence: 3-node mesh, then 20 joins");
     trellis_e2e::down("bconv");
     let mut lab = Lab::up(LabOptions::new("bconv", 3)).await.expect("lab");
-    lab.start_mesh(Device::TrellisWg).unwrap();
+    lab.start_mesh(Device::TrellisWg).await.unwrap();
     lab.wait_mesh(2, Duration::from_secs(60)).unwrap();
     lab.add_pod("bconv-n1", "p0", None).unwrap();
     let from = lab.names().pod_netns("bconv-n1", "p0");
@@ -167,7 +167,7 @@ async fn convergence() -> String {
     for i in 0..20 {
         let start = Instant::now();
         let node = lab.add_node("bconv").await.unwrap();
-        lab.start_node(&node, Device::TrellisWg).unwrap();
+        lab.start_node(&node, Device::TrellisWg).await.unwrap();
         let others: Vec<String> = lab
             .state
             .nodes
@@ -291,7 +291,7 @@ async fn scale() -> String {
     // than 16 bits between cluster and node mask).
     options.cluster_cidrs = Some(vec!["10.0.0.0/12".parse().unwrap()]);
     let mut lab = Lab::up(options).await.expect("lab");
-    lab.start_mesh(Device::TrellisWg).unwrap();
+    lab.start_mesh(Device::TrellisWg).await.unwrap();
     lab.wait_mesh(2, Duration::from_secs(60)).unwrap();
     let agent = lab
         .state

@@ -30,7 +30,45 @@ pub fn write_cert_kubeconfig(
     user: &str,
     client: &CertPair,
 ) -> Result<(), KubeconfigError> {
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let credentials = serde_json::json!({
+        "client-certificate-data": b64(&client.cert_pem),
+        "client-key-data": b64(&client.key_pem),
+    });
+    write_kubeconfig(path, cluster, server, ca_pem, user, credentials)
+}
+
+/// Writes a kubeconfig authenticating with a bearer token (a service
+/// account's, as a pod has it).
+pub fn write_token_kubeconfig(
+    path: &Path,
+    cluster: &str,
+    server: &str,
+    ca_pem: &str,
+    user: &str,
+    token: &str,
+) -> Result<(), KubeconfigError> {
+    write_kubeconfig(
+        path,
+        cluster,
+        server,
+        ca_pem,
+        user,
+        serde_json::json!({ "token": token }),
+    )
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn write_kubeconfig(
+    path: &Path,
+    cluster: &str,
+    server: &str,
+    ca_pem: &str,
+    user: &str,
+    credentials: serde_json::Value,
+) -> Result<(), KubeconfigError> {
     let config = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Config",
@@ -38,10 +76,7 @@ pub fn write_cert_kubeconfig(
             "server": server,
             "certificate-authority-data": b64(ca_pem),
         }}],
-        "users": [{"name": user, "user": {
-            "client-certificate-data": b64(&client.cert_pem),
-            "client-key-data": b64(&client.key_pem),
-        }}],
+        "users": [{"name": user, "user": credentials}],
         "contexts": [{"name": cluster, "context": {"cluster": cluster, "user": user}}],
         "current-context": cluster,
     });

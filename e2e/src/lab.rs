@@ -45,6 +45,10 @@ pub enum LabError {
     Node(#[from] NodeError),
     #[error(transparent)]
     Kubeconfig(#[from] KubeconfigError),
+    #[error(transparent)]
+    Chart(#[from] crate::chart::ChartError),
+    #[error(transparent)]
+    Kubelet(#[from] crate::kubelet::KubeletError),
     #[error(
         "lab {0:?} is already up (or was not torn down): run `trellis-lab down --name {0}` first"
     )]
@@ -200,6 +204,12 @@ impl Lab {
         self.state.next_underlay_index += 1;
         self.state.save()?;
         Ok(index)
+    }
+
+    /// The cluster `node` belongs to.
+    pub fn cluster_of(&self, node: &str) -> Result<&ClusterState, LabError> {
+        let cluster = self.node(node)?.cluster.clone();
+        self.cluster_state(&cluster)
     }
 
     fn cluster_state(&self, cluster: &str) -> Result<&ClusterState, LabError> {
@@ -455,9 +465,22 @@ impl Lab {
         what: &str,
         command: Command,
     ) -> Result<Daemon, LabError> {
+        let placement = node::placement(self.node(node)?);
+        self.spawn_placed(node, what, command, &placement)
+    }
+
+    /// Like `spawn_on_node`, in `placement` (the node's, with a container's
+    /// mounts added).
+    pub fn spawn_placed(
+        &mut self,
+        node: &str,
+        what: &str,
+        command: Command,
+        placement: &netns::Placement,
+    ) -> Result<Daemon, LabError> {
         let node_state = self.node(node)?.clone();
         let log = node_state.dir.join(format!("{what}.log"));
-        let pid = node::placement(&node_state).spawn_daemon(command, what, &log)?;
+        let pid = placement.spawn_daemon(command, what, &log)?;
         let daemon = Daemon {
             name: format!("{node}/{what}"),
             pid,

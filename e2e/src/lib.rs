@@ -9,9 +9,12 @@
 //! when the process that built it was killed.
 
 pub mod bench;
+pub mod chart;
 pub mod cmd;
 pub mod control_plane;
+pub mod daemonset;
 pub mod kubeconfig;
+pub mod kubelet;
 pub mod lab;
 pub mod mesh;
 pub mod nat;

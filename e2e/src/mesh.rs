@@ -1,10 +1,9 @@
-//! Running Trellis on lab nodes: the userspace WireGuard device (trellis-wg
-//! or Debian's wireguard-go) and the agent, each on its node with the
-//! node's own directories, plus trellis-cni installed in the node's CNI bin
-//! dir; and waiting until the mesh is up.
+//! Running Trellis on lab nodes: the chart's pod (trellis-cni installed by
+//! its init container, the trellis-wg and agent containers; see
+//! `daemonset`), or Debian's wireguard-go in trellis-wg's place; and
+//! waiting until the mesh is up.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::lab::{Lab, LabError};
@@ -60,35 +59,42 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf, LabError> {
 
 /// Interface name of the mesh on every lab node.
 pub const INTERFACE: &str = "trellis";
+/// The chart's containers (and the lab's daemons of the same names).
+pub const AGENT: &str = "agent";
+pub const TRELLIS_WG: &str = "trellis-wg";
+/// The daemon of wireguard-go, started in trellis-wg's place.
+pub const WIREGUARD_GO: &str = "wireguard-go";
 
 impl Lab {
-    /// Installs trellis-cni into the node's CNI bin dir.
-    pub fn install_cni(&self, node: &str) -> Result<(), LabError> {
-        let n = self.node(node)?;
-        let link =
-            private_dir(&n.dir, trellis_mesh::names::DEFAULT_CNI_BIN_DIR).join("trellis-cni");
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(workspace_binary("trellis-cni")?, &link).map_err(|source| {
-            LabError::Io {
-                context: format!("installing trellis-cni on {node}"),
-                source,
-            }
-        })
+    /// Installs trellis-cni into the node's CNI bin dir: the chart's init
+    /// containers, run on the node.
+    pub async fn install_cni(&self, node: &str, device: Device) -> Result<(), LabError> {
+        let pod = self.trellis_pod(node, device).await?;
+        self.run_init_containers(&pod)
     }
 
     /// Starts the userspace WireGuard device on a node and waits for its
-    /// UAPI socket. The kernel device has no process: nothing to start.
-    pub fn start_device(&mut self, node: &str, device: Device) -> Result<Option<Daemon>, LabError> {
-        let (program, args): (PathBuf, Vec<&str>) = match device {
-            Device::TrellisWg => (workspace_binary("trellis-wg")?, vec![INTERFACE]),
-            Device::WireguardGo => (PathBuf::from("wireguard-go"), vec!["-f", INTERFACE]),
+    /// UAPI socket: trellis-wg is the chart's container; wireguard-go is
+    /// started in its place by hand. The kernel device has no process.
+    pub async fn start_device(
+        &mut self,
+        node: &str,
+        device: Device,
+    ) -> Result<Option<Daemon>, LabError> {
+        let daemon = match device {
             Device::Kernel => return Ok(None),
+            Device::TrellisWg => {
+                let pod = self.trellis_pod(node, device).await?;
+                self.start_container(&pod, TRELLIS_WG)?
+            }
+            Device::WireguardGo => {
+                let mut command = self.node_command(node, "wireguard-go")?;
+                command
+                    .args(["-f", INTERFACE])
+                    .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1");
+                self.spawn_on_node(node, WIREGUARD_GO, command)?
+            }
         };
-        let mut command = self.node_command(node, &program)?;
-        command
-            .args(&args)
-            .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1");
-        let daemon = self.spawn_on_node(node, "wireguard", command)?;
         let socket = private_dir(
             &self.node(node)?.dir,
             trellis_mesh::names::DEFAULT_WIREGUARD_RUN_DIR,
@@ -107,41 +113,27 @@ impl Lab {
         Ok(Some(daemon))
     }
 
-    /// The command line of the agent on `node` (its admin kubeconfig) for
-    /// the node's WireGuard `device`.
-    pub fn agent_command(&self, node: &str, device: Device) -> Result<Command, LabError> {
-        let n = self.node(node)?;
-        let kubeconfig = self.kubeconfig(&n.cluster)?;
-        let mut command = self.node_command(node, workspace_binary("trellis-agent")?)?;
-        command
-            .args(["--node-name", node, "--kubeconfig"])
-            .arg(&kubeconfig)
-            .args(["--dataplane", device.agent_dataplane()])
-            .args(["--resync-seconds", "10"])
-            .env("RUST_LOG", "info,kube_client=warn,kube_runtime=warn");
-        Ok(command)
-    }
-
-    /// Starts the agent on `node` for the node's WireGuard `device`.
-    pub fn start_agent(&mut self, node: &str, device: Device) -> Result<Daemon, LabError> {
-        let command = self.agent_command(node, device)?;
-        self.spawn_on_node(node, "agent", command)
+    /// Starts the agent on `node` for the node's WireGuard `device`: the
+    /// chart's agent container with the chart's identity.
+    pub async fn start_agent(&mut self, node: &str, device: Device) -> Result<Daemon, LabError> {
+        let pod = self.trellis_pod(node, device).await?;
+        self.start_container(&pod, AGENT)
     }
 
     /// Installs trellis-cni, starts the device (if it is a process) and the
     /// agent on `node`.
-    pub fn start_node(&mut self, node: &str, device: Device) -> Result<(), LabError> {
-        self.install_cni(node)?;
-        self.start_device(node, device)?;
-        self.start_agent(node, device)?;
+    pub async fn start_node(&mut self, node: &str, device: Device) -> Result<(), LabError> {
+        self.install_cni(node, device).await?;
+        self.start_device(node, device).await?;
+        self.start_agent(node, device).await?;
         Ok(())
     }
 
     /// Starts Trellis with the same `device` on every node.
-    pub fn start_mesh(&mut self, device: Device) -> Result<(), LabError> {
+    pub async fn start_mesh(&mut self, device: Device) -> Result<(), LabError> {
         let nodes: Vec<String> = self.state.nodes.iter().map(|n| n.name.clone()).collect();
         for node in &nodes {
-            self.start_node(node, device)?;
+            self.start_node(node, device).await?;
         }
         Ok(())
     }

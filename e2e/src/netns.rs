@@ -139,13 +139,17 @@ pub struct Placement {
     pub netns: String,
     /// (source, target): `source` is mounted over `target`.
     pub binds: Vec<(PathBuf, PathBuf)>,
+    /// Made read-only after the binds, as a container runtime does
+    /// (`/proc/sys`; `/` for a read-only root filesystem). Mounts below
+    /// them (the binds) stay writable.
+    pub read_only: Vec<PathBuf>,
 }
 
 impl Placement {
     pub fn netns(name: &str) -> Self {
         Placement {
             netns: name.to_string(),
-            binds: Vec::new(),
+            ..Default::default()
         }
     }
 
@@ -162,6 +166,11 @@ impl Placement {
             .binds
             .iter()
             .map(|(s, t)| Ok((c_path(s)?, c_path(t)?)))
+            .collect::<Result<Vec<_>, NetnsError>>()?;
+        let read_only = self
+            .read_only
+            .iter()
+            .map(|p| c_path(p))
             .collect::<Result<Vec<_>, NetnsError>>()?;
         let sys = c_path(Path::new("/sys"))?;
         let root = c_path(Path::new("/"))?;
@@ -196,6 +205,28 @@ impl Placement {
                         target.as_c_str(),
                         None::<&str>,
                         MsFlags::MS_BIND,
+                        None::<&str>,
+                    )?;
+                }
+                for path in &read_only {
+                    // A path inside a mount (/proc/sys) becomes a mount of
+                    // its own first, keeping proc's flags; `/` already is one.
+                    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+                    if path.as_bytes() != b"/" {
+                        mount(
+                            Some(path.as_c_str()),
+                            path.as_c_str(),
+                            None::<&str>,
+                            MsFlags::MS_BIND,
+                            None::<&str>,
+                        )?;
+                        flags |= MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+                    }
+                    mount(
+                        None::<&str>,
+                        path.as_c_str(),
+                        None::<&str>,
+                        flags,
                         None::<&str>,
                     )?;
                 }

@@ -47,16 +47,34 @@ pub fn placement(node: &NodeState) -> Placement {
             .iter()
             .map(|std_path| (private_dir(&node.dir, std_path), mount_target(std_path)))
             .collect(),
+        read_only: Vec::new(),
     }
 }
 
 /// `/var/run` is a symlink to `/run` on current systems; mount on the real
 /// directory so the mount is visible through both paths.
-fn mount_target(standard: &str) -> PathBuf {
+pub fn mount_target(standard: &str) -> PathBuf {
     match standard.strip_prefix("/var/run/") {
         Some(rest) => Path::new("/run").join(rest),
         None => PathBuf::from(standard),
     }
+}
+
+/// Where a path of the node (a hostPath) is on the machine: under one of the
+/// node's private directories when it is or lies below a standard path,
+/// else the path itself (`/proc/sys/net`, `/dev/net/tun`).
+pub fn host_path(node_dir: &Path, path: &str) -> PathBuf {
+    let wanted = mount_target(path);
+    for std_path in trellis_mesh::names::NODE_PRIVATE_DIRS {
+        if let Ok(rest) = wanted.strip_prefix(mount_target(std_path)) {
+            let private = private_dir(node_dir, std_path);
+            return match rest.as_os_str().is_empty() {
+                true => private,
+                false => private.join(rest),
+            };
+        }
+    }
+    wanted
 }
 
 /// Creates the node's private directories, and the standard paths they are
@@ -211,6 +229,31 @@ mod tests {
         for (source, _) in &p.binds {
             assert!(source.starts_with("/labs/a/nodes/a-n1"), "{source:?}");
         }
+    }
+
+    #[test]
+    fn host_paths_of_a_node_are_its_private_dirs() {
+        let n = Path::new("/n");
+        assert_eq!(
+            host_path(n, "/var/lib/trellis"),
+            PathBuf::from("/n/var-lib-trellis")
+        );
+        assert_eq!(
+            host_path(n, "/var/run/wireguard"),
+            PathBuf::from("/n/var-run-wireguard")
+        );
+        assert_eq!(
+            host_path(n, "/run/wireguard/x"),
+            PathBuf::from("/n/var-run-wireguard/x")
+        );
+        assert_eq!(
+            host_path(n, "/proc/sys/net"),
+            PathBuf::from("/proc/sys/net")
+        );
+        assert_eq!(
+            host_path(n, "/var/lib/trellis-other"),
+            PathBuf::from("/var/lib/trellis-other")
+        );
     }
 
     #[test]

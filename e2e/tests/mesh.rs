@@ -101,7 +101,9 @@ async fn three_nodes_mesh_all_pairs_over_wireguard_only() {
     let _one = serial().await;
     trellis_e2e::down("m3");
     let mut lab = Lab::up(LabOptions::new("m3", 3)).await.expect("lab up");
-    lab.start_mesh(Device::TrellisWg).expect("mesh started");
+    lab.start_mesh(Device::TrellisWg)
+        .await
+        .expect("mesh started");
     lab.wait_mesh(2, Duration::from_secs(60))
         .expect("every node has both peers");
     let pods = add_pods(&mut lab, 2);
@@ -204,7 +206,9 @@ async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
 async fn mesh_lab(name: &str, nodes: u8) -> Lab {
     trellis_e2e::down(name);
     let mut lab = Lab::up(LabOptions::new(name, nodes)).await.expect("lab up");
-    lab.start_mesh(Device::TrellisWg).expect("mesh started");
+    lab.start_mesh(Device::TrellisWg)
+        .await
+        .expect("mesh started");
     lab.wait_mesh(usize::from(nodes) - 1, Duration::from_secs(60))
         .expect("mesh up");
     lab
@@ -219,7 +223,7 @@ async fn a_node_joins_and_leaves() {
     let pods = add_pods(&mut lab, 1);
 
     let new = lab.add_node("mjoin").await.unwrap();
-    lab.start_node(&new, Device::TrellisWg).unwrap();
+    lab.start_node(&new, Device::TrellisWg).await.unwrap();
     lab.wait_mesh(3, Duration::from_secs(60))
         .expect("every agent adds the new node");
     let joined = lab.add_pod(&new, "p0", None).unwrap();
@@ -279,7 +283,9 @@ async fn an_agent_killed_and_restarted_keeps_traffic_flowing() {
     std::thread::sleep(Duration::from_secs(2));
     assert!(lab.signal_daemon("mkill-n1", "agent", nix::sys::signal::Signal::SIGKILL));
     std::thread::sleep(Duration::from_secs(1));
-    lab.start_agent("mkill-n1", Device::TrellisWg).unwrap();
+    lab.start_agent("mkill-n1", Device::TrellisWg)
+        .await
+        .unwrap();
     let (sent, received) = traffic.join().unwrap();
     assert!(sent >= 100, "the flow ran: {sent} sent");
     let lost = sent - received;
@@ -428,7 +434,7 @@ async fn wireguard_go_on_one_node_interoperates() {
     // Swap n2's trellis-wg for Debian's wireguard-go; the agent configures
     // it over the same UAPI socket.
     lab.signal_daemon("mgo-n2", "agent", nix::sys::signal::Signal::SIGKILL);
-    lab.signal_daemon("mgo-n2", "wireguard", nix::sys::signal::Signal::SIGTERM);
+    lab.signal_daemon("mgo-n2", "trellis-wg", nix::sys::signal::Signal::SIGTERM);
     let ns = lab.node("mgo-n2").unwrap().netns.clone();
     trellis_e2e::mesh::wait_for(
         Duration::from_secs(10),
@@ -436,8 +442,12 @@ async fn wireguard_go_on_one_node_interoperates() {
         || "trellis-wg did not stop".into(),
     )
     .unwrap();
-    lab.start_device("mgo-n2", Device::WireguardGo).unwrap();
-    lab.start_agent("mgo-n2", Device::WireguardGo).unwrap();
+    lab.start_device("mgo-n2", Device::WireguardGo)
+        .await
+        .unwrap();
+    lab.start_agent("mgo-n2", Device::WireguardGo)
+        .await
+        .unwrap();
     lab.wait_mesh(2, Duration::from_secs(60))
         .expect("mesh up with wireguard-go on n2");
     let pods = add_pods(&mut lab, 1);
@@ -474,7 +484,7 @@ async fn traffic_survives_a_stopped_apiserver_and_changes_converge_after() {
 
     // A node joining after the outage reaches every agent.
     let new = lab.add_node("mapi").await.unwrap();
-    lab.start_node(&new, Device::TrellisWg).unwrap();
+    lab.start_node(&new, Device::TrellisWg).await.unwrap();
     lab.wait_mesh(3, Duration::from_secs(90))
         .expect("changes after the outage converge");
     assert!(trellis_e2e::down("mapi").is_clean());

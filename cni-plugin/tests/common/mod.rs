@@ -71,6 +71,7 @@ impl Node {
         let placement = Placement {
             netns: name.clone(),
             binds: vec![(dir.join("cache"), PathBuf::from("/var/lib/cni"))],
+            read_only: Vec::new(),
         };
         Node {
             name,

@@ -239,7 +239,7 @@ async fn run(cli: Cli) -> Result<()> {
                 DeviceArg::WireguardGo => trellis_e2e::mesh::Device::WireguardGo,
                 DeviceArg::Kernel => trellis_e2e::mesh::Device::Kernel,
             };
-            lab.start_mesh(device)?;
+            lab.start_mesh(device).await?;
             let peers = lab.state.nodes.len().saturating_sub(1);
             lab.wait_mesh(peers, std::time::Duration::from_secs(90))?;
             let nodes: Vec<String> = lab.state.nodes.iter().map(|n| n.name.clone()).collect();

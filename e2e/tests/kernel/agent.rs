@@ -147,7 +147,7 @@ pub(crate) fn kernel_and_trellis_wg_nodes_mesh() -> Result<(), Failed> {
             Some(&ns),
             &["link", "set", "eth0", "mtu", &UNDERLAY_MTU.to_string()],
         )?;
-        lab.start_node(&node, device)?;
+        runtime().block_on(lab.start_node(&node, device))?;
     }
     lab.wait_mesh(2, CONVERGE)?;
     let mut pods = Vec::new();
@@ -240,7 +240,7 @@ pub(crate) fn restart_leaves_the_kernel_interface_alone() -> Result<(), Failed> 
             link_details(&m.lab, &node).is_ok(),
             "the interface went away with the agent",
         )?;
-        m.lab.start_agent(&node, Device::Kernel)?;
+        runtime().block_on(m.lab.start_agent(&node, Device::Kernel))?;
         wait_for(
             CONVERGE,
             || {
@@ -412,7 +412,7 @@ pub(crate) fn endpoint_annotation_updates_the_peer_in_place() -> Result<(), Fail
 pub(crate) fn a_kernel_node_joins_and_leaves() -> Result<(), Failed> {
     with_mesh(|m| {
         let new = runtime().block_on(m.lab.add_node(LAB))?;
-        m.lab.start_node(&new, Device::Kernel)?;
+        runtime().block_on(m.lab.start_node(&new, Device::Kernel))?;
         m.lab.wait_mesh(3, CONVERGE)?;
         let result = m.lab.add_pod(&new, "p0", None)?;
         for v4 in [true, false] {
