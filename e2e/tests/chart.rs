@@ -544,8 +544,33 @@ async fn helm_install_upgrade_uninstall(lab: &mut Lab) {
         .template
         .spec
         .unwrap();
+    // (The API server fills in defaults; what the process gets must match.)
+    let shape = |c: &Container| {
+        let env: Vec<(String, Option<String>, Option<String>)> = c
+            .env
+            .iter()
+            .flatten()
+            .map(|e| {
+                let field = e
+                    .value_from
+                    .as_ref()
+                    .and_then(|f| f.field_ref.as_ref())
+                    .map(|f| f.field_path.clone());
+                (e.name.clone(), e.value.clone(), field)
+            })
+            .collect();
+        (
+            c.name.clone(),
+            c.command.clone(),
+            c.args.clone(),
+            env,
+            c.volume_mounts.clone(),
+            c.security_context.clone(),
+        )
+    };
     assert_eq!(
-        installed.containers, rendered.containers,
+        installed.containers.iter().map(shape).collect::<Vec<_>>(),
+        rendered.containers.iter().map(shape).collect::<Vec<_>>(),
         "the lab runs what helm installed"
     );
     lab.start_mesh(Device::TrellisWg)
@@ -580,7 +605,7 @@ async fn helm_install_upgrade_uninstall(lab: &mut Lab) {
         .find(|c| c.name == "agent")
         .unwrap();
     assert_eq!(env_of(agent, "TRELLIS_MTU").as_deref(), Some("1400"));
-    assert!(helm_cmd(lab, &["history".into(), chart::RELEASE.into()]).contains("upgrade"));
+    assert!(helm_cmd(lab, &["history".into(), chart::RELEASE.into()]).contains("Upgrade complete"));
 
     helm_cmd(
         lab,
