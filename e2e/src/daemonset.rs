@@ -1,13 +1,15 @@
 //! Trellis on a lab node the way the chart puts it there: the chart is
 //! rendered with `helm template`, its objects (ServiceAccount, RBAC,
-//! admission policy, CRD, DaemonSet) are applied to the lab's apiserver, and
-//! the DaemonSet's pod runs on the node with the identity the chart gives it
+//! admission policy, CRD) are applied to the lab's apiserver, and the
+//! DaemonSet's pod (the installed DaemonSet's, after `helm install`) runs on
+//! the node with the identity the chart gives it
 //! — a token of the chart's ServiceAccount bound to a Pod on that node, not
 //! the admin's — and with the command, args, env and paths of the rendered
 //! DaemonSet (see `kubelet`).
 
 use std::path::{Path, PathBuf};
 
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Container, PodSpec, Service, ServiceAccount};
 use kube::api::Api;
 
@@ -121,14 +123,52 @@ impl Lab {
     }
 
     /// The DaemonSet's pod on `node`: the chart's objects are applied to the
-    /// cluster when it has none yet, the Pod object is created (bound to
+    /// cluster when it has none yet (and no DaemonSet is installed), the Pod object is created (bound to
     /// the node), and a fresh token bound to it is written where the
     /// containers find it.
     pub async fn trellis_pod(&self, node: &str, device: Device) -> Result<TrellisPod, LabError> {
-        let (yaml, objects) = self.render_chart(node, device)?;
+        let (_, objects) = self.render_chart(node, device)?;
         let cluster = self.cluster_of(node)?.clone();
         let client = self.client(&cluster.name).await?;
-        let daemonset = chart::daemonset(&objects)?;
+        // An installed DaemonSet (`helm install`) is run as installed;
+        // otherwise the lab applies the chart's other objects (identity,
+        // RBAC, policy, CRD) and runs the DaemonSet it rendered for this
+        // node's device, so that nodes of one cluster may differ.
+        let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), chart::NAMESPACE);
+        let daemonset = match daemonsets
+            .get_opt(chart::RELEASE)
+            .await
+            .map_err(api_err(node))?
+        {
+            Some(installed) => installed,
+            None => {
+                let rendered = chart::daemonset(&objects)?;
+                let accounts: Api<ServiceAccount> =
+                    Api::namespaced(client.clone(), chart::NAMESPACE);
+                let account = rendered
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.template.spec.as_ref())
+                    .and_then(|s| s.service_account_name.clone())
+                    .ok_or(ChartError::Missing("DaemonSet serviceAccountName"))?;
+                if accounts
+                    .get_opt(&account)
+                    .await
+                    .map_err(api_err(node))?
+                    .is_none()
+                {
+                    let others: Vec<serde_json::Value> = objects
+                        .iter()
+                        .filter(|o| o["kind"] != "DaemonSet")
+                        .cloned()
+                        .collect();
+                    let list =
+                        serde_json::json!({"apiVersion": "v1", "kind": "List", "items": others});
+                    self.kubectl_apply(&cluster.name, &list.to_string(), false)?;
+                }
+                rendered
+            }
+        };
         let namespace = daemonset
             .metadata
             .namespace
@@ -144,15 +184,6 @@ impl Lab {
             .as_ref()
             .and_then(|s| s.service_account_name.clone())
             .ok_or(ChartError::Missing("DaemonSet serviceAccountName"))?;
-        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
-        if accounts
-            .get_opt(&account)
-            .await
-            .map_err(api_err(node))?
-            .is_none()
-        {
-            self.kubectl_apply(&cluster.name, &yaml, false)?;
-        }
         let ds_name = daemonset
             .metadata
             .name

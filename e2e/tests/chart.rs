@@ -28,7 +28,7 @@ fn render(values: &[(&str, &str)]) -> Vec<serde_json::Value> {
     chart::objects(&chart::render(&helm(), &values).expect("helm template")).expect("YAML")
 }
 
-fn container<'a>(objects: &'a [serde_json::Value], name: &str) -> Option<Container> {
+fn container(objects: &[serde_json::Value], name: &str) -> Option<Container> {
     let ds = chart::daemonset(objects).unwrap();
     let spec = ds.spec.unwrap().template.spec.unwrap();
     spec.containers.into_iter().find(|c| c.name == name)
