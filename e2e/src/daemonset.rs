@@ -127,7 +127,6 @@ impl Lab {
     /// the node), and a fresh token bound to it is written where the
     /// containers find it.
     pub async fn trellis_pod(&self, node: &str, device: Device) -> Result<TrellisPod, LabError> {
-        let (_, objects) = self.render_chart(node, device)?;
         let cluster = self.cluster_of(node)?.clone();
         let client = self.client(&cluster.name).await?;
         // An installed DaemonSet (`helm install`) is run as installed;
@@ -142,6 +141,7 @@ impl Lab {
         {
             Some(installed) => installed,
             None => {
+                let (_, objects) = self.render_chart(node, device)?;
                 let rendered = chart::daemonset(&objects)?;
                 let accounts: Api<ServiceAccount> =
                     Api::namespaced(client.clone(), chart::NAMESPACE);
@@ -358,18 +358,17 @@ impl Lab {
         }
         let root = state::lab_root();
         let _lock = state::lock(&root)?;
-        let mut points = state::created_mountpoints(&root);
+        let mut created = Vec::new();
         for p in missing.iter().rev() {
             if !p.exists() {
                 std::fs::create_dir(p).map_err(|source| LabError::Io {
                     context: format!("creating mount point {}", p.display()),
                     source,
                 })?;
-                points.push(p.clone());
+                created.push(p.clone());
             }
         }
-        state::set_created_mountpoints(&root, &points)?;
-        Ok(())
+        Ok(state::add_created_mountpoints(&root, &created)?)
     }
 }
 

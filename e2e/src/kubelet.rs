@@ -10,7 +10,6 @@
 //! `readOnlyRootFilesystem`, and the process keeps only the capabilities
 //! the container asks for (`setpriv`).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -410,17 +409,17 @@ pub fn container_run(
 /// What a kubelet injects into every container: PATH, HOSTNAME (the node's,
 /// with host networking) and the API server's service address.
 pub fn kubelet_env(node: &str, service_host: &str, service_port: u16) -> Vec<(String, String)> {
-    BTreeMap::from([
+    [
         (
             "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         ),
-        ("HOSTNAME", node.to_string()),
-        ("KUBERNETES_SERVICE_HOST", service_host.to_string()),
-        ("KUBERNETES_SERVICE_PORT", service_port.to_string()),
-    ])
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
+        ("HOSTNAME", node),
+        ("KUBERNETES_SERVICE_HOST", service_host),
+        ("KUBERNETES_SERVICE_PORT", &service_port.to_string()),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect()
 }
 

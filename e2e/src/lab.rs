@@ -366,11 +366,7 @@ impl Lab {
             let root = state::lab_root();
             let _lock = state::lock(&root)?;
             let created = node::prepare_dirs(&dir, &self.tools.cni_plugin_dir())?;
-            if !created.is_empty() {
-                let mut points = state::created_mountpoints(&root);
-                points.extend(created);
-                state::set_created_mountpoints(&root, &points)?;
-            }
+            state::add_created_mountpoints(&root, &created)?;
         }
         let node_state = self.state.node_mut(&name).expect("just added");
         node_state.v4 = addrs.v4;

@@ -187,6 +187,16 @@ pub fn created_mountpoints(root: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// Adds to the record of created mount points. Call with the lock held.
+pub fn add_created_mountpoints(root: &Path, created: &[PathBuf]) -> Result<(), StateError> {
+    if created.is_empty() {
+        return Ok(());
+    }
+    let mut points = created_mountpoints(root);
+    points.extend_from_slice(created);
+    set_created_mountpoints(root, &points)
+}
+
 /// Replaces the record of created mount points. Call with the lock held.
 pub fn set_created_mountpoints(root: &Path, points: &[PathBuf]) -> Result<(), StateError> {
     let path = mountpoints_file(root);

@@ -503,6 +503,14 @@ async fn agents_may_change_only_their_own_node(lab: &Lab) {
     assert!(err.contains("not bound to a Pod"), "{err}");
 }
 
+/// The pod template of the DaemonSet in the cluster.
+async fn installed_pod_spec(
+    daemonsets: &Api<k8s_openapi::api::apps::v1::DaemonSet>,
+) -> k8s_openapi::api::core::v1::PodSpec {
+    let installed = daemonsets.get(chart::RELEASE).await.expect("the DaemonSet");
+    installed.spec.unwrap().template.spec.unwrap()
+}
+
 async fn helm_install_upgrade_uninstall(lab: &mut Lab) {
     let lab_values = trellis_e2e::daemonset::lab_values(
         &lab.cluster_of(N1).unwrap().apiserver_url,
@@ -527,15 +535,7 @@ async fn helm_install_upgrade_uninstall(lab: &mut Lab) {
     let client = lab.client(LAB).await.unwrap();
     let daemonsets: Api<k8s_openapi::api::apps::v1::DaemonSet> =
         Api::namespaced(client.clone(), chart::NAMESPACE);
-    let installed = daemonsets
-        .get("trellis")
-        .await
-        .unwrap()
-        .spec
-        .unwrap()
-        .template
-        .spec
-        .unwrap();
+    let installed = installed_pod_spec(&daemonsets).await;
     let (_, objects) = lab.render_chart(N1, Device::TrellisWg).unwrap();
     let rendered = chart::daemonset(&objects)
         .unwrap()
@@ -590,15 +590,7 @@ async fn helm_install_upgrade_uninstall(lab: &mut Lab) {
             "mtu=1400".into(),
         ],
     );
-    let upgraded = daemonsets
-        .get("trellis")
-        .await
-        .unwrap()
-        .spec
-        .unwrap()
-        .template
-        .spec
-        .unwrap();
+    let upgraded = installed_pod_spec(&daemonsets).await;
     let agent = upgraded
         .containers
         .iter()

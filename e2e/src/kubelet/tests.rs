@@ -236,19 +236,16 @@ fn a_container_runs_under_setpriv_with_its_capabilities_and_mounts() {
     };
     let node_placement = Placement::netns("ns1");
     let base = kubelet_env("n1", "10.96.0.1", 443);
-    let run = container_run(
-        &container,
-        &PodContext {
-            spec: &spec,
-            fields: &fields,
-            node_placement: &node_placement,
-            node_dir: Path::new("/n"),
-            pod_dir: Path::new("/p"),
-            image_bin: Path::new("/image/bin"),
-            base_env: &base,
-        },
-    )
-    .unwrap();
+    let pod = PodContext {
+        spec: &spec,
+        fields: &fields,
+        node_placement: &node_placement,
+        node_dir: Path::new("/n"),
+        pod_dir: Path::new("/p"),
+        image_bin: Path::new("/image/bin"),
+        base_env: &base,
+    };
+    let run = container_run(&container, &pod).unwrap();
     let args: Vec<String> = run
         .command
         .get_args()
@@ -278,19 +275,6 @@ fn a_container_runs_under_setpriv_with_its_capabilities_and_mounts() {
     );
 
     container.security_context.as_mut().unwrap().privileged = Some(true);
-    let err = container_run(
-        &container,
-        &PodContext {
-            spec: &spec,
-            fields: &fields,
-            node_placement: &node_placement,
-            node_dir: Path::new("/n"),
-            pod_dir: Path::new("/p"),
-            image_bin: Path::new("/image/bin"),
-            base_env: &base,
-        },
-    )
-    .unwrap_err()
-    .to_string();
+    let err = container_run(&container, &pod).unwrap_err().to_string();
     assert!(err.contains("privileged"), "{err}");
 }
