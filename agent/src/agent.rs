@@ -1,4 +1,4 @@
-//! The agent's runtime: watch Nodes with a reflector, reconcile on every
+//! The agent's runtime: watch Nodes and Peers with reflectors, reconcile on every
 //! change and on a resync timer, back off after errors, publish the node's
 //! own annotations, write the CNI configuration, report Events, metrics and
 //! readiness; on SIGTERM stop and leave the dataplane running.
@@ -10,9 +10,11 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
+use kube::runtime::reflector::Store;
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::Api;
 use tokio::sync::Notify;
+use trellis_api::Peer;
 use trellis_mesh::annotations::own_annotations;
 use trellis_mesh::LocalNode;
 
@@ -22,6 +24,7 @@ use crate::key::PrivateKey;
 use crate::kube_io::{self, EventSink};
 use crate::link::{self, Links};
 use crate::metrics::{self, Metrics, Readiness};
+use crate::peers::{self, PeerInputs};
 use crate::reconcile::Reconciler;
 use crate::wg::{Uapi, WireGuard};
 use crate::{cni_conf, kernel_wg};
@@ -30,6 +33,7 @@ use crate::{cni_conf, kernel_wg};
 const WIREGUARD_OVERHEAD: u32 = 80;
 const DEFAULT_MTU: u32 = 1420;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const PEERS_WAIT: Duration = Duration::from_secs(20);
 
 fn choose_device(config: &Config) -> anyhow::Result<(Box<dyn WireGuard>, bool)> {
     let uapi = Uapi::new(&config.uapi_socket(), &config.interface);
@@ -46,6 +50,33 @@ fn choose_device(config: &Config) -> anyhow::Result<(Box<dyn WireGuard>, bool)> 
         DataplaneMode::Auto if kernel_wg::available() => kernel()?,
         DataplaneMode::Auto => userspace(),
     })
+}
+
+/// Starts a reflector on `api` that notifies `changed` on every change.
+fn spawn_reflector<K>(api: Api<K>, changed: Arc<Notify>, what: &'static str) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let stream = reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .touched_objects();
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(_) => changed.notify_one(),
+                Err(e) => tracing::warn!(error = %e, "watching {what} (retrying with backoff)"),
+            }
+        }
+    });
+    store
 }
 
 fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
@@ -93,28 +124,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         });
     }
 
-    // The reflector keeps the last known Nodes through API outages.
-    let (store, writer) = reflector::store::<Node>();
+    // The reflectors keep the last known objects through API outages.
     let changed = Arc::new(Notify::new());
-    {
-        let changed = changed.clone();
-        let stream = reflector(writer, watcher(nodes.clone(), watcher::Config::default()))
-            .default_backoff()
-            .touched_objects();
-        tokio::spawn(async move {
-            futures::pin_mut!(stream);
-            while let Some(item) = stream.next().await {
-                match item {
-                    Ok(_) => changed.notify_one(),
-                    Err(e) => tracing::warn!(error = %e, "watching Nodes (retrying with backoff)"),
-                }
-            }
-        });
-    }
-    store
+    let node_store = spawn_reflector(nodes.clone(), changed.clone(), "Nodes");
+    let peer_api: Api<Peer> = Api::all(client.clone());
+    let peer_store = spawn_reflector(peer_api.clone(), changed.clone(), "Peers");
+    node_store
         .wait_until_ready()
         .await
         .context("the Node reflector stopped")?;
+    // Without the Peer CRD the node mesh still comes up (external peers
+    // join once the CRD exists); waiting a little keeps a restarted agent
+    // from dropping external peers it configured before.
+    if tokio::time::timeout(PEERS_WAIT, peer_store.wait_until_ready())
+        .await
+        .is_err()
+    {
+        tracing::error!("cannot list Peers (is the peers.trellis.dev CRD installed?); going on with the nodes only");
+    }
+    let mut peer_inputs = PeerInputs::new(client.clone(), client.default_namespace());
 
     let mut dataplane = NodeDataplane {
         wg,
@@ -133,7 +161,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut backoff = Duration::from_secs(1);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
-        let snapshot: Vec<Arc<Node>> = store.state();
+        let snapshot: Vec<Arc<Node>> = node_store.state();
+        let peer_objects: Vec<Arc<Peer>> = peer_store.state();
         let own = snapshot
             .iter()
             .find(|n| n.metadata.name.as_deref() == Some(config.node_name.as_str()))
@@ -163,12 +192,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
             };
             let infos: Vec<_> = snapshot.iter().map(|n| kube_io::node_info(n)).collect();
-            let outcome = reconciler.reconcile(&infos, &resolve).await?;
+            let external = peer_inputs.external_peers(&peer_objects).await;
+            let outcome = reconciler.reconcile(&infos, &external, &resolve).await?;
             for r in &outcome.new_rejections {
-                tracing::warn!(node = %r.node, reason = r.reason.as_str(), message = %r.message, "node left out of the mesh");
+                tracing::warn!(peer = %r.object, reason = r.reason.as_str(), message = %r.message, "left out of the mesh");
                 if let Some(sink) = &events {
                     sink.rejected(r).await;
                 }
+            }
+            match peers::publish_conditions(&peer_api, &config.node_name, &peer_objects, &outcome.desired).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(peers = n, "updated this node's condition on Peers"),
+                Err(e) => tracing::warn!(error = %e, "could not update Peer conditions (retried next reconcile)"),
             }
             let conflist = cni_conf::conflist(&outcome.desired.own_pod_cidrs, outcome.desired.mtu, &config.ipam_dir(), &config.interface);
             if cni_conf::write_if_changed(&config.cni_conflist_path(), &conflist).context("writing the CNI configuration")? {

@@ -169,6 +169,7 @@ impl Dataplane for NodeDataplane {
                             endpoint: p.endpoint,
                             allowed_ips: p.allowed_ips.clone(),
                             persistent_keepalive: p.persistent_keepalive,
+                            preshared_key: p.preshared_key,
                         },
                     )
                 })

@@ -4,7 +4,7 @@
 
 use std::str::FromStr;
 
-use trellis_mesh::{PeerChange, PublicKey};
+use trellis_mesh::{PeerChange, PresharedKey, PublicKey};
 use wireguard_control::{Backend, Device, InterfaceName, Key, PeerConfigBuilder};
 
 use crate::wg::{DeviceState, DeviceUpdate, PeerState, WgError, WireGuard};
@@ -40,6 +40,8 @@ fn builder(p: &trellis_mesh::DesiredPeer) -> PeerConfigBuilder {
         Some(s) => b.set_persistent_keepalive_interval(s),
         None => b.unset_persistent_keepalive(),
     };
+    // An all-zero key is WireGuard's "no preshared key".
+    b = b.set_preshared_key(Key(p.preshared_key.map(|k| k.0).unwrap_or([0; 32])));
     for ip in &p.allowed_ips {
         b = b.add_allowed_ip(ip.addr(), ip.prefix_len());
     }
@@ -77,6 +79,11 @@ impl WireGuard for KernelWg {
                         .config
                         .persistent_keepalive_interval
                         .filter(|s| *s > 0),
+                    preshared_key: peer
+                        .config
+                        .preshared_key
+                        .map(|k| PresharedKey(k.0))
+                        .filter(|k| !k.is_zero()),
                     last_handshake: peer.stats.last_handshake_time,
                     rx_bytes: peer.stats.rx_bytes,
                     tx_bytes: peer.stats.tx_bytes,

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::Resource;
-use trellis_mesh::{NodeInfo, Rejection};
+use trellis_mesh::{NodeInfo, PeerName, Rejection};
 
 /// A Node as the mesh logic sees it.
 pub fn node_info(node: &Node) -> NodeInfo {
@@ -98,20 +98,25 @@ impl EventSink {
     }
 
     pub async fn rejected(&self, r: &Rejection) {
-        // The rejected Node is the related object: events about different
-        // nodes are different events (the recorder merges equal keys).
+        // The rejected Node or Peer is the related object: events about
+        // different objects are different events.
+        let (api_version, kind, what) = match &r.object {
+            PeerName::Node(_) => ("v1", "Node", "node"),
+            PeerName::External(_) => ("trellis.dev/v1alpha1", "Peer", "peer"),
+        };
         let related = ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Node".into()),
-            name: Some(r.node.clone()),
+            api_version: Some(api_version.into()),
+            kind: Some(kind.into()),
+            name: Some(r.object.name().to_string()),
             ..Default::default()
         };
         let event = Event {
             type_: EventType::Warning,
             reason: reason_name(r.reason).into(),
             note: Some(format!(
-                "node {} is left out of the mesh: {}",
-                r.node, r.message
+                "{what} {} is left out of the mesh: {}",
+                r.object.name(),
+                r.message
             )),
             action: "Reconcile".into(),
             secondary: Some(related),
@@ -132,6 +137,9 @@ pub fn reason_name(reason: trellis_mesh::desired::RejectReason) -> &'static str 
         OverlappingPodCidr => "PeerOverlappingPodCIDR",
         DuplicatePublicKey => "PeerDuplicatePublicKey",
         UnresolvableEndpoint => "PeerUnresolvableEndpoint",
+        InvalidPeerSpec => "PeerInvalidSpec",
+        OverlappingAllowedIps => "PeerOverlappingAllowedIPs",
+        PresharedKeyUnavailable => "PeerPresharedKeyUnavailable",
     }
 }
 

@@ -1,6 +1,7 @@
 //! The Trellis node agent: turns the cluster's Node objects into a full
 //! mesh of direct WireGuard tunnels on this node, and keeps it right. The
-//! pure logic lives in `trellis-mesh`; here are the I/O around it.
+//! pure logic lives in `trellis-mesh`; here are the I/O around it. `Peer`
+//! objects add external machines as peers of every node.
 
 pub mod agent;
 pub mod cni_conf;
@@ -12,6 +13,7 @@ pub mod key;
 pub mod kube_io;
 pub mod link;
 pub mod metrics;
+pub mod peers;
 pub mod reconcile;
 pub mod wg;
 

@@ -1,5 +1,5 @@
 //! Prometheus metrics (prometheus-client) and the HTTP endpoint serving
-//! `/metrics`, `/healthz` and `/readyz`. Peers are labelled by node name;
+//! `/metrics`, `/healthz` and `/readyz`. Peers are labelled by node name (`peer/NAME` for a Peer object);
 //! keys never appear here, private or public.
 
 use std::net::SocketAddr;
@@ -121,7 +121,7 @@ impl Metrics {
         let now = SystemTime::now();
         for (key, peer) in &desired.peers {
             let label = PeerLabel {
-                peer: peer.node.clone(),
+                peer: peer.name.to_string(),
             };
             let stats = device.peers.get(key);
             let age = stats

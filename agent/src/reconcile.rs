@@ -9,7 +9,9 @@ use std::time::Instant;
 use trellis_mesh::desired::LocalError;
 use trellis_mesh::nft::masquerade_ruleset;
 use trellis_mesh::roaming::AppliedEndpoints;
-use trellis_mesh::{desired, Desired, LocalNode, NodeInfo, Plan, Rejection};
+use trellis_mesh::{
+    desired_with_external, Desired, ExternalPeerInfo, LocalNode, NodeInfo, Plan, Rejection,
+};
 
 use crate::dataplane::{Dataplane, DataplaneError, Observation};
 use crate::metrics::Metrics;
@@ -59,10 +61,11 @@ impl<D: Dataplane> Reconciler<D> {
     pub async fn reconcile(
         &mut self,
         nodes: &[NodeInfo],
+        external: &[ExternalPeerInfo],
         resolve: &dyn Fn(&str, u16) -> Option<SocketAddr>,
     ) -> Result<Outcome, ReconcileError> {
         let start = Instant::now();
-        let result = self.reconcile_inner(nodes, resolve).await;
+        let result = self.reconcile_inner(nodes, external, resolve).await;
         self.metrics
             .reconcile_duration
             .observe(start.elapsed().as_secs_f64());
@@ -75,9 +78,10 @@ impl<D: Dataplane> Reconciler<D> {
     async fn reconcile_inner(
         &mut self,
         nodes: &[NodeInfo],
+        external: &[ExternalPeerInfo],
         resolve: &dyn Fn(&str, u16) -> Option<SocketAddr>,
     ) -> Result<Outcome, ReconcileError> {
-        let desired = desired(&self.local, nodes, resolve)?;
+        let desired = desired_with_external(&self.local, nodes, external, resolve)?;
         let ruleset = masquerade_ruleset(&desired, &self.nft_table);
         let observation = self.dataplane.observe().await?;
         let handshakes = observation
@@ -117,12 +121,16 @@ impl<D: Dataplane> Reconciler<D> {
         let current: BTreeSet<(String, String)> = desired
             .rejected
             .iter()
-            .map(|r| (r.node.clone(), r.message.clone()))
+            .map(|r| (r.object.to_string(), r.message.clone()))
             .collect();
         let new_rejections = desired
             .rejected
             .iter()
-            .filter(|r| !self.reported.contains(&(r.node.clone(), r.message.clone())))
+            .filter(|r| {
+                !self
+                    .reported
+                    .contains(&(r.object.to_string(), r.message.clone()))
+            })
             .cloned()
             .collect();
         self.reported = current;
@@ -188,10 +196,10 @@ mod tests {
     async fn first_reconcile_builds_everything_then_nothing_changes() {
         let mut r = reconciler();
         let nodes: Vec<NodeInfo> = (0..3).map(node).collect();
-        let first = r.reconcile(&nodes, &no_dns).await.unwrap();
+        let first = r.reconcile(&nodes, &[], &no_dns).await.unwrap();
         assert_eq!(first.plan.peers.len(), 2);
         assert!(first.plan.set_up && first.plan.nft_ruleset.is_some());
-        let second = r.reconcile(&nodes, &no_dns).await.unwrap();
+        let second = r.reconcile(&nodes, &[], &no_dns).await.unwrap();
         assert!(second.plan.is_empty(), "{:?}", second.plan);
         assert_eq!(r.dataplane.applied.len(), 1, "an empty plan is not applied");
     }
@@ -200,9 +208,9 @@ mod tests {
     async fn a_missing_own_node_keeps_the_last_good_state() {
         let mut r = reconciler();
         let nodes: Vec<NodeInfo> = (0..3).map(node).collect();
-        r.reconcile(&nodes, &no_dns).await.unwrap();
+        r.reconcile(&nodes, &[], &no_dns).await.unwrap();
         let before = r.dataplane.observed.clone();
-        let err = r.reconcile(&nodes[1..], &no_dns).await.unwrap_err();
+        let err = r.reconcile(&nodes[1..], &[], &no_dns).await.unwrap_err();
         assert!(matches!(err, ReconcileError::Local(_)));
         assert_eq!(r.dataplane.observed, before, "nothing torn down");
         assert_eq!(r.metrics.reconcile_errors.get(), 1);
@@ -213,8 +221,8 @@ mod tests {
         let mut r = reconciler();
         let nodes: Vec<NodeInfo> = (0..2).map(node).collect();
         r.dataplane.fail_observe = Some("device gone".into());
-        assert!(r.reconcile(&nodes, &no_dns).await.is_err());
-        assert!(r.reconcile(&nodes, &no_dns).await.is_ok());
+        assert!(r.reconcile(&nodes, &[], &no_dns).await.is_err());
+        assert!(r.reconcile(&nodes, &[], &no_dns).await.is_ok());
     }
 
     #[tokio::test]
@@ -224,18 +232,18 @@ mod tests {
         nodes[2]
             .annotations
             .insert(ANNOTATION_PUBLIC_KEY.into(), "garbage".into());
-        let first = r.reconcile(&nodes, &no_dns).await.unwrap();
+        let first = r.reconcile(&nodes, &[], &no_dns).await.unwrap();
         assert_eq!(first.new_rejections.len(), 1);
         assert_eq!(first.desired.peers.len(), 1, "n1 unaffected");
         assert!(r
-            .reconcile(&nodes, &no_dns)
+            .reconcile(&nodes, &[], &no_dns)
             .await
             .unwrap()
             .new_rejections
             .is_empty());
         nodes[2] = node(2);
         assert!(r
-            .reconcile(&nodes, &no_dns)
+            .reconcile(&nodes, &[], &no_dns)
             .await
             .unwrap()
             .new_rejections
@@ -244,7 +252,7 @@ mod tests {
             .annotations
             .insert(ANNOTATION_PUBLIC_KEY.into(), "garbage".into());
         assert_eq!(
-            r.reconcile(&nodes, &no_dns)
+            r.reconcile(&nodes, &[], &no_dns)
                 .await
                 .unwrap()
                 .new_rejections

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
-use trellis_mesh::{DesiredPeer, PeerChange, PublicKey};
+use trellis_mesh::{DesiredPeer, PeerChange, PresharedKey, PublicKey};
 
 use crate::key::PrivateKey;
 
@@ -38,6 +38,7 @@ pub struct PeerState {
     pub endpoint: Option<SocketAddr>,
     pub allowed_ips: Vec<IpNet>,
     pub persistent_keepalive: Option<u16>,
+    pub preshared_key: Option<PresharedKey>,
     pub last_handshake: Option<SystemTime>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
@@ -200,6 +201,10 @@ pub fn parse_get(pairs: &[(String, String)]) -> Result<DeviceState, WgError> {
                             );
                         }
                     }
+                    "preshared_key" => {
+                        let k = PresharedKey::from_hex(v).map_err(|_| bad(k, "<redacted>"))?;
+                        peer.preshared_key = (!k.is_zero()).then_some(k);
+                    }
                     "rx_bytes" => peer.rx_bytes = v.parse().map_err(|_| bad(k, v))?,
                     "tx_bytes" => peer.tx_bytes = v.parse().map_err(|_| bad(k, v))?,
                     _ => {}
@@ -221,6 +226,13 @@ fn peer_lines(out: &mut String, peer: &DesiredPeer) {
     out.push_str(&format!(
         "persistent_keepalive_interval={}\n",
         peer.persistent_keepalive.unwrap_or(0)
+    ));
+    // All zeros removes a preshared key a peer had before.
+    out.push_str(&format!(
+        "preshared_key={}\n",
+        peer.preshared_key
+            .map(|k| k.to_hex())
+            .unwrap_or_else(|| "0".repeat(64))
     ));
     out.push_str("replace_allowed_ips=true\n");
     for ip in &peer.allowed_ips {
@@ -277,11 +289,12 @@ mod tests {
 
     fn peer(n: u8) -> DesiredPeer {
         DesiredPeer {
-            node: format!("n{n}"),
+            name: trellis_mesh::PeerName::Node(format!("n{n}")),
             public_key: key(n),
             endpoint: Some(format!("192.0.2.{n}:51820").parse().unwrap()),
             allowed_ips: vec![format!("10.244.{n}.0/24").parse().unwrap()],
             persistent_keepalive: None,
+            preshared_key: None,
         }
     }
 

@@ -14,6 +14,9 @@ use trellis_e2e::mesh::Device;
 use trellis_e2e::tools::Tools;
 use trellis_e2e::{Lab, LabOptions};
 
+#[path = "chart/peers.rs"]
+mod peers;
+
 fn helm() -> PathBuf {
     Tools::locate()
         .and_then(|t| t.path("helm"))
@@ -65,6 +68,8 @@ fn default_values_render_every_object_least_privileged() {
         "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
         "DaemonSet",
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",
@@ -89,7 +94,8 @@ fn default_values_render_every_object_least_privileged() {
         rules,
         vec![
             r#"""/"nodes": ["get","list","watch","patch"]"#,
-            r#""trellis.dev"/"peers": ["list","watch"]"#,
+            r#""trellis.dev"/"peers": ["get","list","watch"]"#,
+            r#""trellis.dev"/"peers/status": ["patch"]"#,
             r#""events.k8s.io"/"events": ["create"]"#,
         ]
     );
@@ -327,14 +333,18 @@ fn helm_cmd(lab: &Lab, args: &[String]) -> String {
 }
 
 /// Every object the chart makes, as `kubectl get` names them.
-const CHART_OBJECTS: [&str; 7] = [
+const CHART_OBJECTS: [&str; 11] = [
     "customresourcedefinition/peers.trellis.dev",
     "-n kube-system serviceaccount/trellis",
     "clusterrole/trellis-agent",
     "clusterrolebinding/trellis-agent",
+    "-n kube-system role/trellis-agent",
+    "-n kube-system rolebinding/trellis-agent",
     "-n kube-system daemonset/trellis",
     "validatingadmissionpolicy/trellis-agent-own-node",
     "validatingadmissionpolicybinding/trellis-agent-own-node",
+    "validatingadmissionpolicy/trellis-agent-own-peer-conditions",
+    "validatingadmissionpolicybinding/trellis-agent-own-peer-conditions",
 ];
 
 fn exists(lab: &Lab, object: &str) -> bool {
@@ -614,7 +624,7 @@ async fn helm_install_upgrade_uninstall(lab: &mut Lab) {
     assert!(exists(lab, CHART_OBJECTS[0]), "helm keeps the CRD");
     kubectl(lab, &["delete", "crd", "peers.trellis.dev"]).unwrap();
     lab.delete_trellis_pods(LAB).await.unwrap();
-    let left = kubectl(lab, &["get", "all,serviceaccounts,clusterroles,clusterrolebindings,validatingadmissionpolicies,validatingadmissionpolicybindings,crds", "-A", "-l", "app.kubernetes.io/name=trellis", "-o", "name"]).unwrap();
+    let left = kubectl(lab, &["get", "all,serviceaccounts,clusterroles,clusterrolebindings,roles,rolebindings,validatingadmissionpolicies,validatingadmissionpolicybindings,crds", "-A", "-l", "app.kubernetes.io/name=trellis", "-o", "name"]).unwrap();
     assert_eq!(left.trim(), "", "left behind: {left}");
 }
 
@@ -625,7 +635,10 @@ async fn the_chart_in_a_real_apiserver() {
     trellis_e2e::down(LAB);
     let mut lab = Lab::up(LabOptions::new(LAB, 2)).await.expect("lab up");
     manifests_are_accepted_by_the_apiserver(&lab);
+    peers::the_rust_type_and_the_crd_agree(&lab, LAB).await;
     agents_may_change_only_their_own_node(&lab).await;
+    let (n1, _) = agent_client(&lab, N1).await;
+    peers::agents_set_only_their_own_conditions(&lab, LAB, &n1, N1, N2).await;
     // Back to an empty cluster: what `kubectl apply` made, `kubectl delete` removes.
     let manifests = chart_dir().join("../../manifests/trellis.yaml");
     kubectl(

@@ -15,7 +15,8 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 
 use crate::annotations::{Endpoint, NodeAnnotations};
-use crate::key::PublicKey;
+use crate::external::{add_external_peers, ExternalPeerInfo};
+use crate::key::{PresharedKey, PublicKey};
 use crate::plan::Route;
 
 /// What the agent knows of one Node object.
@@ -39,6 +40,33 @@ pub struct LocalNode {
     pub mtu: u32,
 }
 
+/// Whose WireGuard peer it is: a Node of this cluster or an external
+/// machine described by a `Peer` object.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PeerName {
+    Node(String),
+    External(String),
+}
+
+impl PeerName {
+    /// The bare object name.
+    pub fn name(&self) -> &str {
+        match self {
+            PeerName::Node(n) | PeerName::External(n) => n,
+        }
+    }
+}
+
+impl std::fmt::Display for PeerName {
+    /// `n1` for a node, `peer/laptop` for an external peer.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerName::Node(n) => f.write_str(n),
+            PeerName::External(n) => write!(f, "peer/{n}"),
+        }
+    }
+}
+
 /// Why a node is left out of the mesh (the label of the rejection metric).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RejectReason {
@@ -47,6 +75,9 @@ pub enum RejectReason {
     OverlappingPodCidr,
     DuplicatePublicKey,
     UnresolvableEndpoint,
+    InvalidPeerSpec,
+    OverlappingAllowedIps,
+    PresharedKeyUnavailable,
 }
 
 impl RejectReason {
@@ -57,14 +88,17 @@ impl RejectReason {
             RejectReason::OverlappingPodCidr => "overlapping_pod_cidr",
             RejectReason::DuplicatePublicKey => "duplicate_public_key",
             RejectReason::UnresolvableEndpoint => "unresolvable_endpoint",
+            RejectReason::InvalidPeerSpec => "invalid_peer_spec",
+            RejectReason::OverlappingAllowedIps => "overlapping_allowed_ips",
+            RejectReason::PresharedKeyUnavailable => "preshared_key_unavailable",
         }
     }
 }
 
-/// A node left out, and why.
+/// A node or external peer left out, and why.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Rejection {
-    pub node: String,
+    pub object: PeerName,
     pub reason: RejectReason,
     pub message: String,
 }
@@ -72,12 +106,13 @@ pub struct Rejection {
 /// One WireGuard peer as it should be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredPeer {
-    pub node: String,
+    pub name: PeerName,
     pub public_key: PublicKey,
     pub endpoint: Option<SocketAddr>,
     /// Sorted.
     pub allowed_ips: Vec<IpNet>,
     pub persistent_keepalive: Option<u16>,
+    pub preshared_key: Option<PresharedKey>,
 }
 
 /// Everything one node's dataplane should have.
@@ -113,7 +148,7 @@ pub enum LocalError {
     InvalidPodCidr { node: String, cidr: String },
 }
 
-fn parse_cidrs(raw: &[String]) -> Result<Vec<IpNet>, String> {
+pub(crate) fn parse_cidrs(raw: &[String]) -> Result<Vec<IpNet>, String> {
     let mut out = Vec::new();
     for text in raw {
         let net: IpNet = text
@@ -128,7 +163,7 @@ fn parse_cidrs(raw: &[String]) -> Result<Vec<IpNet>, String> {
     Ok(out)
 }
 
-fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+pub(crate) fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
@@ -146,6 +181,17 @@ pub fn mesh_address(cidr: &IpNet) -> IpNet {
 pub fn desired(
     local: &LocalNode,
     nodes: &[NodeInfo],
+    resolve: &dyn Fn(&str, u16) -> Option<SocketAddr>,
+) -> Result<Desired, LocalError> {
+    desired_with_external(local, nodes, &[], resolve)
+}
+
+/// [`desired`] plus the external peers (`Peer` objects). Nodes come first:
+/// an external peer can never take a node's key or addresses.
+pub fn desired_with_external(
+    local: &LocalNode,
+    nodes: &[NodeInfo],
+    external: &[ExternalPeerInfo],
     resolve: &dyn Fn(&str, u16) -> Option<SocketAddr>,
 ) -> Result<Desired, LocalError> {
     let me = nodes
@@ -170,10 +216,11 @@ pub fn desired(
     };
     let mut others: Vec<&NodeInfo> = nodes.iter().filter(|n| n.name != local.name).collect();
     others.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
-    let mut owners: Vec<(IpNet, String)> = Vec::new();
+    let mut owners: Vec<(IpNet, PeerName)> = Vec::new();
+    let mut underlay: Vec<IpAddr> = nodes.iter().flat_map(|n| n.internal_ips.clone()).collect();
     for node in others {
         let reject = |reason, message: String| Rejection {
-            node: node.name.clone(),
+            object: PeerName::Node(node.name.clone()),
             reason,
             message,
         };
@@ -203,7 +250,7 @@ pub fn desired(
         if let Some(holder) = d.peers.get(&key) {
             d.rejected.push(reject(
                 RejectReason::DuplicatePublicKey,
-                format!("public key {key} is already used by node {}", holder.node),
+                format!("public key {key} is already used by node {}", holder.name),
             ));
             continue;
         }
@@ -251,8 +298,11 @@ pub fn desired(
                 }
             },
         };
+        if let Some(a) = endpoint {
+            underlay.push(a.ip());
+        }
         for c in &cidrs {
-            owners.push((*c, node.name.clone()));
+            owners.push((*c, PeerName::Node(node.name.clone())));
             let src = d
                 .addresses
                 .iter()
@@ -264,14 +314,16 @@ pub fn desired(
         d.peers.insert(
             key,
             DesiredPeer {
-                node: node.name.clone(),
+                name: PeerName::Node(node.name.clone()),
                 public_key: key,
                 endpoint,
                 allowed_ips: cidrs,
                 persistent_keepalive: annotations.persistent_keepalive,
+                preshared_key: None,
             },
         );
     }
+    add_external_peers(&mut d, local, external, &mut owners, &underlay, resolve);
     d.mesh_cidrs.sort();
     d.rejected.sort();
     d.pending.sort();

@@ -73,11 +73,57 @@ impl fmt::Debug for PublicKey {
     }
 }
 
+/// A WireGuard preshared key (32 bytes). Its `Debug` never shows the key:
+/// plans and observations are logged.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PresharedKey(pub [u8; 32]);
+
+impl PresharedKey {
+    /// Parses the base64 form `wg genpsk` prints.
+    pub fn from_base64(text: &str) -> Result<Self, KeyError> {
+        PublicKey::from_str(text).map(|k| PresharedKey(k.0))
+    }
+
+    /// Parses the hex form of the UAPI protocol.
+    pub fn from_hex(text: &str) -> Result<Self, KeyError> {
+        PublicKey::from_hex(text).map(|k| PresharedKey(k.0))
+    }
+
+    pub fn to_hex(&self) -> String {
+        PublicKey(self.0).to_hex()
+    }
+
+    pub fn to_base64(&self) -> String {
+        PublicKey(self.0).to_base64()
+    }
+
+    /// The all-zero key a device reports for "no preshared key".
+    pub fn is_zero(&self) -> bool {
+        self.0 == [0; 32]
+    }
+}
+
+impl fmt::Debug for PresharedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PresharedKey(<redacted>)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const KEY: &str = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=";
+
+    #[test]
+    fn a_preshared_key_never_shows_in_debug() {
+        let psk = PresharedKey::from_base64(KEY).unwrap();
+        assert_eq!(format!("{psk:?}"), "PresharedKey(<redacted>)");
+        assert_eq!(psk.to_base64(), KEY);
+        assert_eq!(PresharedKey::from_hex(&psk.to_hex()).unwrap(), psk);
+        assert!(!psk.is_zero());
+        assert!(PresharedKey::from_base64("short").is_err());
+    }
 
     #[test]
     fn base64_and_hex_round_trip() {

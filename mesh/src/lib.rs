@@ -6,12 +6,16 @@
 
 pub mod annotations;
 pub mod desired;
+pub mod external;
 pub mod key;
 pub mod names;
 pub mod nft;
 pub mod plan;
 pub mod roaming;
 
-pub use desired::{desired, Desired, DesiredPeer, LocalNode, NodeInfo, Rejection};
-pub use key::PublicKey;
+pub use desired::{
+    desired, desired_with_external, Desired, DesiredPeer, LocalNode, NodeInfo, PeerName, Rejection,
+};
+pub use external::{ExternalPeerInfo, PresharedKeySource};
+pub use key::{PresharedKey, PublicKey};
 pub use plan::{plan, Observed, ObservedPeer, PeerChange, Plan, Route};

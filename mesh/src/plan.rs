@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 
 use crate::desired::{Desired, DesiredPeer};
-use crate::key::PublicKey;
+use crate::key::{PresharedKey, PublicKey};
 
 /// A route over the WireGuard interface, with the preferred source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -25,6 +25,7 @@ pub struct ObservedPeer {
     /// Sorted.
     pub allowed_ips: Vec<IpNet>,
     pub persistent_keepalive: Option<u16>,
+    pub preshared_key: Option<PresharedKey>,
 }
 
 /// What the node has: read back from the device and the kernel.
@@ -70,6 +71,7 @@ fn observed_peer(p: &DesiredPeer) -> ObservedPeer {
         endpoint: p.endpoint,
         allowed_ips: p.allowed_ips.clone(),
         persistent_keepalive: p.persistent_keepalive,
+        preshared_key: p.preshared_key,
     }
 }
 
@@ -165,6 +167,7 @@ fn peer_matches(want: &DesiredPeer, have: &ObservedPeer) -> bool {
     endpoint_ok
         && want.allowed_ips == have.allowed_ips
         && want.persistent_keepalive == have.persistent_keepalive
+        && want.preshared_key == have.preshared_key
 }
 
 /// The changes that turn `observed` into `desired` (with `nft_ruleset` the

@@ -87,11 +87,12 @@ mod tests {
         d.peers.insert(
             PublicKey([1; 32]),
             DesiredPeer {
-                node: "b".into(),
+                name: crate::PeerName::Node("b".into()),
                 public_key: PublicKey([1; 32]),
                 endpoint: addr(endpoint),
                 allowed_ips: vec![],
                 persistent_keepalive: None,
+                preshared_key: None,
             },
         );
         d
@@ -105,6 +106,7 @@ mod tests {
                 endpoint: addr(endpoint),
                 allowed_ips: vec![],
                 persistent_keepalive: None,
+                preshared_key: None,
             },
         );
         o

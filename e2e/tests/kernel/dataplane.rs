@@ -79,7 +79,7 @@ impl KernelNode {
                     let no_dns = |_: &str, _: u16| None;
                     while let Some((nodes, reply)) = rx.recv().await {
                         let outcome = reconciler
-                            .reconcile(&nodes, &no_dns)
+                            .reconcile(&nodes, &[], &no_dns)
                             .await
                             .map_err(|e| e.to_string());
                         let _ = reply.send(outcome);
@@ -448,8 +448,8 @@ pub(crate) fn recreates_a_deleted_interface() -> Result<(), Failed> {
 
 fn change_name(c: &PeerChange) -> String {
     match c {
-        PeerChange::Add(p) => format!("add {}", p.node),
-        PeerChange::Update(p) => format!("update {}", p.node),
+        PeerChange::Add(p) => format!("add {}", p.name),
+        PeerChange::Update(p) => format!("update {}", p.name),
         PeerChange::Remove(key) => format!("remove {key}"),
     }
 }

@@ -56,7 +56,7 @@ fn every_valid_node_becomes_a_peer_with_its_pod_cidrs_and_routes() {
     let d = desired(&local(), &cluster(4), &no_dns).unwrap();
     assert_eq!(d.peers.len(), 3);
     let p1 = &d.peers[&key(1)];
-    assert_eq!(p1.node, "n1");
+    assert_eq!(p1.name, PeerName::Node("n1".into()));
     assert_eq!(p1.endpoint, Some("192.0.2.11:51820".parse().unwrap()));
     assert_eq!(
         p1.allowed_ips,
@@ -194,7 +194,7 @@ fn bad_input_rejects_one_node_and_keeps_the_others() {
         mutate(&mut nodes[3]);
         let d = desired(&local(), &nodes, &no_dns).unwrap();
         assert_eq!(d.rejected.len(), 1, "{what}: {:?}", d.rejected);
-        assert_eq!(d.rejected[0].node, "n3", "{what}");
+        assert_eq!(d.rejected[0].object.name(), "n3", "{what}");
         assert_eq!(d.rejected[0].reason, reason, "{what}");
         assert!(
             d.rejected[0].message.contains(needle),
@@ -219,13 +219,10 @@ fn in_a_conflict_the_older_node_wins_whatever_the_order() {
     nodes.reverse();
     let d = desired(&local(), &nodes, &no_dns).unwrap();
     assert_eq!(
-        d.peers
-            .values()
-            .map(|p| p.node.as_str())
-            .collect::<Vec<_>>(),
+        d.peers.values().map(|p| p.name.name()).collect::<Vec<_>>(),
         vec!["n2"]
     );
-    assert_eq!(d.rejected[0].node, "n1");
+    assert_eq!(d.rejected[0].object.name(), "n1");
 }
 
 #[test]
@@ -271,7 +268,7 @@ fn a_node_joining_adds_one_peer_and_its_routes() {
         &Observed::of(&before, &ruleset(&before)),
     );
     assert_eq!(p.peers.len(), 1);
-    assert!(matches!(&p.peers[0], PeerChange::Add(peer) if peer.node == "n3"));
+    assert!(matches!(&p.peers[0], PeerChange::Add(peer) if peer.name.name() == "n3"));
     assert_eq!(p.add_routes.len(), 2);
     assert!(p.remove_routes.is_empty() && p.add_addresses.is_empty());
     assert!(p.nft_ruleset.is_some(), "the mesh CIDR set grew");
@@ -342,6 +339,7 @@ fn arb_observed() -> impl Strategy<Value = Observed> {
                             endpoint: ep.then(|| "192.0.2.99:1".parse().unwrap()),
                             allowed_ips: vec![format!("10.244.{k}.0/24").parse().unwrap()],
                             persistent_keepalive: None,
+                            preshared_key: None,
                         },
                     )
                 })
@@ -390,10 +388,10 @@ proptest! {
         let p = plan(&after, &ruleset(&after), &Observed::of(&before, &ruleset(&before)));
         for change in &p.peers {
             let node = match change {
-                PeerChange::Add(peer) | PeerChange::Update(peer) => peer.node.clone(),
-                PeerChange::Remove(k) => before.peers[k].node.clone(),
+                PeerChange::Add(peer) | PeerChange::Update(peer) => peer.name.clone(),
+                PeerChange::Remove(k) => before.peers[k].name.clone(),
             };
-            prop_assert_eq!(&node, &name);
+            prop_assert_eq!(node.name(), name.as_str());
         }
         prop_assert!(p.peers.len() <= 1);
         prop_assert!(p.add_addresses.is_empty() && p.remove_addresses.is_empty());

@@ -1,0 +1,200 @@
+//! External peers — machines outside the cluster described by `Peer`
+//! objects — validated and added to a node's desired state after every
+//! node: a Peer may not reuse a node's (or an older Peer's) key, claim
+//! addresses a node or an older Peer owns, or cover an address the mesh's
+//! own tunnels run over. A bad Peer is left out with a reason; nothing else
+//! changes.
+
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+
+use crate::annotations::{parse_endpoint, Endpoint};
+use crate::desired::{
+    overlaps, Desired, DesiredPeer, LocalNode, PeerName, RejectReason, Rejection,
+};
+use crate::key::{PresharedKey, PublicKey};
+use crate::plan::Route;
+
+/// The preshared key a Peer asks for, as the agent could read it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum PresharedKeySource {
+    #[default]
+    None,
+    Key(PresharedKey),
+    /// The Secret or its key is missing or malformed: the message says which.
+    Unavailable(String),
+}
+
+/// What the mesh needs of one `Peer` object (raw strings: validated here).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExternalPeerInfo {
+    pub name: String,
+    /// Creation time, seconds since the epoch (older wins conflicts).
+    pub created: i64,
+    pub public_key: String,
+    pub endpoint: Option<String>,
+    pub allowed_ips: Vec<String>,
+    pub persistent_keepalive: Option<u32>,
+    pub preshared_key: PresharedKeySource,
+}
+
+/// Validates `peer` against what `d` already holds; the peer as it should
+/// be configured, or why it is left out.
+fn validate(
+    d: &Desired,
+    local: &LocalNode,
+    peer: &ExternalPeerInfo,
+    owners: &[(IpNet, PeerName)],
+    underlay: &[IpAddr],
+    resolve: &dyn Fn(&str, u16) -> Option<SocketAddr>,
+) -> Result<DesiredPeer, (RejectReason, String)> {
+    use RejectReason::*;
+    let key: PublicKey = peer
+        .public_key
+        .parse()
+        .map_err(|e: crate::key::KeyError| (InvalidPeerSpec, format!("spec.publicKey: {e}")))?;
+    if key == local.public_key {
+        return Err((
+            DuplicatePublicKey,
+            format!("public key {key} is node {}'s own", local.name),
+        ));
+    }
+    if let Some(holder) = d.peers.get(&key) {
+        return Err((
+            DuplicatePublicKey,
+            format!("public key {key} is already used by {}", holder.name),
+        ));
+    }
+    if peer.allowed_ips.is_empty() {
+        return Err((
+            InvalidPeerSpec,
+            "spec.allowedIPs is empty: list the addresses routed to the peer".into(),
+        ));
+    }
+    let mut allowed: Vec<IpNet> = Vec::new();
+    for text in &peer.allowed_ips {
+        let net: IpNet = text.parse().map_err(|_| {
+            (
+                InvalidPeerSpec,
+                format!("spec.allowedIPs: {text:?} is not a CIDR"),
+            )
+        })?;
+        if net.trunc() != net {
+            return Err((
+                InvalidPeerSpec,
+                format!(
+                    "spec.allowedIPs: {text} has host bits set (write {})",
+                    net.trunc()
+                ),
+            ));
+        }
+        allowed.push(net);
+    }
+    allowed.sort();
+    allowed.dedup();
+    for net in &allowed {
+        if let Some(own) = d.own_pod_cidrs.iter().find(|o| overlaps(net, o)) {
+            return Err((
+                OverlappingAllowedIps,
+                format!(
+                    "allowed IP {net} overlaps node {}'s pod CIDR {own}",
+                    local.name
+                ),
+            ));
+        }
+        if let Some((o, owner)) = owners.iter().find(|(o, _)| overlaps(net, o)) {
+            let what = match owner {
+                PeerName::Node(n) => format!("pod CIDR {o} of node {n}"),
+                PeerName::External(_) => format!("allowed IP {o} of {owner}"),
+            };
+            return Err((
+                OverlappingAllowedIps,
+                format!("allowed IP {net} overlaps {what}"),
+            ));
+        }
+        if let Some(ip) = underlay.iter().find(|ip| net.contains(*ip)) {
+            return Err((
+                OverlappingAllowedIps,
+                format!("allowed IP {net} contains {ip}, an address the mesh's tunnels run over"),
+            ));
+        }
+    }
+    let endpoint = match &peer.endpoint {
+        None => None,
+        Some(text) => match parse_endpoint(text)
+            .map_err(|r| (InvalidPeerSpec, format!("spec.endpoint {text:?}: {r}")))?
+        {
+            Endpoint::Addr(a) => Some(a),
+            Endpoint::Host { host, port } => Some(resolve(&host, port).ok_or_else(|| {
+                (
+                    UnresolvableEndpoint,
+                    format!("endpoint {host}:{port} does not resolve"),
+                )
+            })?),
+        },
+    };
+    let persistent_keepalive = match peer.persistent_keepalive {
+        None | Some(0) => None,
+        Some(s) => Some(u16::try_from(s).map_err(|_| {
+            (
+                InvalidPeerSpec,
+                format!("spec.persistentKeepalive {s} is above 65535 seconds"),
+            )
+        })?),
+    };
+    let preshared_key = match &peer.preshared_key {
+        PresharedKeySource::None => None,
+        PresharedKeySource::Key(k) => Some(*k),
+        PresharedKeySource::Unavailable(why) => return Err((PresharedKeyUnavailable, why.clone())),
+    };
+    Ok(DesiredPeer {
+        name: PeerName::External(peer.name.clone()),
+        public_key: key,
+        endpoint,
+        allowed_ips: allowed,
+        persistent_keepalive,
+        preshared_key,
+    })
+}
+
+/// Adds every valid external peer to `d` (oldest first), with a route per
+/// allowed range and the ranges exempt from masquerading; the others go to
+/// `d.rejected`. `owners` holds the nodes' pod CIDRs and grows with each
+/// accepted peer; `underlay` are the addresses the tunnels run over.
+pub(crate) fn add_external_peers(
+    d: &mut Desired,
+    local: &LocalNode,
+    peers: &[ExternalPeerInfo],
+    owners: &mut Vec<(IpNet, PeerName)>,
+    underlay: &[IpAddr],
+    resolve: &dyn Fn(&str, u16) -> Option<SocketAddr>,
+) {
+    let mut sorted: Vec<&ExternalPeerInfo> = peers.iter().collect();
+    sorted.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
+    for peer in sorted {
+        match validate(d, local, peer, owners, underlay, resolve) {
+            Ok(p) => {
+                for net in &p.allowed_ips {
+                    owners.push((*net, p.name.clone()));
+                    let src = d
+                        .addresses
+                        .iter()
+                        .find(|a| a.addr().is_ipv4() == net.addr().is_ipv4())
+                        .map(|a| a.addr());
+                    d.routes.insert(Route { dst: *net, src });
+                }
+                d.mesh_cidrs.extend(p.allowed_ips.iter().copied());
+                d.peers.insert(p.public_key, p);
+            }
+            Err((reason, message)) => d.rejected.push(Rejection {
+                object: PeerName::External(peer.name.clone()),
+                reason,
+                message,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
