@@ -1,53 +1,16 @@
 //! The agent's contact with the API server: Node objects into
-//! `mesh::NodeInfo`, the agent's own annotations (patched only when they
+//! `mesh::NodeInfo` (from trellis-api), the agent's own annotations (patched only when they
 //! change: no heartbeat writes), and Events on its own Node.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::Resource;
-use trellis_mesh::{NodeInfo, PeerName, Rejection};
+use trellis_mesh::{PeerName, Rejection};
 
-/// A Node as the mesh logic sees it.
-pub fn node_info(node: &Node) -> NodeInfo {
-    NodeInfo {
-        name: node.metadata.name.clone().unwrap_or_default(),
-        created: node
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0.as_second())
-            .unwrap_or(i64::MAX),
-        pod_cidrs: node
-            .spec
-            .as_ref()
-            .and_then(|s| {
-                s.pod_cidrs
-                    .clone()
-                    .or_else(|| s.pod_cidr.clone().map(|c| vec![c]))
-            })
-            .unwrap_or_default(),
-        internal_ips: internal_ips(node),
-        annotations: node.metadata.annotations.clone().unwrap_or_default(),
-    }
-}
-
-/// The Node's InternalIP addresses, in the order the Node lists them.
-pub fn internal_ips(node: &Node) -> Vec<IpAddr> {
-    node.status
-        .as_ref()
-        .and_then(|s| s.addresses.as_ref())
-        .map(|list| {
-            list.iter()
-                .filter(|a| a.type_ == "InternalIP")
-                .filter_map(|a| a.address.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
+pub use trellis_api::node::{internal_ips, node_info};
 
 /// Patches the Node's annotations to include `wanted`, only when one
 /// differs. Returns whether it wrote.
@@ -140,63 +103,5 @@ pub fn reason_name(reason: trellis_mesh::desired::RejectReason) -> &'static str 
         InvalidPeerSpec => "PeerInvalidSpec",
         OverlappingAllowedIps => "PeerOverlappingAllowedIPs",
         PresharedKeyUnavailable => "PeerPresharedKeyUnavailable",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::api::core::v1::{NodeAddress, NodeSpec, NodeStatus};
-
-    #[test]
-    fn a_node_becomes_node_info() {
-        let mut node = Node::default();
-        node.metadata.name = Some("n1".into());
-        node.metadata.annotations =
-            Some([("trellis.dev/public-key".to_string(), "k".to_string())].into());
-        node.spec = Some(NodeSpec {
-            pod_cidrs: Some(vec!["10.244.1.0/24".into(), "fd00::/64".into()]),
-            ..Default::default()
-        });
-        node.status = Some(NodeStatus {
-            addresses: Some(vec![
-                NodeAddress {
-                    type_: "Hostname".into(),
-                    address: "n1".into(),
-                },
-                NodeAddress {
-                    type_: "InternalIP".into(),
-                    address: "192.0.2.3".into(),
-                },
-                NodeAddress {
-                    type_: "InternalIP".into(),
-                    address: "garbage".into(),
-                },
-            ]),
-            ..Default::default()
-        });
-        let info = node_info(&node);
-        assert_eq!(info.name, "n1");
-        assert_eq!(info.pod_cidrs.len(), 2);
-        assert_eq!(
-            info.internal_ips,
-            vec!["192.0.2.3".parse::<IpAddr>().unwrap()]
-        );
-        assert_eq!(info.annotations.len(), 1);
-    }
-
-    #[test]
-    fn the_older_pod_cidr_field_is_read_too() {
-        let node = Node {
-            spec: Some(NodeSpec {
-                pod_cidr: Some("10.244.1.0/24".into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        assert_eq!(
-            node_info(&node).pod_cidrs,
-            vec!["10.244.1.0/24".to_string()]
-        );
     }
 }

@@ -1,9 +1,13 @@
-//! `kubectl trellis`: the kubectl plugin (not implemented in this build).
+//! `kubectl trellis`: the shell around the library (parse, connect, run).
 
-fn main() {
-    eprintln!(
-        "kubectl-trellis: not implemented in this build (API group {})",
-        trellis_mesh::names::API_GROUP
-    );
-    std::process::exit(2);
+use clap::Parser;
+use kubectl_trellis::args::Cli;
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = kubectl_trellis::run(cli).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
 }

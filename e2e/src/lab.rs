@@ -156,6 +156,7 @@ impl Lab {
                 nodes: Vec::new(),
                 pods: Vec::new(),
                 daemons: Vec::new(),
+                machines: Vec::new(),
             };
             state.save()?;
             Lab {
@@ -192,7 +193,7 @@ impl Lab {
         &self.names
     }
 
-    fn next_underlay_index(&mut self) -> Result<u8, LabError> {
+    pub(crate) fn next_underlay_index(&mut self) -> Result<u8, LabError> {
         let index = self.state.next_underlay_index;
         if index == 255 {
             return Err(PlanError::UnderlayFull {

@@ -16,6 +16,7 @@ pub mod daemonset;
 pub mod kubeconfig;
 pub mod kubelet;
 pub mod lab;
+pub mod machine;
 pub mod mesh;
 pub mod nat;
 pub mod netns;

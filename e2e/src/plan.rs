@@ -157,6 +157,9 @@ impl Names {
     pub fn node_netns(&self, node: &str) -> String {
         format!("{}{node}", self.netns_prefix())
     }
+    pub fn machine_netns(&self, machine: &str) -> String {
+        format!("{}m-{machine}", self.netns_prefix())
+    }
     pub fn router_netns(&self, node: &str) -> String {
         format!("{}{node}-nat", self.netns_prefix())
     }

@@ -111,6 +111,19 @@ pub struct LabState {
     pub nodes: Vec<NodeState>,
     pub pods: Vec<PodState>,
     pub daemons: Vec<Daemon>,
+    #[serde(default)]
+    pub machines: Vec<MachineState>,
+}
+
+/// A machine outside every cluster (a Peer's machine).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MachineState {
+    pub name: String,
+    pub netns: String,
+    pub underlay_index: u8,
+    pub v4: Option<std::net::Ipv4Addr>,
+    pub v6: Option<std::net::Ipv6Addr>,
+    pub dir: PathBuf,
 }
 
 impl LabState {
@@ -246,6 +259,7 @@ mod tests {
                 netns: "tl-t-t-cp".into(),
                 log: "/x".into(),
             }],
+            machines: vec![],
         }
     }
 

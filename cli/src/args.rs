@@ -1,0 +1,80 @@
+//! The command line (clap derive): what each command takes.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Trellis from kubectl: external peers, node configurations, mesh status.
+#[derive(Debug, Parser)]
+#[command(name = "kubectl-trellis", version, about)]
+pub struct Cli {
+    /// The kubeconfig to use (default: $KUBECONFIG, then ~/.kube/config).
+    #[arg(long, global = true, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: the current context).
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// External WireGuard peers (machines outside the cluster).
+    #[command(subcommand)]
+    Peer(PeerCommand),
+    /// Prints a WireGuard configuration as Trellis computes it.
+    #[command(subcommand)]
+    Showconf(ShowconfCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PeerCommand {
+    /// Creates a Peer and prints the WireGuard configuration for the
+    /// machine (every node as a peer), ready for wg-quick.
+    Add(PeerAdd),
+    /// Deletes a Peer: every node removes it.
+    Rm { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct PeerAdd {
+    /// Name of the Peer object.
+    pub name: String,
+    /// Addresses routed to the machine, as CIDRs (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub allowed_ips: Vec<String>,
+    /// The machine's WireGuard public key (its private key stays with it).
+    #[arg(
+        long,
+        conflicts_with = "generate",
+        required_unless_present = "generate"
+    )]
+    pub public_key: Option<String>,
+    /// Generate a key pair; the private key is printed in the configuration
+    /// and stored nowhere else.
+    #[arg(long)]
+    pub generate: bool,
+    /// Where nodes reach the machine (ip:port, [v6]:port, host:port);
+    /// without one the machine connects first.
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// Seconds between the nodes' keepalives to the machine (0: off).
+    #[arg(long)]
+    pub persistent_keepalive: Option<u32>,
+    /// Seconds between the machine's keepalives to the nodes in the printed
+    /// configuration (keeps a NAT in front of it open; 0: off).
+    #[arg(long, default_value_t = 25)]
+    pub config_keepalive: u16,
+    /// Wait until every node has the peer configured (or refused it).
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ShowconfCommand {
+    /// A node's WireGuard configuration (without its private key).
+    Node { name: String },
+    /// The configuration for a Peer's machine (without its private key).
+    Peer { name: String },
+}

@@ -1,0 +1,258 @@
+//! End-to-end: machines outside the cluster, driven with `kubectl trellis`
+//! (the plugin found on PATH by the real kubectl). A machine added with
+//! `peer add` and brought up with wg-quick and the printed configuration
+//! reaches every pod and is reached from every pod, one WireGuard hop per
+//! node; a Peer the nodes would refuse is not created, one made with
+//! kubectl directly is refused by every node with a condition saying why
+//! while the rest keeps working; `peer rm` removes it everywhere. Root only.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kube::api::Api;
+use trellis_api::Peer;
+use trellis_e2e::mesh::{workspace_binary, Device};
+use trellis_e2e::pod::{ping_from, result_address};
+use trellis_e2e::{Lab, LabOptions};
+
+const LAB: &str = "peers";
+
+/// `kubectl trellis ARGS` against the lab's first cluster: (stdout, stderr)
+/// when it succeeds, stderr when it fails.
+fn kubectl_trellis(lab: &Lab, args: &[&str]) -> Result<(String, String), String> {
+    let plugin_dir: PathBuf = workspace_binary("kubectl-trellis")
+        .expect("kubectl-trellis is built")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        plugin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let cluster = lab.state.clusters[0].name.clone();
+    let out = Command::new("kubectl")
+        .arg("trellis")
+        .args(args)
+        .env("PATH", path)
+        .env("KUBECONFIG", lab.kubeconfig(&cluster).unwrap())
+        .output()
+        .expect("kubectl runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if out.status.success() {
+        Ok((stdout, stderr))
+    } else {
+        Err(stderr)
+    }
+}
+
+struct Pod {
+    node: String,
+    netns: String,
+    v4: String,
+    v6: String,
+}
+
+fn one_pod_per_node(lab: &mut Lab) -> Vec<Pod> {
+    let nodes: Vec<String> = lab.state.nodes.iter().map(|n| n.name.clone()).collect();
+    nodes
+        .into_iter()
+        .map(|node| {
+            let result = lab.add_pod(&node, "p0", None).expect("pod");
+            Pod {
+                netns: lab.names().pod_netns(&node, "p0"),
+                v4: result_address(&result, true).unwrap(),
+                v6: result_address(&result, false).unwrap(),
+                node,
+            }
+        })
+        .collect()
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    start.elapsed()
+}
+
+fn peer_keys_on(lab: &Lab, node: &str) -> Vec<String> {
+    lab.wg_dump(node)
+        .unwrap()
+        .into_iter()
+        .map(|p| p.public_key)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root"]
+async fn an_external_machine_reaches_every_pod_with_the_printed_config() {
+    trellis_e2e::assert_root();
+    trellis_e2e::down(LAB);
+    let mut lab = Lab::up(LabOptions::new(LAB, 3)).await.expect("lab up");
+    lab.start_mesh(Device::TrellisWg)
+        .await
+        .expect("mesh started");
+    lab.wait_mesh(2, Duration::from_secs(60)).expect("mesh up");
+    let pods = one_pod_per_node(&mut lab);
+    let nodes: Vec<String> = pods.iter().map(|p| p.node.clone()).collect();
+    let machine = lab.add_machine("laptop").expect("machine");
+
+    // A Peer the nodes would refuse is not created.
+    let err = kubectl_trellis(
+        &lab,
+        &[
+            "peer",
+            "add",
+            "thief",
+            "--allowed-ips",
+            "10.244.1.0/25",
+            "--generate",
+        ],
+    )
+    .expect_err("an overlapping Peer is refused");
+    assert!(
+        err.contains("would refuse Peer thief") && err.contains("overlaps"),
+        "{err}"
+    );
+
+    let (config, stderr) = kubectl_trellis(
+        &lab,
+        &[
+            "peer",
+            "add",
+            "laptop",
+            "--allowed-ips",
+            "10.99.0.2/32,fd99::2/128",
+            "--generate",
+            "--wait",
+        ],
+    )
+    .expect("peer add");
+    assert!(stderr.contains("configured on 3 nodes"), "{stderr}");
+    assert!(
+        config.contains("PrivateKey = ") && !config.contains("<the private key"),
+        "{config}"
+    );
+    assert_eq!(config.matches("[Peer]").count(), 3, "{config}");
+    let public_key = lab
+        .client(&lab.state.clusters[0].name.clone())
+        .await
+        .map(Api::<Peer>::all)
+        .unwrap()
+        .get("laptop")
+        .await
+        .unwrap()
+        .spec
+        .public_key;
+    for node in &nodes {
+        assert!(
+            peer_keys_on(&lab, node).contains(&public_key),
+            "{node} has the peer"
+        );
+    }
+
+    lab.machine_wg_quick_up("laptop", &config)
+        .expect("wg-quick up with the printed config");
+    let mut failures = Vec::new();
+    for pod in &pods {
+        for target in [&pod.v4, &pod.v6] {
+            if ping_from(&machine.netns, target).is_err() {
+                failures.push(format!("laptop -> {} ({target})", pod.node));
+            }
+        }
+        for target in ["10.99.0.2", "fd99::2"] {
+            if ping_from(&pod.netns, target).is_err() {
+                failures.push(format!("{} -> laptop ({target})", pod.node));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+    // One hop per node: the machine has a handshake with every node.
+    let dump = lab
+        .machine_exec("laptop", "wg", &["show", "tw0", "latest-handshakes"])
+        .unwrap();
+    let handshakes: Vec<u64> = dump
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .collect();
+    assert_eq!(handshakes.len(), 3, "{dump}");
+    assert!(handshakes.iter().all(|t| *t > 0), "{dump}");
+
+    let (showconf, _) = kubectl_trellis(&lab, &["showconf", "node", &nodes[0]]).unwrap();
+    assert!(
+        showconf.contains("# peer/laptop\n") && showconf.contains(&public_key),
+        "{showconf}"
+    );
+
+    // A bad Peer made with kubectl directly: every node refuses it and says
+    // why on the Peer; the machine keeps working.
+    let client = lab
+        .client(&lab.state.clusters[0].name.clone())
+        .await
+        .unwrap();
+    let peers: Api<Peer> = Api::all(client);
+    let (_, other_key) = kubectl_trellis::keys::generate();
+    let bad = Peer::new(
+        "overlap",
+        trellis_api::PeerSpec {
+            public_key: other_key,
+            allowed_ips: vec!["10.99.0.0/24".into()],
+            ..Default::default()
+        },
+    );
+    peers.create(&Default::default(), &bad).await.unwrap();
+    let start = Instant::now();
+    loop {
+        let got = peers.get("overlap").await.unwrap();
+        let refused: Vec<_> = nodes
+            .iter()
+            .filter_map(|n| got.condition("Configured", n))
+            .filter(|c| c.status == "False")
+            .collect();
+        if refused.len() == nodes.len() {
+            let c = refused[0];
+            assert_eq!(c.reason.as_deref(), Some("PeerOverlappingAllowedIPs"));
+            assert!(
+                c.message.as_deref().unwrap().contains("peer/laptop"),
+                "{c:?}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "conditions: {:?}",
+            got.status
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for pod in &pods {
+        ping_from(&machine.netns, &pod.v4).expect("the machine still reaches every pod");
+    }
+    let (table, _) = kubectl_trellis(&lab, &["peer", "rm", "overlap"]).unwrap();
+    assert!(table.is_empty());
+
+    // peer rm: gone from every node.
+    kubectl_trellis(&lab, &["peer", "rm", "laptop"]).expect("peer rm");
+    let took = wait_until(
+        "the peer leaves every node",
+        Duration::from_secs(30),
+        || {
+            nodes
+                .iter()
+                .all(|n| !peer_keys_on(&lab, n).contains(&public_key))
+        },
+    );
+    eprintln!("peer rm reached every node in {took:?}");
+    assert!(
+        ping_from(&machine.netns, &pods[0].v4).is_err(),
+        "a removed peer still reaches pods"
+    );
+    let err = kubectl_trellis(&lab, &["peer", "rm", "laptop"]).unwrap_err();
+    assert!(err.contains("there is no Peer laptop"), "{err}");
+    trellis_e2e::down(LAB);
+}
