@@ -26,6 +26,7 @@ use crate::link::{self, Links};
 use crate::metrics::{self, Metrics, Readiness};
 use crate::peers::{self, PeerInputs};
 use crate::reconcile::Reconciler;
+use crate::status::{DeviceReader, StatusBoard};
 use crate::wg::{Uapi, WireGuard};
 use crate::{cni_conf, kernel_wg};
 
@@ -79,6 +80,18 @@ where
     store
 }
 
+/// A second handle on the device, for `/status` requests.
+fn device_reader(config: &Config, kernel: bool) -> anyhow::Result<DeviceReader> {
+    Ok(if kernel {
+        let name = config.interface.clone();
+        kernel_wg::KernelWg::new(&name)?;
+        Arc::new(move || kernel_wg::KernelWg::new(&name)?.read())
+    } else {
+        let uapi = Uapi::new(&config.uapi_socket(), &config.interface);
+        Arc::new(move || uapi.clone().read())
+    })
+}
+
 fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
     (host, port).to_socket_addrs().ok()?.next()
 }
@@ -115,10 +128,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Metrics::default();
     let readiness = Readiness::default();
     readiness.set_not_ready("starting");
+    let status_board = StatusBoard::new(device_reader(&config, creates_interface)?);
     {
-        let (m, r, addr) = (metrics.clone(), readiness.clone(), config.metrics_address);
+        let (m, r, s, addr) = (
+            metrics.clone(),
+            readiness.clone(),
+            status_board.clone(),
+            config.metrics_address,
+        );
         tokio::spawn(async move {
-            if let Err(e) = metrics::serve(addr, &m, r).await {
+            if let Err(e) = metrics::serve(addr, &m, r, s).await {
                 tracing::error!(error = %e, address = %addr, "metrics endpoint failed");
             }
         });
@@ -200,6 +219,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     sink.rejected(r).await;
                 }
             }
+            status_board.set(&config.node_name, public_key, outcome.desired.clone());
             match peers::publish_conditions(&peer_api, &config.node_name, &peer_objects, &outcome.desired).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(peers = n, "updated this node's condition on Peers"),

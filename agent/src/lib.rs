@@ -15,6 +15,7 @@ pub mod link;
 pub mod metrics;
 pub mod peers;
 pub mod reconcile;
+pub mod status;
 pub mod wg;
 
 pub use trellis_mesh::names;

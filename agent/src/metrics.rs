@@ -1,5 +1,5 @@
 //! Prometheus metrics (prometheus-client) and the HTTP endpoint serving
-//! `/metrics`, `/healthz` and `/readyz`. Peers are labelled by node name (`peer/NAME` for a Peer object);
+//! `/metrics`, `/healthz`, `/readyz` and `/status` (the node's report). Peers are labelled by node name (`peer/NAME` for a Peer object);
 //! keys never appear here, private or public.
 
 use std::net::SocketAddr;
@@ -18,6 +18,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use trellis_mesh::Desired;
 
+use crate::status::StatusBoard;
 use crate::wg::DeviceState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -170,6 +171,29 @@ impl Readiness {
 struct AppState {
     registry: Arc<Registry>,
     readiness: Readiness,
+    status: StatusBoard,
+}
+
+async fn status_json(
+    State(state): State<AppState>,
+) -> (StatusCode, [(&'static str, &'static str); 1], String) {
+    let board = state.status.clone();
+    let report = tokio::task::spawn_blocking(move || board.report())
+        .await
+        .ok()
+        .flatten();
+    match report {
+        Some(report) => (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            serde_json::to_string(&report).unwrap_or_default(),
+        ),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("content-type", "text/plain")],
+            format!("no report yet: {}\n", state.readiness.reason()),
+        ),
+    }
 }
 
 async fn metrics_text(
@@ -209,15 +233,18 @@ pub async fn serve(
     address: SocketAddr,
     metrics: &Metrics,
     readiness: Readiness,
+    status: StatusBoard,
 ) -> std::io::Result<()> {
     let state = AppState {
         registry: Arc::new(metrics.registry()),
         readiness,
+        status,
     };
     let app = axum::Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/status", get(status_json))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(address).await?;
     axum::serve(listener, app).await

@@ -5,5 +5,6 @@
 
 pub mod node;
 pub mod peer;
+pub mod status;
 
 pub use peer::{NodeCondition, Peer, PeerSpec, PeerStatus, SecretKeyRef};

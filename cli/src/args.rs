@@ -26,6 +26,27 @@ pub enum Command {
     /// Prints a WireGuard configuration as Trellis computes it.
     #[command(subcommand)]
     Showconf(ShowconfCommand),
+    /// Every node's peers: endpoints, handshakes, traffic, path, problems
+    /// (each agent's /status, through the API server's node proxy).
+    Status {
+        /// The agents' metrics port (the chart's metrics.port).
+        #[arg(long, default_value_t = 9473)]
+        agent_port: u16,
+    },
+    /// The mesh as a graph, edges marked direct, idle or down.
+    Graph {
+        #[arg(long, default_value_t = 9473)]
+        agent_port: u16,
+        /// dot (Graphviz) or svg (drawn without Graphviz).
+        #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+        format: GraphFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum GraphFormat {
+    Dot,
+    Svg,
 }
 
 #[derive(Debug, Subcommand)]

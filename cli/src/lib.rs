@@ -6,11 +6,20 @@
 
 pub mod args;
 pub mod cluster;
+pub mod graph;
 pub mod keys;
 pub mod peer;
+pub mod status;
 pub mod wgconf;
 
-use args::{Cli, Command, PeerCommand, ShowconfCommand};
+use args::{Cli, Command, GraphFormat, PeerCommand, ShowconfCommand};
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
 
 /// Runs one command against the cluster of the kubeconfig's context.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -23,6 +32,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Showconf(ShowconfCommand::Node { name }) => {
             let snapshot = cluster::Snapshot::read(&client).await?;
             let text = wgconf::node_config(&snapshot, &name)?;
+            std::io::Write::write_all(&mut out, text.as_bytes())?;
+            Ok(())
+        }
+        Command::Status { agent_port } => {
+            let snapshot = cluster::Snapshot::read(&client).await?;
+            let fetched = status::fetch_all(&client, &snapshot, agent_port).await;
+            let text = status::table(&fetched, now());
+            std::io::Write::write_all(&mut out, text.as_bytes())?;
+            Ok(())
+        }
+        Command::Graph { agent_port, format } => {
+            let snapshot = cluster::Snapshot::read(&client).await?;
+            let fetched = status::fetch_all(&client, &snapshot, agent_port).await;
+            let mesh = graph::Mesh::from_reports(&fetched);
+            let text = match format {
+                GraphFormat::Dot => graph::dot(&mesh),
+                GraphFormat::Svg => graph::svg(&mesh),
+            };
             std::io::Write::write_all(&mut out, text.as_bytes())?;
             Ok(())
         }

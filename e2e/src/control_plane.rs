@@ -191,6 +191,9 @@ pub fn start(
         format!("--service-account-signing-key-file={}", p("sa.key")),
         format!("--service-cluster-ip-range={}", spec.service_cidr()),
         "--authorization-mode=RBAC".to_string(),
+        // As kubeadm sets it: the node proxy (kubectl trellis status) dials
+        // the node's InternalIP, lab node names do not resolve.
+        "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname".to_string(),
         "--allow-privileged=true".to_string(),
         "--enable-priority-and-fairness=false".to_string(),
         "--profiling=false".to_string(),

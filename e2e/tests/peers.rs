@@ -183,6 +183,55 @@ async fn an_external_machine_reaches_every_pod_with_the_printed_config() {
     assert_eq!(handshakes.len(), 3, "{dump}");
     assert!(handshakes.iter().all(|t| *t > 0), "{dump}");
 
+    // status and graph: every agent's report through the node proxy.
+    let wait_direct = wait_until(
+        "every node reports the machine direct",
+        Duration::from_secs(30),
+        || {
+            let (table, _) = kubectl_trellis(&lab, &["status"]).expect("status");
+            table
+                .lines()
+                .filter(|l| l.contains("peer/laptop") && l.contains("direct"))
+                .count()
+                == nodes.len()
+        },
+    );
+    let (table, _) = kubectl_trellis(&lab, &["status"]).unwrap();
+    eprintln!("{table}(all direct after {wait_direct:?})");
+    assert!(table.starts_with("NODE"), "{table}");
+    for node in &nodes {
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with(node.as_str()) && l.contains("peer/laptop")),
+            "{table}"
+        );
+        assert!(!table.contains("unreachable"), "{table}");
+    }
+    let (svg, _) = kubectl_trellis(&lab, &["graph", "--format", "svg"]).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("peer/laptop"),
+        "{svg}"
+    );
+    assert_eq!(
+        svg.matches("<g class=\"vertex\">").count(),
+        nodes.len() + 1,
+        "{svg}"
+    );
+    let (dot, _) = kubectl_trellis(&lab, &["graph"]).unwrap();
+    for node in &nodes {
+        // Edges are written with their ends in name order.
+        let (a, b) = if node.as_str() < "peer/laptop" {
+            (node.as_str(), "peer/laptop")
+        } else {
+            ("peer/laptop", node.as_str())
+        };
+        assert!(
+            dot.contains(&format!("\"{a}\" -- \"{b}\" [style=solid")),
+            "{dot}"
+        );
+    }
+
     let (showconf, _) = kubectl_trellis(&lab, &["showconf", "node", &nodes[0]]).unwrap();
     assert!(
         showconf.contains("# peer/laptop\n") && showconf.contains(&public_key),

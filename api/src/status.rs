@@ -1,0 +1,98 @@
+//! What an agent reports about its node at `/status` on its metrics port
+//! (read by `kubectl trellis status` and `graph` through the API server's
+//! node proxy): every peer with its endpoints, handshake, traffic and path,
+//! and what the node left out of the mesh and why.
+
+use serde::{Deserialize, Serialize};
+
+/// WireGuard drops a session this long after its handshake
+/// (REJECT_AFTER_TIME): a handshake younger than this means the path works.
+pub const SESSION_SECONDS: i64 = 180;
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeReport {
+    pub node: String,
+    pub public_key: String,
+    pub listen_port: u16,
+    /// When the agent read the device (seconds since the epoch).
+    pub observed_at: i64,
+    pub peers: Vec<PeerReport>,
+    pub left_out: Vec<LeftOut>,
+}
+
+/// The state of the path to a peer.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum PathState {
+    /// A handshake within the session lifetime: traffic flows directly.
+    Direct,
+    /// Nothing was ever sent: no handshake needed yet.
+    #[default]
+    Idle,
+    /// Traffic was sent but no session is up.
+    Down,
+}
+
+impl PathState {
+    pub fn of(last_handshake: Option<i64>, tx_bytes: u64, now: i64) -> Self {
+        match last_handshake {
+            Some(t) if now - t < SESSION_SECONDS => PathState::Direct,
+            None if tx_bytes == 0 => PathState::Idle,
+            _ => PathState::Down,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PathState::Direct => "direct",
+            PathState::Idle => "idle",
+            PathState::Down => "down",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerReport {
+    /// `n2` for a node, `peer/laptop` for a Peer object.
+    pub name: String,
+    pub public_key: String,
+    /// The endpoint Trellis configured (from annotations or the Peer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Where the peer's packets come from now, when that differs from the
+    /// configured endpoint (roaming, NAT): its discovered endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovered_endpoint: Option<String>,
+    pub allowed_ips: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handshake: Option<i64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub path: PathState,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LeftOut {
+    pub name: String,
+    pub reason: String,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_path_follows_the_handshake_and_the_traffic() {
+        assert_eq!(PathState::of(Some(1000), 5, 1100), PathState::Direct);
+        assert_eq!(
+            PathState::of(Some(1000), 5, 1000 + SESSION_SECONDS),
+            PathState::Down
+        );
+        assert_eq!(PathState::of(None, 0, 1000), PathState::Idle);
+        assert_eq!(PathState::of(None, 148, 1000), PathState::Down);
+    }
+}

@@ -1,0 +1,92 @@
+//! The status table from hand-made reports.
+
+use trellis_api::status::{LeftOut, PeerReport};
+
+use super::*;
+
+pub(crate) fn report(node: &str, peers: &[(&str, PathState, Option<i64>)]) -> NodeReport {
+    NodeReport {
+        node: node.into(),
+        public_key: "k".into(),
+        listen_port: 51820,
+        observed_at: 1000,
+        peers: peers
+            .iter()
+            .map(|(name, path, hs)| PeerReport {
+                name: name.to_string(),
+                public_key: format!("key-{name}"),
+                endpoint: Some("192.0.2.12:51820".into()),
+                discovered_endpoint: (*name == "n2").then(|| "203.0.113.9:40000".into()),
+                allowed_ips: vec!["10.244.2.0/24".into()],
+                last_handshake: *hs,
+                rx_bytes: 1536,
+                tx_bytes: 3 * 1024 * 1024,
+                path: *path,
+            })
+            .collect(),
+        left_out: vec![],
+    }
+}
+
+#[test]
+fn the_table_shows_paths_problems_and_unreachable_agents() {
+    let mut n1 = report(
+        "n1",
+        &[
+            ("n2", PathState::Direct, Some(995)),
+            ("n3", PathState::Down, None),
+        ],
+    );
+    n1.left_out.push(LeftOut {
+        name: "peer/bad".into(),
+        reason: "PeerInvalidSpec".into(),
+        message: "spec.publicKey: x".into(),
+    });
+    let fetched = vec![
+        ("n1".to_string(), Ok(n1)),
+        ("n3".to_string(), Err("connection refused".to_string())),
+    ];
+    let t = table(&fetched, 1000);
+    let lines: Vec<&str> = t.lines().collect();
+    assert!(
+        lines[0].starts_with("NODE") && lines[0].ends_with("PROBLEMS"),
+        "{t}"
+    );
+    assert!(
+        lines[1].contains("203.0.113.9:40000")
+            && lines[1].contains("5s ago")
+            && lines[1].contains("1.5KiB")
+            && lines[1].contains("3.0MiB")
+            && lines[1].contains("direct"),
+        "{t}"
+    );
+    assert!(
+        lines[2].contains("never")
+            && lines[2].contains("down")
+            && lines[2].contains("no handshake yet"),
+        "{t}"
+    );
+    assert!(
+        lines[3].contains("peer/bad")
+            && lines[3].contains("left out")
+            && lines[3].contains("PeerInvalidSpec: spec.publicKey"),
+        "{t}"
+    );
+    assert!(
+        lines[4].starts_with("n3") && lines[4].contains("agent unreachable: connection refused"),
+        "{t}"
+    );
+    // Columns line up: every row has PATH at the same offset.
+    let col = lines[0].find("PATH").unwrap();
+    assert_eq!(&lines[1][col..col + 6], "direct", "{t}");
+}
+
+#[test]
+fn figures_are_short() {
+    assert_eq!(bytes(0), "0B");
+    assert_eq!(bytes(1023), "1023B");
+    assert_eq!(bytes(1024 * 1024 * 5 / 2), "2.5MiB");
+    assert_eq!(ago(5), "5s ago");
+    assert_eq!(ago(600), "10m ago");
+    assert_eq!(ago(10_000), "2h ago");
+}
