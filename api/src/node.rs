@@ -4,18 +4,23 @@
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use trellis_mesh::NodeInfo;
+
+/// An object's creation time in seconds since the epoch; an object without
+/// one counts as the newest (it loses every conflict).
+pub fn created_seconds(meta: &ObjectMeta) -> i64 {
+    meta.creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .unwrap_or(i64::MAX)
+}
 
 /// A Node as the mesh logic sees it.
 pub fn node_info(node: &Node) -> NodeInfo {
     NodeInfo {
         name: node.metadata.name.clone().unwrap_or_default(),
-        created: node
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0.as_second())
-            .unwrap_or(i64::MAX),
+        created: created_seconds(&node.metadata),
         pod_cidrs: node
             .spec
             .as_ref()

@@ -95,12 +95,7 @@ impl Peer {
     pub fn external_peer_info(&self, preshared_key: PresharedKeySource) -> ExternalPeerInfo {
         ExternalPeerInfo {
             name: self.metadata.name.clone().unwrap_or_default(),
-            created: self
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map(|t| t.0.as_second())
-                .unwrap_or(i64::MAX),
+            created: crate::node::created_seconds(&self.metadata),
             public_key: self.spec.public_key.clone(),
             endpoint: self.spec.endpoint.clone(),
             allowed_ips: self.spec.allowed_ips.clone(),

@@ -135,6 +135,19 @@ pub struct Desired {
     pub pending: Vec<String>,
 }
 
+impl Desired {
+    /// The route to `dst` over the mesh, from this node's mesh address of
+    /// the same family (none when the node has no address of it).
+    pub(crate) fn route_to(&self, dst: IpNet) -> Route {
+        let src = self
+            .addresses
+            .iter()
+            .find(|a| a.addr().is_ipv4() == dst.addr().is_ipv4())
+            .map(|a| a.addr());
+        Route { dst, src }
+    }
+}
+
 /// Why the node itself cannot be meshed yet: the agent keeps what it has.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LocalError {
@@ -303,12 +316,7 @@ pub fn desired_with_external(
         }
         for c in &cidrs {
             owners.push((*c, PeerName::Node(node.name.clone())));
-            let src = d
-                .addresses
-                .iter()
-                .find(|a| a.addr().is_ipv4() == c.addr().is_ipv4())
-                .map(|a| a.addr());
-            d.routes.insert(Route { dst: *c, src });
+            d.routes.insert(d.route_to(*c));
         }
         d.mesh_cidrs.extend(cidrs.iter().copied());
         d.peers.insert(
@@ -331,4 +339,4 @@ pub fn desired_with_external(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -14,7 +14,6 @@ use crate::desired::{
     overlaps, Desired, DesiredPeer, LocalNode, PeerName, RejectReason, Rejection,
 };
 use crate::key::{PresharedKey, PublicKey};
-use crate::plan::Route;
 
 /// The preshared key a Peer asks for, as the agent could read it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -177,12 +176,7 @@ pub(crate) fn add_external_peers(
             Ok(p) => {
                 for net in &p.allowed_ips {
                     owners.push((*net, p.name.clone()));
-                    let src = d
-                        .addresses
-                        .iter()
-                        .find(|a| a.addr().is_ipv4() == net.addr().is_ipv4())
-                        .map(|a| a.addr());
-                    d.routes.insert(Route { dst: *net, src });
+                    d.routes.insert(d.route_to(*net));
                 }
                 d.mesh_cidrs.extend(p.allowed_ips.iter().copied());
                 d.peers.insert(p.public_key, p);

@@ -10,11 +10,11 @@ use crate::names::*;
 use crate::nft::masquerade_ruleset;
 use crate::plan::{plan, Observed, ObservedPeer, PeerChange};
 
-fn key(n: u8) -> PublicKey {
+pub(crate) fn key(n: u8) -> PublicKey {
     PublicKey([n; 32])
 }
 
-fn local() -> LocalNode {
+pub(crate) fn local() -> LocalNode {
     LocalNode {
         name: "n0".into(),
         public_key: key(100),
@@ -24,7 +24,7 @@ fn local() -> LocalNode {
     }
 }
 
-fn node(i: u8, created: i64) -> NodeInfo {
+pub(crate) fn node(i: u8, created: i64) -> NodeInfo {
     let mut annotations = BTreeMap::new();
     annotations.insert(ANNOTATION_PUBLIC_KEY.to_string(), key(i).to_string());
     annotations.insert(
@@ -43,7 +43,7 @@ fn node(i: u8, created: i64) -> NodeInfo {
     }
 }
 
-fn no_dns(_: &str, _: u16) -> Option<SocketAddr> {
+pub(crate) fn no_dns(_: &str, _: u16) -> Option<SocketAddr> {
     None
 }
 

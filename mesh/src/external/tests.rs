@@ -1,43 +1,8 @@
 //! Table tests of external peers in the desired state.
 
-use std::collections::BTreeMap;
-
 use super::*;
+use crate::desired::tests::{key, local, no_dns, node};
 use crate::desired::{desired_with_external, NodeInfo};
-use crate::names::*;
-
-fn key(n: u8) -> PublicKey {
-    PublicKey([n; 32])
-}
-
-fn local() -> LocalNode {
-    LocalNode {
-        name: "n0".into(),
-        public_key: key(100),
-        interface: "trellis".into(),
-        listen_port: 51820,
-        mtu: 1420,
-    }
-}
-
-fn node(i: u8) -> NodeInfo {
-    let mut annotations = BTreeMap::new();
-    annotations.insert(ANNOTATION_PUBLIC_KEY.to_string(), key(i).to_string());
-    annotations.insert(
-        ANNOTATION_ENDPOINT.to_string(),
-        format!("192.0.2.{}:51820", 10 + i),
-    );
-    NodeInfo {
-        name: format!("n{i}"),
-        created: i64::from(i),
-        pod_cidrs: vec![
-            format!("10.244.{i}.0/24"),
-            format!("fd00:10:244:{i:x}::/64"),
-        ],
-        internal_ips: vec![format!("192.0.2.{}", 10 + i).parse().unwrap()],
-        annotations,
-    }
-}
 
 fn peer(name: &str, k: u8, allowed: &[&str]) -> ExternalPeerInfo {
     ExternalPeerInfo {
@@ -51,12 +16,8 @@ fn peer(name: &str, k: u8, allowed: &[&str]) -> ExternalPeerInfo {
     }
 }
 
-fn no_dns(_: &str, _: u16) -> Option<SocketAddr> {
-    None
-}
-
 fn run(peers: &[ExternalPeerInfo]) -> Desired {
-    let nodes: Vec<NodeInfo> = (0..3).map(node).collect();
+    let nodes: Vec<NodeInfo> = (0..3).map(|i| node(i, i64::from(i))).collect();
     desired_with_external(&local(), &nodes, peers, &no_dns).unwrap()
 }
 
