@@ -1,4 +1,4 @@
-//! The agent's runtime: watch Nodes and Peers with reflectors, reconcile on every
+//! The agent's runtime: watch Nodes, Peers and linked clusters with reflectors, reconcile on every
 //! change and on a resync timer, back off after errors, publish the node's
 //! own annotations, write the CNI configuration, report Events, metrics and
 //! readiness; on SIGTERM stop and leave the dataplane running.
@@ -8,15 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::Node;
-use kube::runtime::reflector::Store;
-use kube::runtime::{reflector, watcher, WatchStreamExt};
+use k8s_openapi::api::core::v1::{Node, Secret};
+use kube::runtime::watcher;
 use kube::Api;
 use tokio::sync::Notify;
 use trellis_api::Peer;
 use trellis_mesh::annotations::own_annotations;
-use trellis_mesh::LocalNode;
+use trellis_mesh::names::LABEL_REMOTE_CLUSTER;
+use trellis_mesh::{LocalNode, MeshInputs};
 
 use crate::config::{Config, DataplaneMode};
 use crate::dataplane::NodeDataplane;
@@ -26,6 +25,8 @@ use crate::link::{self, Links};
 use crate::metrics::{self, Metrics, Readiness};
 use crate::peers::{self, PeerInputs};
 use crate::reconcile::Reconciler;
+use crate::reflectors::spawn_reflector;
+use crate::remote::RemoteClusters;
 use crate::status::{DeviceReader, StatusBoard};
 use crate::wg::{Uapi, WireGuard};
 use crate::{cni_conf, kernel_wg};
@@ -51,33 +52,6 @@ fn choose_device(config: &Config) -> anyhow::Result<(Box<dyn WireGuard>, bool)> 
         DataplaneMode::Auto if kernel_wg::available() => kernel()?,
         DataplaneMode::Auto => userspace(),
     })
-}
-
-/// Starts a reflector on `api` that notifies `changed` on every change.
-fn spawn_reflector<K>(api: Api<K>, changed: Arc<Notify>, what: &'static str) -> Store<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store::<K>();
-    let stream = reflector(writer, watcher(api, watcher::Config::default()))
-        .default_backoff()
-        .touched_objects();
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(_) => changed.notify_one(),
-                Err(e) => tracing::warn!(error = %e, "watching {what} (retrying with backoff)"),
-            }
-        }
-    });
-    store
 }
 
 /// A second handle on the device, for `/status` requests.
@@ -145,9 +119,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // The reflectors keep the last known objects through API outages.
     let changed = Arc::new(Notify::new());
-    let node_store = spawn_reflector(nodes.clone(), changed.clone(), "Nodes");
+    let node_reflector = spawn_reflector(
+        nodes.clone(),
+        watcher::Config::default(),
+        changed.clone(),
+        "Nodes".into(),
+    );
+    let node_store = node_reflector.store.clone();
     let peer_api: Api<Peer> = Api::all(client.clone());
-    let peer_store = spawn_reflector(peer_api.clone(), changed.clone(), "Peers");
+    let peer_reflector = spawn_reflector(
+        peer_api.clone(),
+        watcher::Config::default(),
+        changed.clone(),
+        "Peers".into(),
+    );
+    let peer_store = peer_reflector.store.clone();
+    // Linked clusters: the labelled Secrets in the links namespace.
+    let link_reflector = spawn_reflector(
+        Api::<Secret>::namespaced(client.clone(), &config.links_namespace),
+        watcher::Config::default().labels(LABEL_REMOTE_CLUSTER),
+        changed.clone(),
+        "linked-cluster Secrets".into(),
+    );
+    let mut remotes = RemoteClusters::new(changed.clone());
     node_store
         .wait_until_ready()
         .await
@@ -212,14 +206,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             };
             let infos: Vec<_> = snapshot.iter().map(|n| kube_io::node_info(n)).collect();
             let external = peer_inputs.external_peers(&peer_objects).await;
-            let outcome = reconciler.reconcile(&infos, &external, &resolve).await?;
+            for (secret, problem) in remotes.follow(&link_reflector.store.state()).await {
+                if let Some(sink) = &events {
+                    sink.link_unusable(&secret, &problem).await;
+                }
+            }
+            let linked = remotes.remote_clusters();
+            let inputs = MeshInputs { nodes: &infos, external: &external, remotes: &linked };
+            let outcome = reconciler.reconcile_mesh(&inputs, &resolve).await?;
             for r in &outcome.new_rejections {
                 tracing::warn!(peer = %r.object, reason = r.reason.as_str(), message = %r.message, "left out of the mesh");
                 if let Some(sink) = &events {
                     sink.rejected(r).await;
                 }
             }
-            status_board.set(&config.node_name, public_key, outcome.desired.clone());
+            for r in &outcome.new_cluster_rejections {
+                tracing::warn!(cluster = r.cluster, message = %r.message, "linked cluster left out of the mesh");
+                if let (Some(sink), Some(secret)) = (&events, remotes.secret_of(&r.cluster)) {
+                    sink.cluster_refused(secret, r).await;
+                }
+            }
+            status_board.set(&config.node_name, public_key, outcome.desired.clone(), remotes.reports(&outcome.desired));
             match peers::publish_conditions(&peer_api, &config.node_name, &peer_objects, &outcome.desired).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(peers = n, "updated this node's condition on Peers"),

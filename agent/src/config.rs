@@ -71,6 +71,10 @@ pub struct Config {
     /// Address of the /metrics, /healthz and /readyz endpoint.
     #[arg(long, env = "TRELLIS_METRICS_ADDRESS", default_value = "0.0.0.0:9473")]
     pub metrics_address: SocketAddr,
+    /// Namespace of the Secrets linking other clusters (`kubectl trellis
+    /// cluster link` writes them there).
+    #[arg(long, env = "TRELLIS_LINKS_NAMESPACE", default_value = names::DEFAULT_LINKS_NAMESPACE)]
+    pub links_namespace: String,
     /// Full reconcile at least this often, even with no change.
     #[arg(long, env = "TRELLIS_RESYNC_SECONDS", default_value_t = 30)]
     pub resync_seconds: u64,

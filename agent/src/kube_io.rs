@@ -1,6 +1,7 @@
 //! The agent's contact with the API server: Node objects into
 //! `mesh::NodeInfo` (from trellis-api), the agent's own annotations (patched only when they
-//! change: no heartbeat writes), and Events on its own Node.
+//! change: no heartbeat writes), and Events on its own Node or on the
+//! Secret linking a refused cluster.
 
 use std::collections::BTreeMap;
 
@@ -8,7 +9,7 @@ use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::Resource;
-use trellis_mesh::{PeerName, Rejection};
+use trellis_mesh::{ClusterRejection, Rejection};
 
 pub use trellis_api::node::{internal_ips, node_info};
 
@@ -62,30 +63,64 @@ impl EventSink {
 
     pub async fn rejected(&self, r: &Rejection) {
         // The rejected Node or Peer is the related object: events about
-        // different objects are different events.
-        let (api_version, kind, what) = match &r.object {
-            PeerName::Node(_) => ("v1", "Node", "node"),
-            PeerName::External(_) => ("trellis.dev/v1alpha1", "Peer", "peer"),
+        // different objects are different events. A linked cluster's
+        // objects are not in this API server: they are named in the note.
+        let (api_version, kind) = if r.object.is_node() {
+            ("v1", "Node")
+        } else {
+            ("trellis.dev/v1alpha1", "Peer")
         };
-        let related = ObjectReference {
+        let related = r.object.cluster().is_none().then(|| ObjectReference {
             api_version: Some(api_version.into()),
             kind: Some(kind.into()),
             name: Some(r.object.name().to_string()),
             ..Default::default()
-        };
+        });
         let event = Event {
             type_: EventType::Warning,
             reason: reason_name(r.reason).into(),
             note: Some(format!(
-                "{what} {} is left out of the mesh: {}",
-                r.object.name(),
+                "{} is left out of the mesh: {}",
+                r.object.describe(),
                 r.message
             )),
             action: "Reconcile".into(),
-            secondary: Some(related),
+            secondary: related,
         };
+        self.publish(&event, &self.reference).await;
+    }
+
+    /// A linked cluster refused as a whole: the Event is about the Secret
+    /// that links it (`kubectl describe secret` shows it), from this node.
+    pub async fn cluster_refused(&self, secret: &ObjectReference, r: &ClusterRejection) {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "LinkedClusterRefused".into(),
+            note: Some(format!(
+                "linked cluster {} is left out of the mesh: {}",
+                r.cluster, r.message
+            )),
+            action: "Reconcile".into(),
+            secondary: Some(self.reference.clone()),
+        };
+        self.publish(&event, secret).await;
+    }
+
+    /// A link Secret that cannot be used (bad name or kubeconfig).
+    pub async fn link_unusable(&self, secret: &ObjectReference, problem: &str) {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "LinkedClusterUnusable".into(),
+            note: Some(format!("cannot follow this linked cluster: {problem}")),
+            action: "Reconcile".into(),
+            secondary: Some(self.reference.clone()),
+        };
+        self.publish(&event, secret).await;
+    }
+
+    async fn publish(&self, event: &Event, regarding: &ObjectReference) {
         let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
-        if let Err(e) = recorder.publish(&event, &self.reference).await {
+        if let Err(e) = recorder.publish(event, regarding).await {
             tracing::warn!(error = %e, "could not publish an Event");
         }
     }

@@ -15,6 +15,8 @@ pub mod link;
 pub mod metrics;
 pub mod peers;
 pub mod reconcile;
+pub mod reflectors;
+pub mod remote;
 pub mod status;
 pub mod wg;
 

@@ -10,7 +10,8 @@ use trellis_mesh::desired::LocalError;
 use trellis_mesh::nft::masquerade_ruleset;
 use trellis_mesh::roaming::AppliedEndpoints;
 use trellis_mesh::{
-    desired_with_external, Desired, ExternalPeerInfo, LocalNode, NodeInfo, Plan, Rejection,
+    desired_mesh, ClusterRejection, Desired, ExternalPeerInfo, LocalNode, MeshInputs, NodeInfo,
+    Plan, Rejection,
 };
 
 use crate::dataplane::{Dataplane, DataplaneError, Observation};
@@ -32,6 +33,8 @@ pub struct Outcome {
     pub observation: Observation,
     /// Rejections not reported before (each gets an Event once).
     pub new_rejections: Vec<Rejection>,
+    /// Linked clusters refused, not reported before.
+    pub new_cluster_rejections: Vec<ClusterRejection>,
 }
 
 #[derive(Debug)]
@@ -64,8 +67,22 @@ impl<D: Dataplane> Reconciler<D> {
         external: &[ExternalPeerInfo],
         resolve: &dyn Fn(&str, u16) -> Option<SocketAddr>,
     ) -> Result<Outcome, ReconcileError> {
+        let inputs = MeshInputs {
+            nodes,
+            external,
+            remotes: &[],
+        };
+        self.reconcile_mesh(&inputs, resolve).await
+    }
+
+    /// [`Reconciler::reconcile`] with linked clusters too.
+    pub async fn reconcile_mesh(
+        &mut self,
+        inputs: &MeshInputs<'_>,
+        resolve: &dyn Fn(&str, u16) -> Option<SocketAddr>,
+    ) -> Result<Outcome, ReconcileError> {
         let start = Instant::now();
-        let result = self.reconcile_inner(nodes, external, resolve).await;
+        let result = self.reconcile_inner(inputs, resolve).await;
         self.metrics
             .reconcile_duration
             .observe(start.elapsed().as_secs_f64());
@@ -77,11 +94,10 @@ impl<D: Dataplane> Reconciler<D> {
 
     async fn reconcile_inner(
         &mut self,
-        nodes: &[NodeInfo],
-        external: &[ExternalPeerInfo],
+        inputs: &MeshInputs<'_>,
         resolve: &dyn Fn(&str, u16) -> Option<SocketAddr>,
     ) -> Result<Outcome, ReconcileError> {
-        let desired = desired_with_external(&self.local, nodes, external, resolve)?;
+        let desired = desired_mesh(&self.local, inputs, resolve)?;
         let ruleset = masquerade_ruleset(&desired, &self.nft_table);
         let observation = self.dataplane.observe().await?;
         let handshakes = observation
@@ -122,6 +138,22 @@ impl<D: Dataplane> Reconciler<D> {
             .rejected
             .iter()
             .map(|r| (r.object.to_string(), r.message.clone()))
+            .chain(
+                desired
+                    .rejected_clusters
+                    .iter()
+                    .map(|r| (format!("cluster {}", r.cluster), r.message.clone())),
+            )
+            .collect();
+        let new_cluster_rejections = desired
+            .rejected_clusters
+            .iter()
+            .filter(|r| {
+                !self
+                    .reported
+                    .contains(&(format!("cluster {}", r.cluster), r.message.clone()))
+            })
+            .cloned()
             .collect();
         let new_rejections = desired
             .rejected
@@ -139,6 +171,7 @@ impl<D: Dataplane> Reconciler<D> {
             plan,
             observation,
             new_rejections,
+            new_cluster_rejections,
         })
     }
 }

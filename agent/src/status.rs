@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use trellis_api::status::{LeftOut, NodeReport, PathState, PeerReport};
+use trellis_api::status::{LeftOut, LinkedClusterReport, NodeReport, PathState, PeerReport};
 use trellis_mesh::{Desired, PublicKey};
 
 use crate::kube_io::reason_name;
@@ -64,18 +64,26 @@ pub fn node_report(
                 reason: reason_name(r.reason).into(),
                 message: r.message.clone(),
             })
+            .chain(desired.rejected_clusters.iter().map(|r| LeftOut {
+                name: format!("cluster/{}", r.cluster),
+                reason: "LinkedClusterRefused".into(),
+                message: r.message.clone(),
+            }))
             .collect(),
+        linked_clusters: Vec::new(),
     }
 }
 
 /// Reads the device now (a handle of its own, apart from the reconciler's).
 pub type DeviceReader = Arc<dyn Fn() -> Result<DeviceState, crate::wg::WgError> + Send + Sync>;
 
+type Wanted = (String, PublicKey, Desired, Vec<LinkedClusterReport>);
+
 /// What the last reconcile wanted, and a way to read the device: each
 /// `/status` request reports live handshakes and counters.
 #[derive(Clone)]
 pub struct StatusBoard {
-    wanted: Arc<Mutex<Option<(String, PublicKey, Desired)>>>,
+    wanted: Arc<Mutex<Option<Wanted>>>,
     reader: DeviceReader,
 }
 
@@ -93,22 +101,25 @@ impl StatusBoard {
         }
     }
 
-    pub fn set(&self, node: &str, public_key: PublicKey, desired: Desired) {
-        *self.wanted.lock().expect("status lock") = Some((node.to_string(), public_key, desired));
+    pub fn set(
+        &self,
+        node: &str,
+        public_key: PublicKey,
+        desired: Desired,
+        links: Vec<LinkedClusterReport>,
+    ) {
+        *self.wanted.lock().expect("status lock") =
+            Some((node.to_string(), public_key, desired, links));
     }
 
     /// The report now; None before the first successful reconcile. A
     /// device that cannot be read shows every peer without a session.
     pub fn report(&self) -> Option<NodeReport> {
-        let (node, key, desired) = self.wanted.lock().expect("status lock").clone()?;
+        let (node, key, desired, links) = self.wanted.lock().expect("status lock").clone()?;
         let device = (self.reader)().unwrap_or_default();
-        Some(node_report(
-            &node,
-            &key,
-            &desired,
-            &device,
-            SystemTime::now(),
-        ))
+        let mut report = node_report(&node, &key, &desired, &device, SystemTime::now());
+        report.linked_clusters = links;
+        Some(report)
     }
 }
 

@@ -1,7 +1,7 @@
 //! What an agent reports about its node at `/status` on its metrics port
 //! (read by `kubectl trellis status` and `graph` through the API server's
 //! node proxy): every peer with its endpoints, handshake, traffic and path,
-//! and what the node left out of the mesh and why.
+//! what the node left out of the mesh and why, and its linked clusters.
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +19,48 @@ pub struct NodeReport {
     pub observed_at: i64,
     pub peers: Vec<PeerReport>,
     pub left_out: Vec<LeftOut>,
+    #[serde(default)]
+    pub linked_clusters: Vec<LinkedClusterReport>,
+}
+
+/// How a linked cluster stands on this node.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum LinkState {
+    /// Its nodes and Peers are peers here.
+    Linked,
+    /// Not listed yet: nothing of it is configured.
+    #[default]
+    Connecting,
+    /// Its API server cannot be reached: its last known peers stay.
+    Unreachable,
+    /// Left out as a whole (its pod CIDRs overlap), or its Secret is unusable.
+    Refused,
+}
+
+impl LinkState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Linked => "linked",
+            LinkState::Connecting => "connecting",
+            LinkState::Unreachable => "unreachable",
+            LinkState::Refused => "refused",
+        }
+    }
+}
+
+/// One linked cluster as this agent sees it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkedClusterReport {
+    pub name: String,
+    /// `namespace/name` of the Secret that links it.
+    pub secret: String,
+    pub nodes: usize,
+    pub peers: usize,
+    pub state: LinkState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// The state of the path to a peer.

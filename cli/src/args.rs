@@ -14,6 +14,10 @@ pub struct Cli {
     /// The kubeconfig context to use (default: the current context).
     #[arg(long, global = true)]
     pub context: Option<String>,
+    /// Namespace of the Secrets linking other clusters (the chart's
+    /// links.namespace).
+    #[arg(long, global = true, default_value = trellis_mesh::names::DEFAULT_LINKS_NAMESPACE)]
+    pub links_namespace: String,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -26,6 +30,10 @@ pub enum Command {
     /// Prints a WireGuard configuration as Trellis computes it.
     #[command(subcommand)]
     Showconf(ShowconfCommand),
+    /// Linked clusters: every pod of one reaches every pod of the other
+    /// over direct tunnels.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Every node's peers: endpoints, handshakes, traffic, path, problems
     /// (each agent's /status, through the API server's node proxy).
     Status {
@@ -98,4 +106,57 @@ pub enum ShowconfCommand {
     Node { name: String },
     /// The configuration for a Peer's machine (without its private key).
     Peer { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Creates a read-only identity in this cluster (--context) for cluster
+    /// FOR and prints the Secret that links this cluster, for
+    /// `kubectl --context FOR apply -f -`.
+    Export {
+        /// The name cluster FOR knows this one by (default: the context's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// The cluster that will read this one.
+        #[arg(long = "for")]
+        reader: String,
+        /// This cluster's API server as FOR's nodes reach it (default: the
+        /// kubeconfig's, unless it is loopback).
+        #[arg(long)]
+        api_server: Option<String>,
+    },
+    /// Links two clusters both ways (each gets a read-only identity and a
+    /// link Secret for the other), after checking their ranges do not overlap.
+    Link(LinkArgs),
+    /// Removes everything `link` created, on both sides.
+    Unlink(LinkArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LinkArgs {
+    /// Context of one cluster.
+    #[arg(long)]
+    pub from: String,
+    /// Context of the other cluster.
+    #[arg(long)]
+    pub to: String,
+    /// Name of the --from cluster (default: its context's name).
+    #[arg(long)]
+    pub from_name: Option<String>,
+    /// Name of the --to cluster (default: its context's name).
+    #[arg(long)]
+    pub to_name: Option<String>,
+    /// The --from cluster's API server as the other's nodes reach it.
+    #[arg(long)]
+    pub from_api_server: Option<String>,
+    /// The --to cluster's API server as the other's nodes reach it.
+    #[arg(long)]
+    pub to_api_server: Option<String>,
+    /// (link) Wait until every node of both clusters has every node of the
+    /// other as a peer.
+    #[arg(long)]
+    pub wait: bool,
+    /// The agents' metrics port, for --wait.
+    #[arg(long, default_value_t = 9473)]
+    pub agent_port: u16,
 }

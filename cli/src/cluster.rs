@@ -1,35 +1,60 @@
 //! The connection to a cluster (kubeconfig and context, as kubectl picks
-//! them) and a snapshot of what Trellis reads from it: Nodes and Peers.
+//! them) and a snapshot of what Trellis reads from it: Nodes and Peers, and
+//! the Nodes of linked clusters.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context;
-use k8s_openapi::api::core::v1::Node;
-use kube::api::Api;
+use k8s_openapi::api::core::v1::{Node, Secret};
+use kube::api::{Api, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use trellis_api::Peer;
-use trellis_mesh::{ExternalPeerInfo, NodeInfo, PresharedKey, PresharedKeySource};
+use trellis_mesh::names::LABEL_REMOTE_CLUSTER;
+use trellis_mesh::{ExternalPeerInfo, NodeInfo, PresharedKey, PresharedKeySource, RemoteCluster};
 
 /// A client for `context` of `kubeconfig` (each defaulting as kubectl does).
 pub async fn client(
     kubeconfig: Option<&Path>,
     context: Option<&str>,
 ) -> anyhow::Result<kube::Client> {
+    Ok(kube::Client::try_from(config(kubeconfig, context).await?)?)
+}
+
+/// The configuration for `context` of `kubeconfig`, which may list several
+/// files separated by ':' as $KUBECONFIG does (merged the way kubectl
+/// merges them: the first file defining a name wins).
+pub async fn config(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+) -> anyhow::Result<kube::Config> {
     let options = KubeConfigOptions {
         context: context.map(String::from),
         ..Default::default()
     };
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &options).await?
+    Ok(match kubeconfig {
+        Some(paths) => {
+            let mut merged: Option<Kubeconfig> = None;
+            for path in std::env::split_paths(paths).filter(|p| !p.as_os_str().is_empty()) {
+                let kc = Kubeconfig::read_from(&path)
+                    .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+                merged = Some(match merged {
+                    None => kc,
+                    Some(m) => m.merge(kc)?,
+                });
+            }
+            let kc = merged.context("--kubeconfig names no file")?;
+            kube::Config::from_custom_kubeconfig(kc, &options)
+                .await
+                .with_context(|| match context {
+                    Some(c) => format!("using context {c:?}"),
+                    None => "using the current context".into(),
+                })?
         }
         None => kube::Config::from_kubeconfig(&options)
             .await
             .context("no kubeconfig: pass --kubeconfig or set KUBECONFIG")?,
-    };
-    Ok(kube::Client::try_from(config)?)
+    })
 }
 
 /// Nodes and Peers of one cluster.
@@ -37,6 +62,8 @@ pub async fn client(
 pub struct Snapshot {
     pub nodes: Vec<Node>,
     pub peers: Vec<Peer>,
+    /// The linked clusters' Nodes (their Peers left aside), when read.
+    pub remotes: Vec<RemoteCluster>,
 }
 
 impl Snapshot {
@@ -44,6 +71,7 @@ impl Snapshot {
         let nodes: Api<Node> = Api::all(client.clone());
         let peers: Api<Peer> = Api::all(client.clone());
         Ok(Snapshot {
+            remotes: Vec::new(),
             nodes: nodes.list(&Default::default()).await.context("listing Nodes")?.items,
             peers: peers
                 .list(&Default::default())
@@ -51,6 +79,54 @@ impl Snapshot {
                 .context("listing Peers (is Trellis installed? the peers.trellis.dev CRD comes with its chart)")?
                 .items,
         })
+    }
+
+    /// [`Snapshot::read`] and the Nodes of every cluster linked by a Secret
+    /// in `links_namespace`, read with the Secret's kubeconfig as the
+    /// agents do. A linked cluster that cannot be read is left out, saying
+    /// so on stderr.
+    pub async fn read_with_links(
+        client: &kube::Client,
+        links_namespace: &str,
+    ) -> anyhow::Result<Self> {
+        let mut snapshot = Self::read(client).await?;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), links_namespace);
+        let params = ListParams::default().labels(LABEL_REMOTE_CLUSTER);
+        let Ok(list) = secrets.list(&params).await else {
+            return Ok(snapshot);
+        };
+        for secret in &list.items {
+            let Some(link) = trellis_api::link::link_of(secret) else {
+                continue;
+            };
+            let read = async {
+                let (cluster, kubeconfig) = link?;
+                let kc = Kubeconfig::from_yaml(&kubeconfig)?;
+                let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+                let remote: Api<Node> = Api::all(kube::Client::try_from(config)?);
+                let nodes =
+                    tokio::time::timeout(Duration::from_secs(5), remote.list(&Default::default()))
+                        .await
+                        .context("no answer within 5 s")??;
+                anyhow::Ok(RemoteCluster {
+                    name: cluster,
+                    nodes: nodes
+                        .items
+                        .iter()
+                        .map(trellis_api::node::node_info)
+                        .collect(),
+                    external: Vec::new(),
+                })
+            };
+            match read.await {
+                Ok(r) => snapshot.remotes.push(r),
+                Err(e) => eprintln!(
+                    "warning: linked cluster of Secret {links_namespace}/{} left out: {e:#}",
+                    secret.metadata.name.as_deref().unwrap_or_default()
+                ),
+            }
+        }
+        Ok(snapshot)
     }
 
     pub fn node_infos(&self) -> Vec<NodeInfo> {

@@ -16,7 +16,12 @@ use crate::{keys, wgconf};
 
 const WAIT_LIMIT: Duration = Duration::from_secs(60);
 
-pub async fn add(client: &kube::Client, add: &PeerAdd, out: &mut impl Write) -> anyhow::Result<()> {
+pub async fn add(
+    client: &kube::Client,
+    add: &PeerAdd,
+    links_namespace: &str,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
     let (private_key, public_key) = match (&add.public_key, add.generate) {
         (Some(k), false) => (None, k.clone()),
         (None, true) => {
@@ -33,7 +38,7 @@ pub async fn add(client: &kube::Client, add: &PeerAdd, out: &mut impl Write) -> 
         preshared_key_secret_ref: None,
     };
     let peer = Peer::new(&add.name, spec);
-    let snapshot = Snapshot::read(client).await?;
+    let snapshot = Snapshot::read_with_links(client, links_namespace).await?;
     if snapshot.peer(&add.name).is_some() {
         bail!(
             "Peer {} already exists: `kubectl trellis peer rm {}` first, or choose another name",

@@ -144,11 +144,46 @@ pub fn table(fetched: &[Fetched], now: i64) -> String {
             ]);
         }
     }
-    let widths: Vec<usize> = (0..9)
+    let mut out = columns(&rows);
+    let mut links: Vec<[String; 6]> = Vec::new();
+    for (node, report) in fetched {
+        for l in report.iter().flat_map(|r| &r.linked_clusters) {
+            links.push([
+                node.clone(),
+                l.name.clone(),
+                l.state.as_str().into(),
+                l.nodes.to_string(),
+                l.peers.to_string(),
+                l.message.clone().unwrap_or_default(),
+            ]);
+        }
+    }
+    if !links.is_empty() {
+        links.insert(
+            0,
+            [
+                "NODE",
+                "LINKED CLUSTER",
+                "STATE",
+                "NODES",
+                "PEERS",
+                "PROBLEMS",
+            ]
+            .map(String::from),
+        );
+        out.push('\n');
+        out.push_str(&columns(&links));
+    }
+    out
+}
+
+/// Rows as left-aligned columns.
+fn columns<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
-    for row in &rows {
+    for row in rows {
         let mut line = String::new();
         for (i, cell) in row.iter().enumerate() {
             let _ = write!(line, "{cell:<width$}   ", width = widths[i]);

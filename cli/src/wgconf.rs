@@ -10,7 +10,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use ipnet::IpNet;
 use trellis_mesh::names::{ANNOTATION_PUBLIC_KEY, DEFAULT_INTERFACE, DEFAULT_LISTEN_PORT};
 use trellis_mesh::{
-    desired, desired_with_external, Desired, DesiredPeer, ExternalPeerInfo, LocalNode, NodeInfo,
+    desired_mesh, Desired, DesiredPeer, ExternalPeerInfo, LocalNode, MeshInputs, NodeInfo,
     PeerName, PublicKey,
 };
 
@@ -61,8 +61,21 @@ pub fn node_desired(snapshot: &Snapshot, name: &str) -> Result<Desired, WgConfEr
         listen_port,
         mtu: 1420,
     };
-    desired_with_external(&local, &infos, &snapshot.external_infos(), &resolve)
+    let external = snapshot.external_infos();
+    desired_mesh(&local, &inputs(snapshot, &infos, &external), &resolve)
         .map_err(|e| WgConfError::Mesh(e.to_string()))
+}
+
+fn inputs<'a>(
+    snapshot: &'a Snapshot,
+    nodes: &'a [NodeInfo],
+    external: &'a [ExternalPeerInfo],
+) -> MeshInputs<'a> {
+    MeshInputs {
+        nodes,
+        external,
+        remotes: &snapshot.remotes,
+    }
 }
 
 /// Why the agents would refuse `peer` next to the cluster's nodes and
@@ -83,7 +96,7 @@ pub fn refusal(snapshot: &Snapshot, peer: &ExternalPeerInfo) -> Option<String> {
             listen_port: DEFAULT_LISTEN_PORT,
             mtu: 1420,
         };
-        if let Ok(d) = desired_with_external(&local, &infos, &external, &resolve) {
+        if let Ok(d) = desired_mesh(&local, &inputs(snapshot, &infos, &external), &resolve) {
             let name = PeerName::External(peer.name.clone());
             return d
                 .rejected
@@ -147,7 +160,7 @@ pub fn node_config(snapshot: &Snapshot, name: &str) -> Result<String, WgConfErro
     for p in sorted_peers(&d) {
         let note = match &p.name {
             PeerName::External(n) => secret_refs.get(n).map(String::as_str),
-            PeerName::Node(_) => None,
+            _ => None,
         };
         peer_section(&mut out, p, note, None);
     }
@@ -219,12 +232,13 @@ pub fn external_config_for(
         listen_port: DEFAULT_LISTEN_PORT,
         mtu: 1420,
     };
-    let d = desired(&local, &infos, &resolve).map_err(|e| WgConfError::Mesh(e.to_string()))?;
+    let d = desired_mesh(&local, &inputs(snapshot, &infos, &[]), &resolve)
+        .map_err(|e| WgConfError::Mesh(e.to_string()))?;
     let mut out = format!(
         "# WireGuard configuration for Trellis Peer {} (wg-quick format).\n",
         peer.name
     );
-    out.push_str("# Every node is a peer: pods are reached directly, over one hop.\n");
+    out.push_str("# Every node (of this cluster and the linked ones) is a peer: pods are\n# reached directly, over one hop.\n");
     if let Some(why) = refusal(snapshot, peer) {
         let _ = writeln!(out, "# WARNING: the nodes refuse this Peer: {why}");
     }
@@ -248,10 +262,10 @@ pub fn external_config_for(
         peer_section(&mut out, p, None, keepalive);
     }
     for r in &d.rejected {
-        let _ = writeln!(out, "\n# Left out: node {}: {}", r.object, r.message);
+        let _ = writeln!(out, "\n# Left out: {}: {}", r.object.describe(), r.message);
     }
     Ok(out)
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

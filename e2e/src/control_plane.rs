@@ -119,12 +119,13 @@ pub fn write_pki(spec: &ControlPlaneSpec) -> Result<(), ControlPlaneError> {
 
     let url = spec.apiserver_url();
     let admin = ca.client_cert("lab-admin", &["system:masters"])?;
+    // Named per cluster: kubeconfigs of several clusters merge (KUBECONFIG=a:b).
     write_cert_kubeconfig(
         &spec.admin_kubeconfig(),
         &spec.cluster,
         &url,
         &ca.cert_pem,
-        "lab-admin",
+        &format!("lab-admin@{}", spec.cluster),
         &admin,
     )?;
     let kcm = ca.client_cert("system:kube-controller-manager", &[])?;
@@ -204,7 +205,12 @@ pub fn start(
             "--kubeconfig={}",
             spec.dir.join("controller-manager.kubeconfig").display()
         ),
-        "--controllers=node-ipam-controller,serviceaccount-controller".to_string(),
+        // serviceaccount-token fills ServiceAccount token Secrets (linked
+        // clusters read each other with one); the namespace controller
+        // finishes deleting namespaces (the chart's links namespace).
+        "--controllers=node-ipam-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller".to_string(),
+        format!("--service-account-private-key-file={}", p("sa.key")),
+        format!("--root-ca-file={}", p("ca.crt")),
         "--allocate-node-cidrs=true".to_string(),
         format!("--cluster-cidr={}", cidrs.join(",")),
         format!("--service-cluster-ip-range={}", spec.service_cidr()),

@@ -18,6 +18,7 @@ use crate::annotations::{Endpoint, NodeAnnotations};
 use crate::external::{add_external_peers, ExternalPeerInfo};
 use crate::key::{PresharedKey, PublicKey};
 use crate::plan::Route;
+use crate::remote::{add_remote_clusters, ClusterRejection, RemoteCluster};
 
 /// What the agent knows of one Node object.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -40,29 +41,83 @@ pub struct LocalNode {
     pub mtu: u32,
 }
 
-/// Whose WireGuard peer it is: a Node of this cluster or an external
-/// machine described by a `Peer` object.
+/// Whose WireGuard peer it is: a Node or an external machine (a `Peer`
+/// object), of this cluster or of a linked one.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PeerName {
     Node(String),
     External(String),
+    RemoteNode { cluster: String, name: String },
+    RemoteExternal { cluster: String, name: String },
 }
 
 impl PeerName {
+    /// A Node of `cluster` (`None`: this cluster).
+    pub fn node(cluster: Option<&str>, name: &str) -> Self {
+        match cluster {
+            None => PeerName::Node(name.into()),
+            Some(c) => PeerName::RemoteNode {
+                cluster: c.into(),
+                name: name.into(),
+            },
+        }
+    }
+
+    /// A `Peer` object of `cluster` (`None`: this cluster).
+    pub fn external(cluster: Option<&str>, name: &str) -> Self {
+        match cluster {
+            None => PeerName::External(name.into()),
+            Some(c) => PeerName::RemoteExternal {
+                cluster: c.into(),
+                name: name.into(),
+            },
+        }
+    }
+
     /// The bare object name.
     pub fn name(&self) -> &str {
         match self {
             PeerName::Node(n) | PeerName::External(n) => n,
+            PeerName::RemoteNode { name, .. } | PeerName::RemoteExternal { name, .. } => name,
         }
+    }
+
+    /// The linked cluster the object lives in (`None`: this cluster).
+    pub fn cluster(&self) -> Option<&str> {
+        match self {
+            PeerName::Node(_) | PeerName::External(_) => None,
+            PeerName::RemoteNode { cluster, .. } | PeerName::RemoteExternal { cluster, .. } => {
+                Some(cluster)
+            }
+        }
+    }
+
+    /// `node n1`, `peer/laptop`, `node b:n1`: what a message calls it.
+    pub fn describe(&self) -> String {
+        if self.is_node() {
+            format!("node {self}")
+        } else {
+            self.to_string()
+        }
+    }
+
+    /// Whether it is a Node (of any cluster), not a `Peer` object.
+    pub fn is_node(&self) -> bool {
+        matches!(self, PeerName::Node(_) | PeerName::RemoteNode { .. })
     }
 }
 
 impl std::fmt::Display for PeerName {
-    /// `n1` for a node, `peer/laptop` for an external peer.
+    /// `n1` for a node, `peer/laptop` for an external peer, prefixed with
+    /// `cluster:` for a linked cluster's (`b:n1`, `b:peer/laptop`).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PeerName::Node(n) => f.write_str(n),
-            PeerName::External(n) => write!(f, "peer/{n}"),
+        if let Some(c) = self.cluster() {
+            write!(f, "{c}:")?;
+        }
+        if self.is_node() {
+            f.write_str(self.name())
+        } else {
+            write!(f, "peer/{}", self.name())
         }
     }
 }
@@ -130,6 +185,8 @@ pub struct Desired {
     /// masqueraded.
     pub mesh_cidrs: Vec<IpNet>,
     pub rejected: Vec<Rejection>,
+    /// Linked clusters left out as a whole (their pod CIDRs overlap ours).
+    pub rejected_clusters: Vec<ClusterRejection>,
     /// Nodes not ready to be peers yet (no public key or pod CIDR): not an
     /// error, no Event.
     pub pending: Vec<String>,
@@ -207,6 +264,37 @@ pub fn desired_with_external(
     external: &[ExternalPeerInfo],
     resolve: &dyn Fn(&str, u16) -> Option<SocketAddr>,
 ) -> Result<Desired, LocalError> {
+    desired_mesh(
+        local,
+        &MeshInputs {
+            nodes,
+            external,
+            remotes: &[],
+        },
+        resolve,
+    )
+}
+
+/// Everything a node's desired state is computed from.
+#[derive(Debug, Clone, Copy)]
+pub struct MeshInputs<'a> {
+    /// This cluster's Nodes (the local node among them).
+    pub nodes: &'a [NodeInfo],
+    /// This cluster's `Peer` objects.
+    pub external: &'a [ExternalPeerInfo],
+    /// The linked clusters.
+    pub remotes: &'a [RemoteCluster],
+}
+
+/// The desired state of `local`. Whoever was there first wins a conflict:
+/// this cluster's nodes, then its Peers, then each linked cluster (by
+/// name) — refused as a whole when its pod CIDRs overlap what is taken.
+pub fn desired_mesh(
+    local: &LocalNode,
+    inputs: &MeshInputs<'_>,
+    resolve: &dyn Fn(&str, u16) -> Option<SocketAddr>,
+) -> Result<Desired, LocalError> {
+    let nodes = inputs.nodes;
     let me = nodes
         .iter()
         .find(|n| n.name == local.name)
@@ -224,118 +312,141 @@ pub fn desired_with_external(
         mtu: local.mtu,
         addresses: own.iter().map(mesh_address).collect(),
         own_pod_cidrs: own.clone(),
-        mesh_cidrs: own.clone(),
+        mesh_cidrs: own,
         ..Default::default()
     };
-    let mut others: Vec<&NodeInfo> = nodes.iter().filter(|n| n.name != local.name).collect();
-    others.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
-    let mut owners: Vec<(IpNet, PeerName)> = Vec::new();
-    let mut underlay: Vec<IpAddr> = nodes.iter().flat_map(|n| n.internal_ips.clone()).collect();
-    for node in others {
-        let reject = |reason, message: String| Rejection {
-            object: PeerName::Node(node.name.clone()),
-            reason,
-            message,
-        };
-        let annotations = match NodeAnnotations::parse(&node.annotations) {
-            Ok(a) => a,
-            Err(e) => {
-                d.rejected
-                    .push(reject(RejectReason::InvalidAnnotation, e.to_string()));
-                continue;
-            }
-        };
-        let Some(key) = annotations.public_key else {
-            d.pending.push(node.name.clone());
-            continue;
-        };
-        if node.pod_cidrs.is_empty() {
-            d.pending.push(node.name.clone());
-            continue;
-        }
-        if key == local.public_key {
-            d.rejected.push(reject(
-                RejectReason::DuplicatePublicKey,
-                format!("public key {key} is this node's own"),
-            ));
-            continue;
-        }
-        if let Some(holder) = d.peers.get(&key) {
-            d.rejected.push(reject(
-                RejectReason::DuplicatePublicKey,
-                format!("public key {key} is already used by node {}", holder.name),
-            ));
-            continue;
-        }
-        let cidrs = match parse_cidrs(&node.pod_cidrs) {
-            Ok(c) => c,
-            Err(e) => {
-                d.rejected.push(reject(RejectReason::InvalidPodCidr, e));
-                continue;
-            }
-        };
-        if let Some((c, o)) = cidrs
-            .iter()
-            .flat_map(|c| own.iter().map(move |o| (c, o)))
-            .find(|(c, o)| overlaps(c, o))
-        {
-            d.rejected.push(reject(
-                RejectReason::OverlappingPodCidr,
-                format!("pod CIDR {c} overlaps this node's pod CIDR {o}"),
-            ));
-            continue;
-        }
-        if let Some((c, (o, owner))) = cidrs
-            .iter()
-            .flat_map(|c| owners.iter().map(move |o| (c, o)))
-            .find(|(c, (o, _))| overlaps(c, o))
-        {
-            d.rejected.push(reject(
-                RejectReason::OverlappingPodCidr,
-                format!("pod CIDR {c} overlaps {o} of node {owner}"),
-            ));
-            continue;
-        }
-        let chosen = annotations.force_endpoint.or(annotations.endpoint);
-        let endpoint = match chosen {
-            None => None,
-            Some(Endpoint::Addr(a)) => Some(a),
-            Some(Endpoint::Host { host, port }) => match resolve(&host, port) {
-                Some(a) => Some(a),
-                None => {
-                    d.rejected.push(reject(
-                        RejectReason::UnresolvableEndpoint,
-                        format!("endpoint {host}:{port} does not resolve"),
-                    ));
-                    continue;
-                }
-            },
-        };
-        if let Some(a) = endpoint {
-            underlay.push(a.ip());
-        }
-        for c in &cidrs {
-            owners.push((*c, PeerName::Node(node.name.clone())));
-            d.routes.insert(d.route_to(*c));
-        }
-        d.mesh_cidrs.extend(cidrs.iter().copied());
-        d.peers.insert(
-            key,
-            DesiredPeer {
-                name: PeerName::Node(node.name.clone()),
-                public_key: key,
-                endpoint,
-                allowed_ips: cidrs,
-                persistent_keepalive: annotations.persistent_keepalive,
-                preshared_key: None,
-            },
-        );
-    }
-    add_external_peers(&mut d, local, external, &mut owners, &underlay, resolve);
+    let others: Vec<&NodeInfo> = nodes.iter().filter(|n| n.name != local.name).collect();
+    let mut taken = Taken {
+        owners: Vec::new(),
+        underlay: nodes.iter().flat_map(|n| n.internal_ips.clone()).collect(),
+    };
+    add_nodes(&mut d, local, &others, None, &mut taken, resolve);
+    add_external_peers(&mut d, local, inputs.external, None, &mut taken, resolve);
+    add_remote_clusters(&mut d, local, inputs.remotes, &mut taken, resolve);
     d.mesh_cidrs.sort();
     d.rejected.sort();
     d.pending.sort();
     Ok(d)
+}
+
+/// What accepted peers hold: their ranges (with who owns each) and the
+/// addresses the tunnels run over.
+#[derive(Debug, Default)]
+pub(crate) struct Taken {
+    pub owners: Vec<(IpNet, PeerName)>,
+    pub underlay: Vec<IpAddr>,
+}
+
+/// Adds every valid node of `nodes` (of `cluster`; `None`: this one) to
+/// `d`, oldest first; the others go to `d.rejected` or `d.pending`.
+pub(crate) fn add_nodes(
+    d: &mut Desired,
+    local: &LocalNode,
+    nodes: &[&NodeInfo],
+    cluster: Option<&str>,
+    taken: &mut Taken,
+    resolve: &dyn Fn(&str, u16) -> Option<SocketAddr>,
+) {
+    let mut sorted = nodes.to_vec();
+    sorted.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
+    for node in sorted {
+        let name = PeerName::node(cluster, &node.name);
+        match validate_node(d, local, node, &name, taken, resolve) {
+            Ok(Some(peer)) => {
+                if let Some(a) = peer.endpoint {
+                    taken.underlay.push(a.ip());
+                }
+                for c in &peer.allowed_ips {
+                    taken.owners.push((*c, name.clone()));
+                    d.routes.insert(d.route_to(*c));
+                }
+                d.mesh_cidrs.extend(peer.allowed_ips.iter().copied());
+                d.peers.insert(peer.public_key, peer);
+            }
+            Ok(None) => d.pending.push(name.to_string()),
+            Err((reason, message)) => d.rejected.push(Rejection {
+                object: name,
+                reason,
+                message,
+            }),
+        }
+    }
+}
+
+/// `node` as a peer, `None` when it is not ready yet (no key or pod CIDR),
+/// or why it is left out.
+fn validate_node(
+    d: &Desired,
+    local: &LocalNode,
+    node: &NodeInfo,
+    name: &PeerName,
+    taken: &Taken,
+    resolve: &dyn Fn(&str, u16) -> Option<SocketAddr>,
+) -> Result<Option<DesiredPeer>, (RejectReason, String)> {
+    use RejectReason::*;
+    let annotations = NodeAnnotations::parse(&node.annotations)
+        .map_err(|e| (InvalidAnnotation, e.to_string()))?;
+    let Some(key) = annotations.public_key else {
+        return Ok(None);
+    };
+    if node.pod_cidrs.is_empty() {
+        return Ok(None);
+    }
+    if key == local.public_key {
+        return Err((
+            DuplicatePublicKey,
+            format!("public key {key} is this node's own"),
+        ));
+    }
+    if let Some(holder) = d.peers.get(&key) {
+        return Err((
+            DuplicatePublicKey,
+            format!(
+                "public key {key} is already used by {}",
+                holder.name.describe()
+            ),
+        ));
+    }
+    let cidrs = parse_cidrs(&node.pod_cidrs).map_err(|e| (InvalidPodCidr, e))?;
+    if let Some((c, o)) = cidrs
+        .iter()
+        .flat_map(|c| d.own_pod_cidrs.iter().map(move |o| (c, o)))
+        .find(|(c, o)| overlaps(c, o))
+    {
+        return Err((
+            OverlappingPodCidr,
+            format!("pod CIDR {c} overlaps this node's pod CIDR {o}"),
+        ));
+    }
+    if let Some((c, (o, owner))) = cidrs
+        .iter()
+        .flat_map(|c| taken.owners.iter().map(move |o| (c, o)))
+        .find(|(c, (o, _))| overlaps(c, o))
+    {
+        return Err((
+            OverlappingPodCidr,
+            format!("pod CIDR {c} overlaps {o} of {}", owner.describe()),
+        ));
+    }
+    let chosen = annotations.force_endpoint.or(annotations.endpoint);
+    let endpoint = match chosen {
+        None => None,
+        Some(Endpoint::Addr(a)) => Some(a),
+        Some(Endpoint::Host { host, port }) => Some(resolve(&host, port).ok_or_else(|| {
+            (
+                UnresolvableEndpoint,
+                format!("endpoint {host}:{port} does not resolve"),
+            )
+        })?),
+    };
+    Ok(Some(DesiredPeer {
+        name: name.clone(),
+        public_key: key,
+        endpoint,
+        allowed_ips: cidrs,
+        persistent_keepalive: annotations.persistent_keepalive,
+        preshared_key: None,
+    }))
 }
 
 #[cfg(test)]

@@ -5,13 +5,13 @@
 //! own tunnels run over. A bad Peer is left out with a reason; nothing else
 //! changes.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use ipnet::IpNet;
 
 use crate::annotations::{parse_endpoint, Endpoint};
 use crate::desired::{
-    overlaps, Desired, DesiredPeer, LocalNode, PeerName, RejectReason, Rejection,
+    overlaps, Desired, DesiredPeer, LocalNode, PeerName, RejectReason, Rejection, Taken,
 };
 use crate::key::{PresharedKey, PublicKey};
 
@@ -44,8 +44,8 @@ fn validate(
     d: &Desired,
     local: &LocalNode,
     peer: &ExternalPeerInfo,
-    owners: &[(IpNet, PeerName)],
-    underlay: &[IpAddr],
+    name: PeerName,
+    taken: &Taken,
     resolve: &dyn Fn(&str, u16) -> Option<SocketAddr>,
 ) -> Result<DesiredPeer, (RejectReason, String)> {
     use RejectReason::*;
@@ -62,7 +62,10 @@ fn validate(
     if let Some(holder) = d.peers.get(&key) {
         return Err((
             DuplicatePublicKey,
-            format!("public key {key} is already used by {}", holder.name),
+            format!(
+                "public key {key} is already used by {}",
+                holder.name.describe()
+            ),
         ));
     }
     if peer.allowed_ips.is_empty() {
@@ -102,17 +105,18 @@ fn validate(
                 ),
             ));
         }
-        if let Some((o, owner)) = owners.iter().find(|(o, _)| overlaps(net, o)) {
-            let what = match owner {
-                PeerName::Node(n) => format!("pod CIDR {o} of node {n}"),
-                PeerName::External(_) => format!("allowed IP {o} of {owner}"),
+        if let Some((o, owner)) = taken.owners.iter().find(|(o, _)| overlaps(net, o)) {
+            let what = if owner.is_node() {
+                format!("pod CIDR {o} of {}", owner.describe())
+            } else {
+                format!("allowed IP {o} of {owner}")
             };
             return Err((
                 OverlappingAllowedIps,
                 format!("allowed IP {net} overlaps {what}"),
             ));
         }
-        if let Some(ip) = underlay.iter().find(|ip| net.contains(*ip)) {
+        if let Some(ip) = taken.underlay.iter().find(|ip| net.contains(*ip)) {
             return Err((
                 OverlappingAllowedIps,
                 format!("allowed IP {net} contains {ip}, an address the mesh's tunnels run over"),
@@ -148,7 +152,7 @@ fn validate(
         PresharedKeySource::Unavailable(why) => return Err((PresharedKeyUnavailable, why.clone())),
     };
     Ok(DesiredPeer {
-        name: PeerName::External(peer.name.clone()),
+        name,
         public_key: key,
         endpoint,
         allowed_ips: allowed,
@@ -157,32 +161,33 @@ fn validate(
     })
 }
 
-/// Adds every valid external peer to `d` (oldest first), with a route per
-/// allowed range and the ranges exempt from masquerading; the others go to
-/// `d.rejected`. `owners` holds the nodes' pod CIDRs and grows with each
-/// accepted peer; `underlay` are the addresses the tunnels run over.
+/// Adds every valid external peer of `cluster` (`None`: this one) to `d`
+/// (oldest first), with a route per allowed range and the ranges exempt
+/// from masquerading; the others go to `d.rejected`. `taken` holds what
+/// accepted peers own and grows with each accepted one.
 pub(crate) fn add_external_peers(
     d: &mut Desired,
     local: &LocalNode,
     peers: &[ExternalPeerInfo],
-    owners: &mut Vec<(IpNet, PeerName)>,
-    underlay: &[IpAddr],
+    cluster: Option<&str>,
+    taken: &mut Taken,
     resolve: &dyn Fn(&str, u16) -> Option<SocketAddr>,
 ) {
     let mut sorted: Vec<&ExternalPeerInfo> = peers.iter().collect();
     sorted.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
     for peer in sorted {
-        match validate(d, local, peer, owners, underlay, resolve) {
+        let name = PeerName::external(cluster, &peer.name);
+        match validate(d, local, peer, name.clone(), taken, resolve) {
             Ok(p) => {
                 for net in &p.allowed_ips {
-                    owners.push((*net, p.name.clone()));
+                    taken.owners.push((*net, p.name.clone()));
                     d.routes.insert(d.route_to(*net));
                 }
                 d.mesh_cidrs.extend(p.allowed_ips.iter().copied());
                 d.peers.insert(p.public_key, p);
             }
             Err((reason, message)) => d.rejected.push(Rejection {
-                object: PeerName::External(peer.name.clone()),
+                object: name,
                 reason,
                 message,
             }),
@@ -191,4 +196,4 @@ pub(crate) fn add_external_peers(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

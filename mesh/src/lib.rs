@@ -11,11 +11,14 @@ pub mod key;
 pub mod names;
 pub mod nft;
 pub mod plan;
+pub mod remote;
 pub mod roaming;
 
 pub use desired::{
-    desired, desired_with_external, Desired, DesiredPeer, LocalNode, NodeInfo, PeerName, Rejection,
+    desired, desired_mesh, desired_with_external, Desired, DesiredPeer, LocalNode, MeshInputs,
+    NodeInfo, PeerName, Rejection,
 };
 pub use external::{ExternalPeerInfo, PresharedKeySource};
 pub use key::{PresharedKey, PublicKey};
 pub use plan::{plan, Observed, ObservedPeer, PeerChange, Plan, Route};
+pub use remote::{ClusterRejection, RemoteCluster};

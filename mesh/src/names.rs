@@ -17,6 +17,8 @@ pub const ANNOTATION_FORCE_ENDPOINT: &str = "trellis.dev/force-endpoint";
 pub const ANNOTATION_PERSISTENT_KEEPALIVE: &str = "trellis.dev/persistent-keepalive";
 /// Node annotation set by people: `"true"` lets the node relay for others.
 pub const ANNOTATION_RELAY: &str = "trellis.dev/relay";
+/// Namespace of the Secrets that link other clusters (the chart creates it).
+pub const DEFAULT_LINKS_NAMESPACE: &str = "trellis-links";
 /// Label on a Secret holding a read-only kubeconfig of a linked cluster.
 pub const LABEL_REMOTE_CLUSTER: &str = "trellis.dev/remote-cluster";
 

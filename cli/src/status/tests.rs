@@ -1,6 +1,6 @@
 //! The status table from hand-made reports.
 
-use trellis_api::status::{LeftOut, PeerReport};
+use trellis_api::status::{LeftOut, LinkState, LinkedClusterReport, PeerReport};
 
 use super::*;
 
@@ -25,6 +25,7 @@ pub(crate) fn report(node: &str, peers: &[(&str, PathState, Option<i64>)]) -> No
             })
             .collect(),
         left_out: vec![],
+        linked_clusters: vec![],
     }
 }
 
@@ -89,4 +90,46 @@ fn figures_are_short() {
     assert_eq!(ago(5), "5s ago");
     assert_eq!(ago(600), "10m ago");
     assert_eq!(ago(10_000), "2h ago");
+}
+
+#[test]
+fn linked_clusters_get_a_table_of_their_own() {
+    let mut n1 = report("n1", &[("b:n20", PathState::Direct, Some(990))]);
+    n1.linked_clusters = vec![
+        LinkedClusterReport {
+            name: "b".into(),
+            secret: "trellis-links/trellis-remote-b".into(),
+            nodes: 2,
+            peers: 2,
+            state: LinkState::Linked,
+            message: None,
+        },
+        LinkedClusterReport {
+            name: "c".into(),
+            secret: "trellis-links/trellis-remote-c".into(),
+            nodes: 0,
+            peers: 0,
+            state: LinkState::Refused,
+            message: Some("pod CIDR 10.244.1.0/24 of node c:n1 overlaps".into()),
+        },
+    ];
+    let t = table(&[("n1".to_string(), Ok(n1))], 1000);
+    let lines: Vec<&str> = t.lines().collect();
+    assert!(
+        lines[1].starts_with("n1") && lines[1].contains("b:n20"),
+        "{t}"
+    );
+    assert_eq!(lines[2], "");
+    assert!(
+        lines[3].starts_with("NODE") && lines[3].contains("LINKED CLUSTER"),
+        "{t}"
+    );
+    assert!(
+        lines[4].contains(" b ") && lines[4].contains("linked"),
+        "{t}"
+    );
+    assert!(
+        lines[5].contains("refused") && lines[5].contains("overlaps"),
+        "{t}"
+    );
 }

@@ -10,7 +10,7 @@ fn key(n: u8) -> String {
     PublicKey([n; 32]).to_string()
 }
 
-fn node(i: u8) -> Node {
+pub(crate) fn node(i: u8) -> Node {
     let mut n = Node::default();
     n.metadata.name = Some(format!("n{i}"));
     n.metadata.annotations = Some(
@@ -40,7 +40,7 @@ fn node(i: u8) -> Node {
     n
 }
 
-fn peer(name: &str, k: u8, allowed: &[&str]) -> Peer {
+pub(crate) fn peer(name: &str, k: u8, allowed: &[&str]) -> Peer {
     Peer::new(
         name,
         PeerSpec {
@@ -71,6 +71,7 @@ fn snapshot() -> Snapshot {
             peer("laptop", 60, &["10.99.0.2/32", "fd99::2/128"]),
             with_psk,
         ],
+        remotes: vec![],
     }
 }
 
@@ -157,9 +158,29 @@ fn what_the_agents_would_refuse_is_said_before_anything_is_created() {
     let only_new = Snapshot {
         nodes: vec![no_key.clone()],
         peers: vec![],
+        remotes: vec![],
     };
     assert!(matches!(
         node_config(&only_new, "n4"),
         Err(WgConfError::NoKey(_))
     ));
+}
+
+#[test]
+fn a_machine_and_a_node_see_the_linked_clusters_nodes() {
+    let mut s = snapshot();
+    s.remotes = vec![trellis_mesh::RemoteCluster {
+        name: "b".into(),
+        nodes: vec![trellis_api::node::node_info(&node(20))],
+        external: vec![],
+    }];
+    let text = external_config(&s, "laptop", None).unwrap();
+    assert_eq!(text.matches("[Peer]").count(), 4, "{text}");
+    assert!(text.contains("# b:n20\nPublicKey = "), "{text}");
+    assert!(
+        text.contains("AllowedIPs = 10.244.20.0/24, fd00:10:244:14::/64"),
+        "{text}"
+    );
+    let conf = node_config(&s, "n1").unwrap();
+    assert!(conf.contains("# b:n20"), "{conf}");
 }

@@ -4,7 +4,7 @@ use super::*;
 use crate::desired::tests::{key, local, no_dns, node};
 use crate::desired::{desired_with_external, NodeInfo};
 
-fn peer(name: &str, k: u8, allowed: &[&str]) -> ExternalPeerInfo {
+pub(crate) fn peer(name: &str, k: u8, allowed: &[&str]) -> ExternalPeerInfo {
     ExternalPeerInfo {
         name: name.into(),
         created: 100,
@@ -70,7 +70,7 @@ fn each_bad_peer_is_left_out_with_a_reason_and_the_rest_stays() {
         (
             peer("stolen", 1, &["10.99.0.0/24"]),
             RejectReason::DuplicatePublicKey,
-            "already used by n1",
+            "already used by node n1",
         ),
         (
             peer("empty", 51, &[]),

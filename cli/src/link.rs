@@ -1,0 +1,437 @@
+//! `cluster export/link/unlink`: linking two clusters. In each cluster the
+//! other gets a read-only identity (a ServiceAccount bound to a ClusterRole
+//! that may read Nodes and Peers, and its token), and a Secret labelled
+//! `trellis.dev/remote-cluster` holding a kubeconfig with the other's
+//! token; the agents follow those Secrets. Linking checks first that the
+//! clusters' pod CIDRs and Peers' ranges do not overlap: a link the agents
+//! would refuse is never created. Unlinking deletes all of it, on both
+//! sides, and counts "already gone" as done.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use trellis_api::link::{reader_name, secret_name, validate_cluster_name, KUBECONFIG_KEY};
+use trellis_api::link::{LABEL_REMOTE_CLUSTER, READER_CLUSTER_ROLE};
+use trellis_api::status::LinkState;
+
+use crate::cluster::Snapshot;
+
+const FIELD_MANAGER: &str = "kubectl-trellis";
+const TOKEN_WAIT: Duration = Duration::from_secs(30);
+
+/// One side of a link: a client, the name the other side calls it, the
+/// API server address the other side's agents use, the links namespace.
+#[derive(Clone)]
+pub struct Side {
+    pub client: kube::Client,
+    pub name: String,
+    pub api_server: String,
+    pub namespace: String,
+}
+
+impl std::fmt::Debug for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Side")
+            .field("name", &self.name)
+            .field("api_server", &self.api_server)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A cluster name from a kubeconfig context name: lowercase, anything
+/// but letters and digits becomes '-'.
+pub fn name_from_context(context: &str) -> String {
+    let mapped: String = context
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    mapped.trim_matches('-').chars().take(40).collect()
+}
+
+/// The API server address for the other cluster's agents: `explicit`, or
+/// the one this kubeconfig uses unless it is loopback (useless elsewhere).
+pub fn api_server_for_others(
+    explicit: Option<&str>,
+    own: &str,
+    name: &str,
+) -> anyhow::Result<String> {
+    if let Some(e) = explicit {
+        return Ok(e.trim_end_matches('/').to_string());
+    }
+    let host = own
+        .split("://")
+        .nth(1)
+        .unwrap_or(own)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    if host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]") {
+        bail!(
+            "cluster {name}'s API server is {own} in this kubeconfig, which the other cluster's nodes cannot reach: pass the address they can reach (--from-api-server / --to-api-server, or --api-server)"
+        );
+    }
+    Ok(own.trim_end_matches('/').to_string())
+}
+
+/// Every range a cluster's mesh holds: Nodes' pod CIDRs and Peers' ranges.
+fn ranges(snapshot: &Snapshot) -> Vec<(IpNet, String)> {
+    let nodes = snapshot.node_infos().into_iter().flat_map(|n| {
+        n.pod_cidrs
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .map(|c| (c, format!("node {}", n.name)))
+            .collect::<Vec<_>>()
+    });
+    let peers = snapshot.external_infos().into_iter().flat_map(|p| {
+        p.allowed_ips
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .map(|c| (c, format!("peer/{}", p.name)))
+            .collect::<Vec<_>>()
+    });
+    nodes.chain(peers).collect()
+}
+
+/// Why clusters `a` and `b` cannot be linked: a range of one overlapping
+/// a range of the other.
+pub fn overlap(a: (&str, &Snapshot), b: (&str, &Snapshot)) -> Option<String> {
+    let theirs = ranges(b.1);
+    for (net, owner) in ranges(a.1) {
+        if let Some((o, other)) = theirs
+            .iter()
+            .find(|(o, _)| o.contains(&net.network()) || net.contains(&o.network()))
+        {
+            return Some(format!(
+                "{net} of {owner} in cluster {} overlaps {o} of {other} in cluster {}",
+                a.0, b.0
+            ));
+        }
+    }
+    None
+}
+
+async fn apply<K>(api: &Api<K>, name: &str, body: serde_json::Value) -> anyhow::Result<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch(name, &params, &Patch::Apply(&body))
+        .await
+        .with_context(|| format!("applying {} {name}", K::kind(&())))
+}
+
+/// Creates in `side`'s cluster the read-only identity for cluster `reader`
+/// and returns a kubeconfig with its token.
+pub async fn export(side: &Side, reader: &str) -> anyhow::Result<String> {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    let ns = &side.namespace;
+    let account = reader_name(reader);
+    let labels = serde_json::json!({"app.kubernetes.io/managed-by": FIELD_MANAGER});
+    apply(
+        &Api::<ClusterRole>::all(side.client.clone()),
+        READER_CLUSTER_ROLE,
+        serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": READER_CLUSTER_ROLE, "labels": labels},
+            "rules": [
+                {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+                {"apiGroups": ["trellis.dev"], "resources": ["peers"], "verbs": ["get", "list", "watch"]},
+            ],
+        }),
+    )
+    .await?;
+    apply(
+        &Api::<ServiceAccount>::namespaced(side.client.clone(), ns),
+        &account,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": account, "namespace": ns, "labels": labels},
+        }),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "is Trellis installed in cluster {}? its chart creates namespace {ns}",
+            side.name
+        )
+    })?;
+    apply(
+        &Api::<ClusterRoleBinding>::all(side.client.clone()),
+        &account,
+        serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": account, "labels": labels},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": READER_CLUSTER_ROLE},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": ns}],
+        }),
+    )
+    .await?;
+    let secrets = Api::<Secret>::namespaced(side.client.clone(), ns);
+    let token_secret = format!("{account}-token");
+    apply(
+        &secrets,
+        &token_secret,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+            "metadata": {"name": token_secret, "namespace": ns, "labels": labels,
+                "annotations": {"kubernetes.io/service-account.name": account}},
+        }),
+    )
+    .await?;
+    let start = Instant::now();
+    let (token, ca) = loop {
+        let s = secrets.get(&token_secret).await?;
+        let data = s.data.unwrap_or_default();
+        if let (Some(t), Some(c)) = (data.get("token"), data.get("ca.crt")) {
+            break (String::from_utf8_lossy(&t.0).into_owned(), c.0.clone());
+        }
+        if start.elapsed() > TOKEN_WAIT {
+            bail!(
+                "Secret {ns}/{token_secret} got no token within {} s: is kube-controller-manager's token controller running (it needs --service-account-private-key-file)?",
+                TOKEN_WAIT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    use base64::Engine as _;
+    let config = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": side.name, "cluster": {
+            "server": side.api_server,
+            "certificate-authority-data": base64::engine::general_purpose::STANDARD.encode(ca),
+        }}],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": side.name, "context": {"cluster": side.name, "user": account}}],
+        "current-context": side.name,
+    });
+    Ok(serde_json::to_string_pretty(&config)?)
+}
+
+/// The link Secret that makes the agents of another cluster follow cluster
+/// `cluster` through `kubeconfig`.
+pub fn link_secret(cluster: &str, namespace: &str, kubeconfig: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {
+            "name": secret_name(cluster), "namespace": namespace,
+            "labels": {LABEL_REMOTE_CLUSTER: cluster, "app.kubernetes.io/managed-by": FIELD_MANAGER},
+        },
+        "stringData": {KUBECONFIG_KEY: kubeconfig},
+    })
+}
+
+/// Links `a` and `b` both ways, after checking they can be linked.
+pub async fn link(a: &Side, b: &Side) -> anyhow::Result<()> {
+    for side in [a, b] {
+        validate_cluster_name(&side.name)
+            .map_err(|e| anyhow::anyhow!("{e}: choose one with --from-name/--to-name"))?;
+    }
+    if a.name == b.name {
+        bail!(
+            "both clusters are called {}: give them different names with --from-name/--to-name",
+            a.name
+        );
+    }
+    let (sa, sb) = (
+        Snapshot::read(&a.client).await?,
+        Snapshot::read(&b.client).await?,
+    );
+    if let Some(why) = overlap((&a.name, &sa), (&b.name, &sb)) {
+        bail!("cannot link clusters {} and {}: {why}; linked clusters need pod CIDRs (kube-controller-manager --cluster-cidr) and Peer ranges that do not overlap. Nothing was created.", a.name, b.name);
+    }
+    let a_for_b = export(a, &b.name).await?;
+    let b_for_a = export(b, &a.name).await?;
+    for (side, cluster, kubeconfig) in [(b, &a.name, &a_for_b), (a, &b.name, &b_for_a)] {
+        let secrets = Api::<Secret>::namespaced(side.client.clone(), &side.namespace);
+        apply(
+            &secrets,
+            &secret_name(cluster),
+            link_secret(cluster, &side.namespace, kubeconfig),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Removes the link between `a` and `b` on both sides; what is already
+/// gone counts as removed. Every deletion is tried; the errors are listed.
+pub async fn unlink(a: &Side, b: &Side) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+    let mut errors = Vec::new();
+    for (side, other) in [(a, b), (b, a)] {
+        let ns = &side.namespace;
+        let account = reader_name(&other.name);
+        let secrets = Api::<Secret>::namespaced(side.client.clone(), ns);
+        let results = [
+            (
+                format!("Secret {ns}/{}", secret_name(&other.name)),
+                secrets
+                    .delete(&secret_name(&other.name), &DeleteParams::default())
+                    .await
+                    .map(|_| ()),
+            ),
+            (
+                format!("Secret {ns}/{account}-token"),
+                secrets
+                    .delete(&format!("{account}-token"), &DeleteParams::default())
+                    .await
+                    .map(|_| ()),
+            ),
+            (
+                format!("ServiceAccount {ns}/{account}"),
+                Api::<ServiceAccount>::namespaced(side.client.clone(), ns)
+                    .delete(&account, &DeleteParams::default())
+                    .await
+                    .map(|_| ()),
+            ),
+            (
+                format!("ClusterRoleBinding {account}"),
+                Api::<ClusterRoleBinding>::all(side.client.clone())
+                    .delete(&account, &DeleteParams::default())
+                    .await
+                    .map(|_| ()),
+            ),
+        ];
+        for (what, result) in results {
+            match result {
+                Ok(()) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => errors.push(format!("{what} in cluster {}: {e}", side.name)),
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        bail!("unlinking left these behind:\n  {}", errors.join("\n  "))
+    }
+}
+
+/// Waits until every agent of `side` reports cluster `other` linked with
+/// a peer for each of `other`'s nodes (`expected`).
+pub async fn wait_linked(
+    side: &Side,
+    other: &str,
+    expected: usize,
+    port: u16,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        let snapshot = Snapshot::read(&side.client).await?;
+        let fetched = crate::status::fetch_all(&side.client, &snapshot, port).await;
+        let mut waiting: BTreeMap<String, String> = BTreeMap::new();
+        for (node, report) in &fetched {
+            let state = match report {
+                Err(e) => format!("agent unreachable: {e}"),
+                Ok(r) => match r.linked_clusters.iter().find(|l| l.name == other) {
+                    None => "not following it yet".into(),
+                    Some(l) if l.state == LinkState::Linked && l.nodes >= expected => continue,
+                    Some(l) => format!(
+                        "{} {}",
+                        l.state.as_str(),
+                        l.message.clone().unwrap_or_default()
+                    ),
+                },
+            };
+            waiting.insert(node.clone(), state);
+        }
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            let list: Vec<String> = waiting.iter().map(|(n, s)| format!("{n}: {s}")).collect();
+            bail!(
+                "cluster {}'s nodes did not all link {other} within {} s:\n  {}",
+                side.name,
+                timeout.as_secs(),
+                list.join("\n  ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_names_become_cluster_names() {
+        assert_eq!(name_from_context("kind-East_1"), "kind-east-1");
+        assert_eq!(name_from_context("arn:aws:eks:eu"), "arn-aws-eks-eu");
+        assert!(validate_cluster_name(&name_from_context("admin@prod.example")).is_ok());
+    }
+
+    #[test]
+    fn a_loopback_api_server_needs_an_explicit_address() {
+        let e = api_server_for_others(None, "https://127.0.0.1:6443", "a").unwrap_err();
+        assert!(e.to_string().contains("--from-api-server"), "{e}");
+        assert_eq!(
+            api_server_for_others(
+                Some("https://10.0.0.1:6443/"),
+                "https://127.0.0.1:6443",
+                "a"
+            )
+            .unwrap(),
+            "https://10.0.0.1:6443"
+        );
+        assert_eq!(
+            api_server_for_others(None, "https://198.51.100.2:6443", "a").unwrap(),
+            "https://198.51.100.2:6443"
+        );
+    }
+
+    #[test]
+    fn overlapping_clusters_are_named_with_the_ranges_that_collide() {
+        use crate::wgconf::tests::{node, peer};
+        let a = Snapshot {
+            nodes: vec![node(1), node(2)],
+            peers: vec![peer("laptop", 60, &["10.99.0.2/32"])],
+            remotes: vec![],
+        };
+        let b = Snapshot {
+            nodes: vec![node(20)],
+            peers: vec![],
+            remotes: vec![],
+        };
+        assert_eq!(overlap(("a", &a), ("b", &b)), None);
+        let c = Snapshot {
+            nodes: vec![node(20), node(2)],
+            peers: vec![],
+            remotes: vec![],
+        };
+        let why = overlap(("a", &a), ("c", &c)).unwrap();
+        assert!(why.contains("10.244.2.0/24 of node n2 in cluster a overlaps 10.244.2.0/24 of node n2 in cluster c"), "{why}");
+        let d = Snapshot {
+            nodes: vec![],
+            peers: vec![peer("wide", 61, &["10.99.0.0/16"])],
+            remotes: vec![],
+        };
+        let why = overlap(("a", &a), ("d", &d)).unwrap();
+        assert!(
+            why.contains("peer/laptop") && why.contains("peer/wide"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn the_link_secret_is_labelled_with_the_cluster() {
+        let s = link_secret("b", "trellis-links", "kc");
+        assert_eq!(s["metadata"]["name"], "trellis-remote-b");
+        assert_eq!(s["metadata"]["labels"][LABEL_REMOTE_CLUSTER], "b");
+        assert_eq!(s["stringData"][KUBECONFIG_KEY], "kc");
+    }
+}

@@ -1,0 +1,317 @@
+//! End-to-end: linked clusters, with `kubectl trellis cluster link` (the
+//! plugin found on PATH by the real kubectl) between lab clusters with
+//! separate apiservers. Linked, every pod of one cluster pings every pod of
+//! the other over direct tunnels and `status` says so; a cluster whose pod
+//! CIDRs overlap is refused by the plugin before anything is created, and
+//! by every agent (Event on the Secret, `status`) when linked by hand,
+//! while everything else keeps working; a machine added with `peer add`
+//! reaches pods of both clusters; unlinking removes the remote peers and
+//! everything the link created. Root only.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::Api;
+use trellis_e2e::mesh::{workspace_binary, Device};
+use trellis_e2e::pod::{ping_from, result_address};
+use trellis_e2e::{Lab, LabOptions};
+
+const LAB: &str = "links";
+const FAR: &str = "far";
+const CLASH: &str = "clash";
+const LINKS_NS: &str = "trellis-links";
+
+/// `kubectl trellis ARGS` with every lab cluster's kubeconfig merged
+/// (contexts named after the clusters): stdout and stderr, or stderr.
+fn kubectl_trellis(lab: &Lab, args: &[&str]) -> Result<(String, String), String> {
+    let plugin_dir: PathBuf = workspace_binary("kubectl-trellis")
+        .expect("kubectl-trellis is built")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        plugin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let kubeconfigs: Vec<String> = lab
+        .state
+        .clusters
+        .iter()
+        .map(|c| c.admin_kubeconfig.display().to_string())
+        .collect();
+    let out = Command::new("kubectl")
+        .arg("trellis")
+        .args(args)
+        .env("PATH", path)
+        .env("KUBECONFIG", kubeconfigs.join(":"))
+        .output()
+        .expect("kubectl runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if out.status.success() {
+        Ok((stdout, stderr))
+    } else {
+        Err(stderr)
+    }
+}
+
+struct Pod {
+    node: String,
+    cluster: String,
+    netns: String,
+    v4: String,
+    v6: String,
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    start.elapsed()
+}
+
+fn nodes_of(lab: &Lab, cluster: &str) -> Vec<String> {
+    lab.state
+        .nodes_of(cluster)
+        .map(|n| n.name.clone())
+        .collect()
+}
+
+fn peer_count(lab: &Lab, node: &str) -> usize {
+    lab.wg_peers(node).map(|p| p.len()).unwrap_or(0)
+}
+
+/// Every pair of pods across `a` and `b`, both ways, v4 and v6: failures.
+fn cross_pings(pods: &[Pod], a: &str, b: &str) -> Vec<String> {
+    let mut failures = Vec::new();
+    for from in pods.iter().filter(|p| p.cluster == a || p.cluster == b) {
+        for to in pods
+            .iter()
+            .filter(|p| (p.cluster == a || p.cluster == b) && p.cluster != from.cluster)
+        {
+            for target in [&to.v4, &to.v6] {
+                if ping_from(&from.netns, target).is_err() {
+                    failures.push(format!("{} -> {} ({target})", from.node, to.node));
+                }
+            }
+        }
+    }
+    failures
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root"]
+async fn linked_clusters_mesh_directly_refuse_overlaps_and_unlink() {
+    trellis_e2e::assert_root();
+    trellis_e2e::down(LAB);
+    let mut lab = Lab::up(LabOptions::new(LAB, 2)).await.expect("lab up");
+    lab.add_cluster(FAR, 2, None).await.expect("cluster far");
+    // Same pod CIDRs as the first cluster: it may never be linked to it.
+    let clash_cidrs = lab.state.clusters[0].cluster_cidrs.clone();
+    lab.add_cluster(CLASH, 1, Some(clash_cidrs))
+        .await
+        .expect("cluster clash");
+    lab.start_mesh(Device::TrellisWg)
+        .await
+        .expect("mesh started");
+    for cluster in [LAB, FAR, CLASH] {
+        let nodes = nodes_of(&lab, cluster);
+        for node in &nodes {
+            wait_until("each cluster meshes alone", Duration::from_secs(60), || {
+                peer_count(&lab, node) == nodes.len() - 1
+            });
+        }
+    }
+    let mut pods = Vec::new();
+    for node in lab.state.nodes.clone() {
+        let result = lab.add_pod(&node.name, "p0", None).expect("pod");
+        pods.push(Pod {
+            netns: lab.names().pod_netns(&node.name, "p0"),
+            v4: result_address(&result, true).unwrap(),
+            v6: result_address(&result, false).unwrap(),
+            cluster: node.cluster.clone(),
+            node: node.name,
+        });
+    }
+    assert!(!cross_pings(&pods, LAB, FAR).is_empty(), "not linked yet");
+
+    // Link: every node of each cluster gets every node of the other.
+    let start = Instant::now();
+    let (_, stderr) = kubectl_trellis(
+        &lab,
+        &["cluster", "link", "--from", LAB, "--to", FAR, "--wait"],
+    )
+    .expect("cluster link");
+    let linked_in = start.elapsed();
+    assert!(
+        stderr.contains("has the other's nodes as peers"),
+        "{stderr}"
+    );
+    for node in nodes_of(&lab, LAB).iter().chain(&nodes_of(&lab, FAR)) {
+        assert_eq!(peer_count(&lab, node), 3, "{node}: 1 own + 2 remote peers");
+    }
+    let failures = cross_pings(&pods, LAB, FAR);
+    assert!(failures.is_empty(), "{failures:?}");
+    let reachable_in = start.elapsed();
+    eprintln!(
+        "linked in {linked_in:?}; every cross-cluster pod pair answered after {reachable_in:?}"
+    );
+    let (table, _) = kubectl_trellis(&lab, &["status", "--context", LAB]).unwrap();
+    eprintln!("{table}");
+    for node in nodes_of(&lab, FAR) {
+        let rows: Vec<&str> = table
+            .lines()
+            .filter(|l| l.contains(&format!("{FAR}:{node}")))
+            .collect();
+        assert_eq!(rows.len(), 2, "both nodes of {LAB} have {node}: {table}");
+        assert!(rows.iter().all(|r| r.contains("direct")), "{table}");
+    }
+    assert!(
+        table
+            .lines()
+            .filter(|l| l.contains(&format!(" {FAR} ")) && l.contains("linked"))
+            .count()
+            == 2,
+        "{table}"
+    );
+
+    // An overlapping cluster: the plugin refuses and creates nothing.
+    let err = kubectl_trellis(&lab, &["cluster", "link", "--from", LAB, "--to", CLASH])
+        .expect_err("overlapping clusters are refused");
+    assert!(
+        err.contains("overlaps") && err.contains("Nothing was created"),
+        "{err}"
+    );
+    let lab_client = lab.client(LAB).await.unwrap();
+    let secrets: Api<Secret> = Api::namespaced(lab_client.clone(), LINKS_NS);
+    assert!(secrets
+        .get_opt("trellis-remote-clash")
+        .await
+        .unwrap()
+        .is_none());
+    // Linked by hand anyway: every agent refuses it whole and says so.
+    let (exported, _) = kubectl_trellis(
+        &lab,
+        &["cluster", "export", "--context", CLASH, "--for", LAB],
+    )
+    .expect("cluster export");
+    lab.kubectl_apply(LAB, &exported, false)
+        .expect("apply the link Secret");
+    wait_until(
+        "both nodes report the clash refused",
+        Duration::from_secs(30),
+        || {
+            let (t, _) = kubectl_trellis(&lab, &["status", "--context", LAB]).unwrap();
+            t.lines()
+                .filter(|l| l.contains(&format!(" {CLASH} ")) && l.contains("refused"))
+                .count()
+                == 2
+        },
+    );
+    let events: Api<Event> = Api::namespaced(lab_client.clone(), LINKS_NS);
+    let refused = events.list(&Default::default()).await.unwrap().items;
+    let event = refused
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("LinkedClusterRefused"))
+        .expect("an Event on the link Secret");
+    assert_eq!(
+        event.regarding.as_ref().and_then(|r| r.name.as_deref()),
+        Some("trellis-remote-clash")
+    );
+    assert!(
+        event.note.as_deref().unwrap().contains("overlaps"),
+        "{event:?}"
+    );
+    for node in nodes_of(&lab, LAB) {
+        assert_eq!(peer_count(&lab, &node), 3, "{node}: nothing of clash taken");
+    }
+    let failures = cross_pings(&pods, LAB, FAR);
+    assert!(failures.is_empty(), "still linked to far: {failures:?}");
+    secrets
+        .delete("trellis-remote-clash", &Default::default())
+        .await
+        .unwrap();
+
+    // A machine added in one cluster reaches pods of both.
+    let machine = lab.add_machine("laptop").expect("machine");
+    let (config, _) = kubectl_trellis(
+        &lab,
+        &[
+            "peer",
+            "add",
+            "laptop",
+            "--context",
+            LAB,
+            "--allowed-ips",
+            "10.99.0.2/32,fd99::2/128",
+            "--generate",
+            "--wait",
+        ],
+    )
+    .expect("peer add");
+    assert_eq!(config.matches("[Peer]").count(), 4, "{config}");
+    assert_eq!(config.matches(&format!("# {FAR}:")).count(), 2, "{config}");
+    for node in nodes_of(&lab, FAR) {
+        wait_until(
+            "far's nodes configure laptop",
+            Duration::from_secs(30),
+            || peer_count(&lab, &node) == 4,
+        );
+    }
+    lab.machine_wg_quick_up("laptop", &config)
+        .expect("wg-quick up");
+    let mut failures = Vec::new();
+    for pod in pods.iter().filter(|p| p.cluster != CLASH) {
+        for target in [&pod.v4, &pod.v6] {
+            if ping_from(&machine.netns, target).is_err() {
+                failures.push(format!("laptop -> {} ({target})", pod.node));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+
+    // Unlink: the remote peers go on both sides, and so does the link.
+    let start = Instant::now();
+    kubectl_trellis(&lab, &["cluster", "unlink", "--from", LAB, "--to", FAR]).expect("unlink");
+    for node in nodes_of(&lab, LAB) {
+        wait_until("far's nodes leave", Duration::from_secs(30), || {
+            peer_count(&lab, &node) == 2
+        });
+    }
+    for node in nodes_of(&lab, FAR) {
+        wait_until(
+            "the first cluster's nodes and laptop leave",
+            Duration::from_secs(30),
+            || peer_count(&lab, &node) == 1,
+        );
+    }
+    eprintln!("unlinked everywhere in {:?}", start.elapsed());
+    let far_pod = pods.iter().find(|p| p.cluster == FAR).unwrap();
+    assert!(
+        ping_from(&pods[0].netns, &far_pod.v4).is_err(),
+        "a pod still reaches the unlinked cluster"
+    );
+    let far_client = lab.client(FAR).await.unwrap();
+    for (client, other) in [(&lab_client, FAR), (&far_client, LAB)] {
+        let s: Api<Secret> = Api::namespaced(client.clone(), LINKS_NS);
+        let left: Vec<String> = s
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|x| x.metadata.name)
+            .filter(|n| n.contains(other))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+    kubectl_trellis(&lab, &["cluster", "unlink", "--from", LAB, "--to", FAR])
+        .expect("unlinking twice is fine");
+    trellis_e2e::down(LAB);
+}
