@@ -23,6 +23,7 @@ pub mod netns;
 pub mod node;
 pub mod pki;
 pub mod plan;
+pub mod plugin;
 pub mod pod;
 pub mod state;
 pub mod teardown;

@@ -8,14 +8,13 @@
 //! reaches pods of both clusters; unlinking removes the remote peers and
 //! everything the link created. Root only.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::Api;
-use trellis_e2e::mesh::{workspace_binary, Device};
+use trellis_e2e::mesh::Device;
+use trellis_e2e::plugin::{self, wait_until};
 use trellis_e2e::pod::{ping_from, result_address};
 use trellis_e2e::{Lab, LabOptions};
 
@@ -25,38 +24,15 @@ const CLASH: &str = "clash";
 const LINKS_NS: &str = "trellis-links";
 
 /// `kubectl trellis ARGS` with every lab cluster's kubeconfig merged
-/// (contexts named after the clusters): stdout and stderr, or stderr.
+/// (contexts named after the clusters).
 fn kubectl_trellis(lab: &Lab, args: &[&str]) -> Result<(String, String), String> {
-    let plugin_dir: PathBuf = workspace_binary("kubectl-trellis")
-        .expect("kubectl-trellis is built")
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let path = format!(
-        "{}:{}",
-        plugin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
     let kubeconfigs: Vec<String> = lab
         .state
         .clusters
         .iter()
         .map(|c| c.admin_kubeconfig.display().to_string())
         .collect();
-    let out = Command::new("kubectl")
-        .arg("trellis")
-        .args(args)
-        .env("PATH", path)
-        .env("KUBECONFIG", kubeconfigs.join(":"))
-        .output()
-        .expect("kubectl runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    if out.status.success() {
-        Ok((stdout, stderr))
-    } else {
-        Err(stderr)
-    }
+    plugin::kubectl_trellis(&kubeconfigs.join(":"), args)
 }
 
 struct Pod {
@@ -65,15 +41,6 @@ struct Pod {
     netns: String,
     v4: String,
     v6: String,
-}
-
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    start.elapsed()
 }
 
 fn nodes_of(lab: &Lab, cluster: &str) -> Vec<String> {

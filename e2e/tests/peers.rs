@@ -6,46 +6,22 @@
 //! kubectl directly is refused by every node with a condition saying why
 //! while the rest keeps working; `peer rm` removes it everywhere. Root only.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kube::api::Api;
 use trellis_api::Peer;
-use trellis_e2e::mesh::{workspace_binary, Device};
+use trellis_e2e::mesh::Device;
+use trellis_e2e::plugin::{self, wait_until};
 use trellis_e2e::pod::{ping_from, result_address};
 use trellis_e2e::{Lab, LabOptions};
 
 const LAB: &str = "peers";
 
-/// `kubectl trellis ARGS` against the lab's first cluster: (stdout, stderr)
-/// when it succeeds, stderr when it fails.
+/// `kubectl trellis ARGS` against the lab's first cluster.
 fn kubectl_trellis(lab: &Lab, args: &[&str]) -> Result<(String, String), String> {
-    let plugin_dir: PathBuf = workspace_binary("kubectl-trellis")
-        .expect("kubectl-trellis is built")
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let path = format!(
-        "{}:{}",
-        plugin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
     let cluster = lab.state.clusters[0].name.clone();
-    let out = Command::new("kubectl")
-        .arg("trellis")
-        .args(args)
-        .env("PATH", path)
-        .env("KUBECONFIG", lab.kubeconfig(&cluster).unwrap())
-        .output()
-        .expect("kubectl runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    if out.status.success() {
-        Ok((stdout, stderr))
-    } else {
-        Err(stderr)
-    }
+    let kubeconfig = lab.kubeconfig(&cluster).unwrap();
+    plugin::kubectl_trellis(&kubeconfig.display().to_string(), args)
 }
 
 struct Pod {
@@ -69,15 +45,6 @@ fn one_pod_per_node(lab: &mut Lab) -> Vec<Pod> {
             }
         })
         .collect()
-}
-
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    start.elapsed()
 }
 
 fn peer_keys_on(lab: &Lab, node: &str) -> Vec<String> {

@@ -373,6 +373,20 @@ pub(crate) fn add_nodes(
     }
 }
 
+/// Why `key` cannot be a new peer's: it is this node's own or an accepted
+/// peer's (nodes and Peers alike).
+pub(crate) fn key_taken(d: &Desired, local: &LocalNode, key: &PublicKey) -> Option<String> {
+    if *key == local.public_key {
+        return Some(format!("public key {key} is node {}'s own", local.name));
+    }
+    d.peers.get(key).map(|holder| {
+        format!(
+            "public key {key} is already used by {}",
+            holder.name.describe()
+        )
+    })
+}
+
 /// `node` as a peer, `None` when it is not ready yet (no key or pod CIDR),
 /// or why it is left out.
 fn validate_node(
@@ -392,20 +406,8 @@ fn validate_node(
     if node.pod_cidrs.is_empty() {
         return Ok(None);
     }
-    if key == local.public_key {
-        return Err((
-            DuplicatePublicKey,
-            format!("public key {key} is this node's own"),
-        ));
-    }
-    if let Some(holder) = d.peers.get(&key) {
-        return Err((
-            DuplicatePublicKey,
-            format!(
-                "public key {key} is already used by {}",
-                holder.name.describe()
-            ),
-        ));
+    if let Some(why) = key_taken(d, local, &key) {
+        return Err((DuplicatePublicKey, why));
     }
     let cidrs = parse_cidrs(&node.pod_cidrs).map_err(|e| (InvalidPodCidr, e))?;
     if let Some((c, o)) = cidrs

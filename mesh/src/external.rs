@@ -11,7 +11,7 @@ use ipnet::IpNet;
 
 use crate::annotations::{parse_endpoint, Endpoint};
 use crate::desired::{
-    overlaps, Desired, DesiredPeer, LocalNode, PeerName, RejectReason, Rejection, Taken,
+    key_taken, overlaps, Desired, DesiredPeer, LocalNode, PeerName, RejectReason, Rejection, Taken,
 };
 use crate::key::{PresharedKey, PublicKey};
 
@@ -53,20 +53,8 @@ fn validate(
         .public_key
         .parse()
         .map_err(|e: crate::key::KeyError| (InvalidPeerSpec, format!("spec.publicKey: {e}")))?;
-    if key == local.public_key {
-        return Err((
-            DuplicatePublicKey,
-            format!("public key {key} is node {}'s own", local.name),
-        ));
-    }
-    if let Some(holder) = d.peers.get(&key) {
-        return Err((
-            DuplicatePublicKey,
-            format!(
-                "public key {key} is already used by {}",
-                holder.name.describe()
-            ),
-        ));
+    if let Some(why) = key_taken(d, local, &key) {
+        return Err((DuplicatePublicKey, why));
     }
     if peer.allowed_ips.is_empty() {
         return Err((

@@ -1,0 +1,46 @@
+//! `kubectl trellis` as a user runs it in the end-to-end tests: the real
+//! kubectl finding the workspace's `kubectl-trellis` on PATH, against the
+//! kubeconfig(s) given; and polling until a condition holds.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::mesh::workspace_binary;
+
+/// `kubectl trellis ARGS` with `KUBECONFIG=kubeconfig` (one path, or
+/// several joined by ':'): (stdout, stderr) when it succeeds, stderr when
+/// it fails.
+pub fn kubectl_trellis(kubeconfig: &str, args: &[&str]) -> Result<(String, String), String> {
+    let plugin = workspace_binary("kubectl-trellis").map_err(|e| e.to_string())?;
+    let plugin_dir = plugin.parent().expect("a binary has a directory");
+    let path = format!(
+        "{}:{}",
+        plugin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("kubectl")
+        .arg("trellis")
+        .args(args)
+        .env("PATH", path)
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .map_err(|e| format!("running kubectl: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if out.status.success() {
+        Ok((stdout, stderr))
+    } else {
+        Err(stderr)
+    }
+}
+
+/// Polls `done` every 200 ms; panics naming `what` after `limit`. Returns
+/// how long it took.
+pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    start.elapsed()
+}
