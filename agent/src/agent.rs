@@ -36,6 +36,8 @@ const WIREGUARD_OVERHEAD: u32 = 80;
 const DEFAULT_MTU: u32 = 1420;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const PEERS_WAIT: Duration = Duration::from_secs(20);
+/// How often probed pairs' paths are checked (relay fallback and return).
+const PATH_CHECK: Duration = Duration::from_secs(2);
 
 fn choose_device(config: &Config) -> anyhow::Result<(Box<dyn WireGuard>, bool)> {
     let uapi = Uapi::new(&config.uapi_socket(), &config.interface);
@@ -172,6 +174,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut pending_dataplane = Some(dataplane);
     let mut events: Option<EventSink> = None;
     let mut backoff = Duration::from_secs(1);
+    let mut discovered = std::collections::BTreeMap::new();
+    let mut watch_paths = false;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let snapshot: Vec<Arc<Node>> = node_store.state();
@@ -185,8 +189,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let own_ips = kube_io::internal_ips(&own);
             let endpoint_ip: Option<IpAddr> = config.endpoint_address.or_else(|| own_ips.iter().find(|a| a.is_ipv4()).or(own_ips.first()).copied());
             let endpoint = endpoint_ip.map(|ip| SocketAddr::new(ip, config.listen_port));
-            if kube_io::publish_annotations(&nodes, &own, &own_annotations(&public_key, endpoint)).await? {
-                tracing::info!(?endpoint, "published this node's public key and endpoint");
+            if kube_io::publish_annotations(&nodes, &own, &own_annotations(&public_key, endpoint, &discovered)).await? {
+                tracing::info!(?endpoint, discovered = discovered.len(), "published this node's key, endpoint and discovered endpoints");
             }
             if events.is_none() {
                 events = Some(EventSink::new(client.clone(), &own));
@@ -214,6 +218,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let linked = remotes.remote_clusters();
             let inputs = MeshInputs { nodes: &infos, external: &external, remotes: &linked };
             let outcome = reconciler.reconcile_mesh(&inputs, &resolve).await?;
+            watch_paths = outcome.watches_paths();
+            if outcome.discovered != discovered {
+                discovered = outcome.discovered.clone();
+                changed.notify_one();
+            }
             for r in &outcome.new_rejections {
                 tracing::warn!(peer = %r.object, reason = r.reason.as_str(), message = %r.message, "left out of the mesh");
                 if let Some(sink) = &events {
@@ -243,7 +252,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Ok(()) => {
                 readiness.set_ready();
                 backoff = Duration::from_secs(1);
-                config.resync()
+                if watch_paths {
+                    config.resync().min(PATH_CHECK)
+                } else {
+                    config.resync()
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "reconcile failed; the dataplane keeps its last state");

@@ -35,6 +35,7 @@ pub struct PeerLabel {
 #[derive(Clone, Debug)]
 pub struct Metrics {
     pub peers: Gauge,
+    pub relayed: Gauge,
     pub rejected: Family<ReasonLabel, Gauge>,
     pub handshake_age: Family<PeerLabel, Gauge<f64, AtomicU64>>,
     pub rx_bytes: Family<PeerLabel, Gauge>,
@@ -48,6 +49,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             peers: Gauge::default(),
+            relayed: Gauge::default(),
             rejected: Family::default(),
             handshake_age: Family::default(),
             rx_bytes: Family::default(),
@@ -66,6 +68,11 @@ impl Metrics {
             "peers",
             "WireGuard peers configured from the mesh",
             self.peers.clone(),
+        );
+        r.register(
+            "relayed_peers",
+            "Node peers reached through a relay because no direct handshake completes",
+            self.relayed.clone(),
         );
         r.register(
             "rejected_peers",
@@ -108,6 +115,7 @@ impl Metrics {
     /// Records the state after a reconcile.
     pub fn record_state(&self, desired: &Desired, device: &DeviceState) {
         self.peers.set(desired.peers.len() as i64);
+        self.relayed.set(desired.relayed.len() as i64);
         self.rejected.clear();
         for r in &desired.rejected {
             self.rejected

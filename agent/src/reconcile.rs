@@ -2,16 +2,18 @@
 //! dataplane, the plan between them, applied and logged. The loop that
 //! calls it (watch, resync, backoff) lives in [`crate::agent`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use trellis_mesh::desired::LocalError;
+use trellis_mesh::nat::{discovered_endpoints, Session};
 use trellis_mesh::nft::masquerade_ruleset;
+use trellis_mesh::relay::{PathChange, PathTracker};
 use trellis_mesh::roaming::AppliedEndpoints;
 use trellis_mesh::{
     desired_mesh, ClusterRejection, Desired, ExternalPeerInfo, LocalNode, MeshInputs, NodeInfo,
-    Plan, Rejection,
+    Plan, PublicKey, Rejection,
 };
 
 use crate::dataplane::{Dataplane, DataplaneError, Observation};
@@ -35,6 +37,19 @@ pub struct Outcome {
     pub new_rejections: Vec<Rejection>,
     /// Linked clusters refused, not reported before.
     pub new_cluster_rejections: Vec<ClusterRejection>,
+    /// Where this node sees its peers, to publish on its Node.
+    pub discovered: BTreeMap<PublicKey, SocketAddr>,
+}
+
+impl Outcome {
+    /// Whether a pair is probed (kept alive; possibly relayed): its path
+    /// is checked every couple of seconds, not only at resync.
+    pub fn watches_paths(&self) -> bool {
+        self.desired
+            .peers
+            .values()
+            .any(|p| p.name.is_node() && p.persistent_keepalive.is_some())
+    }
 }
 
 #[derive(Debug)]
@@ -45,6 +60,7 @@ pub struct Reconciler<D> {
     pub metrics: Metrics,
     reported: BTreeSet<(String, String)>,
     applied_endpoints: AppliedEndpoints,
+    paths: PathTracker,
 }
 
 impl<D: Dataplane> Reconciler<D> {
@@ -56,6 +72,7 @@ impl<D: Dataplane> Reconciler<D> {
             metrics,
             reported: BTreeSet::new(),
             applied_endpoints: AppliedEndpoints::default(),
+            paths: PathTracker::default(),
         }
     }
 
@@ -97,20 +114,37 @@ impl<D: Dataplane> Reconciler<D> {
         inputs: &MeshInputs<'_>,
         resolve: &dyn Fn(&str, u16) -> Option<SocketAddr>,
     ) -> Result<Outcome, ReconcileError> {
-        let desired = desired_mesh(&self.local, inputs, resolve)?;
+        let mut desired = desired_mesh(&self.local, inputs, resolve)?;
         let ruleset = masquerade_ruleset(&desired, &self.nft_table);
         let observation = self.dataplane.observe().await?;
+        let now = SystemTime::now();
         let handshakes = observation
             .device
             .peers
             .iter()
             .filter_map(|(key, peer)| Some((*key, peer.last_handshake?)))
             .collect();
+        for change in
+            self.paths
+                .route_via_relays(&mut desired, &self.local.public_key, &handshakes, now)
+        {
+            match change {
+                PathChange::Relayed { peer, via } => {
+                    tracing::warn!(%peer, %via, "no direct handshake completes: relaying")
+                }
+                PathChange::Direct { peer } => {
+                    tracing::info!(%peer, "direct handshake completed: leaving the relay")
+                }
+                PathChange::RelayLost { peer } => {
+                    tracing::warn!(%peer, "no node reaches both ends any more: trying direct only")
+                }
+            }
+        }
         let observed = self.applied_endpoints.keep_roamed(
             &desired,
             observation.observed.clone(),
             &handshakes,
-            std::time::SystemTime::now(),
+            now,
         );
         let plan = trellis_mesh::plan(&desired, &ruleset, &observed);
         if !plan.is_empty() {
@@ -166,7 +200,21 @@ impl<D: Dataplane> Reconciler<D> {
             .cloned()
             .collect();
         self.reported = current;
+        let sessions = observation
+            .device
+            .peers
+            .iter()
+            .map(|(key, p)| {
+                let session = Session {
+                    endpoint: p.endpoint,
+                    last_handshake: p.last_handshake,
+                };
+                (*key, session)
+            })
+            .collect();
+        let discovered = discovered_endpoints(&desired, &sessions, now);
         Ok(Outcome {
+            discovered,
             desired,
             plan,
             observation,

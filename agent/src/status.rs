@@ -34,6 +34,8 @@ pub fn node_report(
             let last_handshake = seen.and_then(|s| s.last_handshake).map(epoch_seconds);
             let tx_bytes = seen.map(|s| s.tx_bytes).unwrap_or(0);
             let current = seen.and_then(|s| s.endpoint);
+            let relayed = desired.relayed.get(key);
+            let allowed_ips = relayed.map_or(&want.allowed_ips, |r| &r.allowed_ips);
             PeerReport {
                 name: want.name.to_string(),
                 public_key: key.to_string(),
@@ -41,11 +43,15 @@ pub fn node_report(
                 discovered_endpoint: current
                     .filter(|c| Some(*c) != want.endpoint)
                     .map(|c| c.to_string()),
-                allowed_ips: want.allowed_ips.iter().map(ToString::to_string).collect(),
+                allowed_ips: allowed_ips.iter().map(ToString::to_string).collect(),
                 last_handshake,
                 rx_bytes: seen.map(|s| s.rx_bytes).unwrap_or(0),
                 tx_bytes,
-                path: PathState::of(last_handshake, tx_bytes, now_s),
+                path: match relayed {
+                    Some(_) => PathState::Relayed,
+                    None => PathState::of(last_handshake, tx_bytes, now_s),
+                },
+                relay: relayed.map(|r| r.via_name.to_string()),
             }
         })
         .collect();
@@ -71,6 +77,8 @@ pub fn node_report(
             }))
             .collect(),
         linked_clusters: Vec::new(),
+        behind_nat: desired.behind_nat,
+        public_endpoint: desired.public_endpoint.map(|e| e.to_string()),
     }
 }
 
@@ -174,6 +182,18 @@ mod tests {
                 ..Default::default()
             },
         );
+        // n2 goes through n1: its AllowedIPs sit on n1's peer.
+        let n2_ips = std::mem::take(&mut d.peers.get_mut(&PublicKey([2; 32])).unwrap().allowed_ips);
+        d.relayed.insert(
+            PublicKey([2; 32]),
+            trellis_mesh::relay::Relayed {
+                via: PublicKey([1; 32]),
+                via_name: PeerName::Node("n1".into()),
+                allowed_ips: n2_ips,
+            },
+        );
+        d.behind_nat = true;
+        d.public_endpoint = Some("198.51.100.7:51820".parse().unwrap());
         d.rejected.push(Rejection {
             object: PeerName::External("bad".into()),
             reason: RejectReason::InvalidPeerSpec,
@@ -188,7 +208,15 @@ mod tests {
             Some("203.0.113.9:40000")
         );
         assert_eq!(by("n1").last_handshake, Some(9_995));
-        assert_eq!(by("n2").path, PathState::Down);
+        assert_eq!(by("n2").path, PathState::Relayed);
+        assert_eq!(by("n2").relay.as_deref(), Some("n1"));
+        assert_eq!(
+            by("n2").allowed_ips,
+            vec!["10.244.2.0/24"],
+            "its own, not the relay's"
+        );
+        assert!(r.behind_nat);
+        assert_eq!(r.public_endpoint.as_deref(), Some("198.51.100.7:51820"));
         assert_eq!(
             by("n2").discovered_endpoint,
             None,

@@ -21,6 +21,13 @@ pub struct NodeReport {
     pub left_out: Vec<LeftOut>,
     #[serde(default)]
     pub linked_clusters: Vec<LinkedClusterReport>,
+    /// Whether the node is, or may be, behind a NAT (its peers keep the
+    /// pairs alive).
+    #[serde(default)]
+    pub behind_nat: bool,
+    /// Where the other nodes see this one, when not at its own endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_endpoint: Option<String>,
 }
 
 /// How a linked cluster stands on this node.
@@ -74,6 +81,8 @@ pub enum PathState {
     Idle,
     /// Traffic was sent but no session is up.
     Down,
+    /// No direct handshake completes: traffic goes through a relay node.
+    Relayed,
 }
 
 impl PathState {
@@ -90,6 +99,7 @@ impl PathState {
             PathState::Direct => "direct",
             PathState::Idle => "idle",
             PathState::Down => "down",
+            PathState::Relayed => "relayed",
         }
     }
 }
@@ -113,6 +123,9 @@ pub struct PeerReport {
     pub rx_bytes: u64,
     pub tx_bytes: u64,
     pub path: PathState,
+    /// The node traffic goes through when `path` is relayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]

@@ -21,7 +21,8 @@ pub struct Mesh {
 
 fn rank(p: PathState) -> u8 {
     match p {
-        PathState::Direct => 2,
+        PathState::Direct => 3,
+        PathState::Relayed => 2,
         PathState::Down => 1,
         PathState::Idle => 0,
     }
@@ -59,6 +60,7 @@ fn style(p: PathState) -> (&'static str, &'static str) {
         PathState::Direct => ("solid", "#2e7d32"),
         PathState::Idle => ("dashed", "#9e9e9e"),
         PathState::Down => ("dotted", "#c62828"),
+        PathState::Relayed => ("dashed", "#ef6c00"),
     }
 }
 
@@ -160,7 +162,12 @@ pub fn svg(m: &Mesh) -> String {
         );
     }
     let mut lx = 20.0;
-    for p in [PathState::Direct, PathState::Idle, PathState::Down] {
+    for p in [
+        PathState::Direct,
+        PathState::Relayed,
+        PathState::Idle,
+        PathState::Down,
+    ] {
         let (line, color) = style(p);
         let dash = match line {
             "dashed" => " stroke-dasharray=\"8 5\"",
@@ -204,7 +211,10 @@ mod tests {
                 "n2".into(),
                 Ok(report(
                     "n2",
-                    &[("n1", PathState::Idle, None), ("n3", PathState::Down, None)],
+                    &[
+                        ("n1", PathState::Idle, None),
+                        ("n3", PathState::Relayed, None),
+                    ],
                 )),
             ),
             ("n3".into(), Err("timeout".into())),
@@ -218,7 +228,8 @@ mod tests {
         assert!(!m.vertices["peer/l<a>"], "a Peer is not a node");
         assert_eq!(m.edges[&("n1".into(), "n2".into())], PathState::Direct);
         assert_eq!(m.edges[&("n1".into(), "n3".into())], PathState::Idle);
-        assert_eq!(m.edges[&("n2".into(), "n3".into())], PathState::Down);
+        assert_eq!(m.edges[&("n2".into(), "n3".into())], PathState::Relayed);
+        assert_eq!(m.edges[&("n1".into(), "peer/l<a>".into())], PathState::Down);
         assert!(m.unreachable.contains("n3"));
     }
 
@@ -231,7 +242,11 @@ mod tests {
             "{d}"
         );
         assert!(d.contains("\"n1\" -- \"n2\" [style=solid"), "{d}");
-        assert!(d.contains("\"n2\" -- \"n3\" [style=dotted"), "{d}");
+        assert!(
+            d.contains("\"n2\" -- \"n3\" [style=dashed, color=\"#ef6c00\""),
+            "{d}"
+        );
+        assert!(d.contains("\"n1\" -- \"peer/l<a>\" [style=dotted"), "{d}");
         assert!(d.contains("\"n3\" [shape=box, style=dashed"), "{d}");
         assert!(d.contains("\"peer/l<a>\" [shape=ellipse]"), "{d}");
         let s = svg(&m);
@@ -242,6 +257,7 @@ mod tests {
         assert_eq!(s.matches("<line class=\"edge").count(), m.edges.len());
         assert_eq!(s.matches("<g class=\"vertex\">").count(), 4);
         assert_eq!(s.matches("class=\"edge direct\"").count(), 1);
+        assert_eq!(s.matches("class=\"edge relayed\"").count(), 1);
         assert!(
             s.contains("peer/l&lt;a&gt;") && !s.contains("l<a>"),
             "names are escaped"

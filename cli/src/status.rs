@@ -108,13 +108,31 @@ pub fn table(fetched: &[Fetched], now: i64) -> String {
                 continue;
             }
         };
+        if report.behind_nat {
+            rows.push([
+                node.clone(),
+                "(this node)".into(),
+                dash(),
+                report.public_endpoint.clone().unwrap_or_else(dash),
+                dash(),
+                dash(),
+                dash(),
+                "behind NAT".into(),
+                "its pairs are kept alive; where the others see it is DISCOVERED".into(),
+            ]);
+        }
         for p in &report.peers {
             let problem = match p.path {
                 PathState::Down => match p.last_handshake {
                     Some(t) => format!("no session: last handshake {}", ago(now - t)),
                     None => "no handshake yet: is the peer reachable?".into(),
                 },
+                PathState::Relayed => "no direct handshake completes (NAT?)".into(),
                 _ => String::new(),
+            };
+            let path = match &p.relay {
+                Some(via) => format!("{} via {via}", p.path.as_str()),
+                None => p.path.as_str().into(),
             };
             rows.push([
                 node.clone(),
@@ -126,7 +144,7 @@ pub fn table(fetched: &[Fetched], now: i64) -> String {
                     .unwrap_or_else(|| "never".into()),
                 bytes(p.rx_bytes),
                 bytes(p.tx_bytes),
-                p.path.as_str().into(),
+                path,
                 problem,
             ]);
         }

@@ -257,6 +257,15 @@ pub fn external_config_for(
         .filter_map(|a| a.parse().ok())
         .collect();
     let _ = writeln!(out, "Address = {}", join(&machine_addresses(&own)));
+    // Nodes dial the machine at its endpoint: it listens on that port.
+    if let Some(port) = peer
+        .endpoint
+        .as_deref()
+        .and_then(|e| e.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+    {
+        let _ = writeln!(out, "ListenPort = {port}");
+    }
     let keepalive = (keepalive > 0).then_some(keepalive);
     for p in sorted_peers(&d) {
         peer_section(&mut out, p, None, keepalive);

@@ -7,6 +7,12 @@
 //! - symmetric: every new flow gets a random public port (`masquerade
 //!   random`), so an endpoint learned from one peer is useless to another
 //!   (hole punching fails; a relay is needed).
+//!
+//! Either way the router drops unsolicited packets from the underlay, as
+//! home and cloud NAT gateways do: only replies to the node's own flows get
+//! in. (Dropping them also keeps the router from recording the stray flow,
+//! which would make it pick another public port for the node's own flow to
+//! the same peer — and break hole punching for a reason no real router has.)
 
 use std::net::Ipv4Addr;
 
@@ -41,6 +47,10 @@ pub fn nft_ruleset(mode: NatMode) -> String {
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
          \t\toifname \"{ROUTER_WAN}\" {masquerade}\n\
+         \t}}\n\
+         \tchain input {{\n\
+         \t\ttype filter hook input priority filter; policy accept;\n\
+         \t\tiifname \"{ROUTER_WAN}\" ct state new drop\n\
          \t}}\n\
          }}\n"
     )
@@ -88,6 +98,7 @@ mod tests {
         assert!(rules.contains("delete table ip trellis-lab-nat"));
         assert!(!rules.contains("flush ruleset"));
         assert!(rules.contains(&format!("oifname \"{ROUTER_WAN}\"")));
+        assert!(rules.contains(&format!("iifname \"{ROUTER_WAN}\" ct state new drop")));
     }
 
     #[test]

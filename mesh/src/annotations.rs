@@ -160,16 +160,27 @@ impl NodeAnnotations {
     }
 }
 
-/// The annotations an agent publishes on its own Node.
+/// The annotations an agent publishes on its own Node: its key, its
+/// endpoint and where it sees its peers (`discovered`, always written so
+/// that a peer no longer seen disappears from it).
 pub fn own_annotations(
     public_key: &PublicKey,
     endpoint: Option<SocketAddr>,
+    discovered: &BTreeMap<PublicKey, SocketAddr>,
 ) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     out.insert(ANNOTATION_PUBLIC_KEY.to_string(), public_key.to_base64());
     if let Some(e) = endpoint {
         out.insert(ANNOTATION_ENDPOINT.to_string(), e.to_string());
     }
+    let seen: BTreeMap<String, String> = discovered
+        .iter()
+        .map(|(k, a)| (k.to_base64(), a.to_string()))
+        .collect();
+    out.insert(
+        ANNOTATION_DISCOVERED_ENDPOINTS.to_string(),
+        serde_json::to_string(&seen).expect("a map of strings serializes"),
+    );
     out
 }
 
@@ -272,9 +283,14 @@ mod tests {
     #[test]
     fn own_annotations_round_trip() {
         let key: PublicKey = KEY.parse().unwrap();
-        let written = own_annotations(&key, Some("192.0.2.3:51820".parse().unwrap()));
+        let seen: BTreeMap<PublicKey, SocketAddr> =
+            BTreeMap::from([(PublicKey([7; 32]), "198.51.100.9:4000".parse().unwrap())]);
+        let written = own_annotations(&key, Some("192.0.2.3:51820".parse().unwrap()), &seen);
         let parsed = NodeAnnotations::parse(&written).unwrap();
         assert_eq!(parsed.public_key, Some(key));
+        assert_eq!(parsed.discovered_endpoints, seen);
+        let none = own_annotations(&key, None, &BTreeMap::new());
+        assert_eq!(none[ANNOTATION_DISCOVERED_ENDPOINTS], "{}");
         assert_eq!(
             parsed.endpoint,
             Some(Endpoint::Addr("192.0.2.3:51820".parse().unwrap()))

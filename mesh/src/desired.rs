@@ -17,7 +17,9 @@ use ipnet::IpNet;
 use crate::annotations::{Endpoint, NodeAnnotations};
 use crate::external::{add_external_peers, ExternalPeerInfo};
 use crate::key::{PresharedKey, PublicKey};
+use crate::nat::{Sightings, NAT_KEEPALIVE};
 use crate::plan::Route;
+use crate::relay::Relayed;
 use crate::remote::{add_remote_clusters, ClusterRejection, RemoteCluster};
 
 /// What the agent knows of one Node object.
@@ -190,6 +192,20 @@ pub struct Desired {
     /// Nodes not ready to be peers yet (no public key or pod CIDR): not an
     /// error, no Event.
     pub pending: Vec<String>,
+    /// Where every node (of every cluster) sees its peers.
+    pub sightings: Sightings,
+    /// Whether this node is, or may be, behind a NAT.
+    pub behind_nat: bool,
+    /// Where the other nodes see this one, when not at its own endpoint.
+    pub public_endpoint: Option<SocketAddr>,
+    /// Persistent keepalive this node keeps towards every node (its own
+    /// annotation, or [`NAT_KEEPALIVE`] behind a NAT).
+    pub keepalive: Option<u16>,
+    /// Nodes marked `trellis.dev/relay=true`: preferred relays.
+    pub relays: BTreeSet<PublicKey>,
+    /// Peers reached through a relay for now (their AllowedIPs are on the
+    /// relay's peer); filled by [`crate::relay::PathTracker`].
+    pub relayed: BTreeMap<PublicKey, Relayed>,
 }
 
 impl Desired {
@@ -315,6 +331,21 @@ pub fn desired_mesh(
         mesh_cidrs: own,
         ..Default::default()
     };
+    d.sightings = Sightings::from_nodes(
+        nodes
+            .iter()
+            .chain(inputs.remotes.iter().flat_map(|r| &r.nodes)),
+    );
+    let mine = NodeAnnotations::parse(&me.annotations).unwrap_or_default();
+    let published = match mine.endpoint {
+        Some(Endpoint::Addr(a)) => Some(a),
+        _ => None,
+    };
+    d.public_endpoint = d.sightings.translated(&local.public_key, published);
+    d.behind_nat = d.sightings.behind_nat(&local.public_key, published);
+    d.keepalive = mine
+        .persistent_keepalive
+        .or(d.behind_nat.then_some(NAT_KEEPALIVE));
     let others: Vec<&NodeInfo> = nodes.iter().filter(|n| n.name != local.name).collect();
     let mut taken = Taken {
         owners: Vec::new(),
@@ -352,7 +383,10 @@ pub(crate) fn add_nodes(
     for node in sorted {
         let name = PeerName::node(cluster, &node.name);
         match validate_node(d, local, node, &name, taken, resolve) {
-            Ok(Some(peer)) => {
+            Ok(Some((peer, relay))) => {
+                if relay {
+                    d.relays.insert(peer.public_key);
+                }
                 if let Some(a) = peer.endpoint {
                     taken.underlay.push(a.ip());
                 }
@@ -387,8 +421,8 @@ pub(crate) fn key_taken(d: &Desired, local: &LocalNode, key: &PublicKey) -> Opti
     })
 }
 
-/// `node` as a peer, `None` when it is not ready yet (no key or pod CIDR),
-/// or why it is left out.
+/// `node` as a peer (and whether it offers to relay), `None` when it is not
+/// ready yet (no key or pod CIDR), or why it is left out.
 fn validate_node(
     d: &Desired,
     local: &LocalNode,
@@ -396,7 +430,7 @@ fn validate_node(
     name: &PeerName,
     taken: &Taken,
     resolve: &dyn Fn(&str, u16) -> Option<SocketAddr>,
-) -> Result<Option<DesiredPeer>, (RejectReason, String)> {
+) -> Result<Option<(DesiredPeer, bool)>, (RejectReason, String)> {
     use RejectReason::*;
     let annotations = NodeAnnotations::parse(&node.annotations)
         .map_err(|e| (InvalidAnnotation, e.to_string()))?;
@@ -430,8 +464,13 @@ fn validate_node(
             format!("pod CIDR {c} overlaps {o} of {}", owner.describe()),
         ));
     }
+    let forced = annotations.force_endpoint.is_some();
+    let own_endpoint = match &annotations.endpoint {
+        Some(Endpoint::Addr(a)) => Some(*a),
+        _ => None,
+    };
     let chosen = annotations.force_endpoint.or(annotations.endpoint);
-    let endpoint = match chosen {
+    let configured = match chosen {
         None => None,
         Some(Endpoint::Addr(a)) => Some(a),
         Some(Endpoint::Host { host, port }) => Some(resolve(&host, port).ok_or_else(|| {
@@ -441,14 +480,29 @@ fn validate_node(
             )
         })?),
     };
-    Ok(Some(DesiredPeer {
-        name: name.clone(),
-        public_key: key,
-        endpoint,
-        allowed_ips: cidrs,
-        persistent_keepalive: annotations.persistent_keepalive,
-        preshared_key: None,
-    }))
+    // Behind a NAT (seen elsewhere than it says), a node is dialled where
+    // the others see it, unless someone forced an endpoint.
+    let published = if forced { own_endpoint } else { configured };
+    let endpoint = match forced {
+        true => configured,
+        false => d.sightings.translated(&key, published).or(configured),
+    };
+    let nat = d.sightings.behind_nat(&key, published);
+    let keepalive = annotations
+        .persistent_keepalive
+        .or(d.keepalive)
+        .or(nat.then_some(NAT_KEEPALIVE));
+    Ok(Some((
+        DesiredPeer {
+            name: name.clone(),
+            public_key: key,
+            endpoint,
+            allowed_ips: cidrs,
+            persistent_keepalive: keepalive,
+            preshared_key: None,
+        },
+        annotations.relay,
+    )))
 }
 
 #[cfg(test)]

@@ -134,6 +134,9 @@ fn validate(
             )
         })?),
     };
+    // Behind a NAT, this node keeps the mapping to a machine it can dial
+    // open: otherwise only the machine could start a session.
+    let persistent_keepalive = persistent_keepalive.or(endpoint.and(d.keepalive));
     let preshared_key = match &peer.preshared_key {
         PresharedKeySource::None => None,
         PresharedKeySource::Key(k) => Some(*k),

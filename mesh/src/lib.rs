@@ -9,8 +9,10 @@ pub mod desired;
 pub mod external;
 pub mod key;
 pub mod names;
+pub mod nat;
 pub mod nft;
 pub mod plan;
+pub mod relay;
 pub mod remote;
 pub mod roaming;
 

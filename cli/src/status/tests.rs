@@ -22,10 +22,12 @@ pub(crate) fn report(node: &str, peers: &[(&str, PathState, Option<i64>)]) -> No
                 rx_bytes: 1536,
                 tx_bytes: 3 * 1024 * 1024,
                 path: *path,
+                relay: (*path == PathState::Relayed).then(|| "n2".into()),
             })
             .collect(),
         left_out: vec![],
         linked_clusters: vec![],
+        ..Default::default()
     }
 }
 
@@ -130,6 +132,33 @@ fn linked_clusters_get_a_table_of_their_own() {
     );
     assert!(
         lines[5].contains("refused") && lines[5].contains("overlaps"),
+        "{t}"
+    );
+}
+
+#[test]
+fn a_node_behind_nat_and_its_relayed_peers_are_shown() {
+    let mut n1 = report(
+        "n1",
+        &[
+            ("n2", PathState::Direct, Some(995)),
+            ("n3", PathState::Relayed, None),
+        ],
+    );
+    n1.behind_nat = true;
+    n1.public_endpoint = Some("198.51.100.7:51820".into());
+    let t = table(&[("n1".to_string(), Ok(n1))], 1000);
+    let lines: Vec<&str> = t.lines().collect();
+    assert!(
+        lines[1].contains("(this node)")
+            && lines[1].contains("198.51.100.7:51820")
+            && lines[1].contains("behind NAT"),
+        "{t}"
+    );
+    assert!(
+        lines[3].contains("n3")
+            && lines[3].contains("relayed via n2")
+            && lines[3].contains("no direct handshake"),
         "{t}"
     );
 }

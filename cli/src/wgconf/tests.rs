@@ -103,6 +103,14 @@ fn the_machine_sees_every_node_as_a_peer() {
     .unwrap();
     assert!(with_key.contains("PrivateKey = PRIVATE\n"), "{with_key}");
     assert!(!with_key.contains("PersistentKeepalive"), "{with_key}");
+    assert!(!with_key.contains("ListenPort"), "nodes cannot dial it");
+    let mut dialable = s
+        .peer("laptop")
+        .unwrap()
+        .external_peer_info(Default::default());
+    dialable.endpoint = Some("192.0.2.99:51999".into());
+    let listening = external_config_for(&s, &dialable, None, 25).unwrap();
+    assert!(listening.contains("ListenPort = 51999\n"), "{listening}");
     assert!(matches!(
         external_config(&s, "nobody", None),
         Err(WgConfError::NoSuchPeer(_))

@@ -1,0 +1,153 @@
+//! Relay fallback. A node peer this node probes (its pair has a persistent
+//! keepalive, so handshakes are tried all the time — see [`crate::nat`])
+//! that has no live session after [`DIRECT_DEADLINE`] of trying is reached
+//! through a relay: its AllowedIPs move onto the relay's peer, the relay's
+//! kernel forwards the packets to the peer over its own direct session.
+//! The relay is a node that reports live sessions with both ends (its
+//! `discovered-endpoints`): a node marked `trellis.dev/relay=true` first,
+//! then the lowest public key. Both ends decide from the same published
+//! facts, so they choose the same relay: a packet relayed one way is
+//! accepted by the other end (WireGuard checks the inner source against the
+//! AllowedIPs of the peer it came from). The peer's own WireGuard peer stays
+//! configured with its keepalive; when a handshake completes on it again,
+//! its AllowedIPs move back.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use ipnet::IpNet;
+
+use crate::desired::{Desired, PeerName};
+use crate::key::PublicKey;
+use crate::nat::is_live;
+
+/// How long a probed peer gets to complete a handshake before its traffic
+/// goes through a relay: three of WireGuard's 5 s handshake retries.
+pub const DIRECT_DEADLINE: Duration = Duration::from_secs(15);
+
+/// A peer reached through a relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relayed {
+    pub via: PublicKey,
+    pub via_name: PeerName,
+    /// The peer's own AllowedIPs, now on the relay's peer.
+    pub allowed_ips: Vec<IpNet>,
+}
+
+/// A change of path, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathChange {
+    /// No handshake within the deadline: traffic goes through `via`.
+    Relayed { peer: PeerName, via: PeerName },
+    /// A handshake completed: traffic goes direct again.
+    Direct { peer: PeerName },
+    /// Was relayed, but no node reaches both ends any more.
+    RelayLost { peer: PeerName },
+}
+
+/// The agent's memory of its direct attempts, across reconciles.
+#[derive(Debug, Clone, Default)]
+pub struct PathTracker {
+    /// Per probed peer: the endpoint being tried, and since when.
+    trying: BTreeMap<PublicKey, (Option<SocketAddr>, SystemTime)>,
+    /// Peer → relay, as of the last call.
+    relayed: BTreeMap<PublicKey, PublicKey>,
+}
+
+impl PathTracker {
+    /// Moves the AllowedIPs of each probed node peer without a live session
+    /// (per `handshakes`, read from the device) onto its relay's peer, and
+    /// records them in `desired.relayed`. `local` is this node's key.
+    pub fn route_via_relays(
+        &mut self,
+        desired: &mut Desired,
+        local: &PublicKey,
+        handshakes: &BTreeMap<PublicKey, SystemTime>,
+        now: SystemTime,
+    ) -> Vec<PathChange> {
+        let live = |k: &PublicKey| is_live(handshakes.get(k).copied(), now);
+        self.trying.retain(|k, _| desired.peers.contains_key(k));
+        let mut chosen: BTreeMap<PublicKey, PublicKey> = BTreeMap::new();
+        let mut changes = Vec::new();
+        for (key, peer) in &desired.peers {
+            if !peer.name.is_node() || peer.persistent_keepalive.is_none() {
+                continue;
+            }
+            let was = self.relayed.get(key).copied();
+            let since = match self.trying.get(key) {
+                Some((endpoint, t)) if *endpoint == peer.endpoint => *t,
+                _ => now,
+            };
+            if live(key) {
+                // A peer re-created to leave its relay starts with no
+                // handshake: it gets a new deadline.
+                let since = if was.is_some() { now } else { since };
+                self.trying.insert(*key, (peer.endpoint, since));
+                if was.is_some() {
+                    changes.push(PathChange::Direct {
+                        peer: peer.name.clone(),
+                    });
+                }
+                continue;
+            }
+            self.trying.insert(*key, (peer.endpoint, since));
+            let waited = now.duration_since(since).unwrap_or_default();
+            if was.is_none() && waited < DIRECT_DEADLINE {
+                continue;
+            }
+            let relay = desired
+                .peers
+                .iter()
+                .filter(|(r, rp)| {
+                    *r != key
+                        && rp.name.is_node()
+                        && live(r)
+                        && desired.sightings.sees(r, key)
+                        && desired.sightings.sees(r, local)
+                })
+                .min_by_key(|(r, _)| (!desired.relays.contains(*r), **r))
+                .map(|(r, rp)| (*r, rp.name.clone()));
+            match (relay, was) {
+                (Some((via, via_name)), was) => {
+                    if was != Some(via) {
+                        changes.push(PathChange::Relayed {
+                            peer: peer.name.clone(),
+                            via: via_name,
+                        });
+                    }
+                    chosen.insert(*key, via);
+                }
+                (None, Some(_)) => changes.push(PathChange::RelayLost {
+                    peer: peer.name.clone(),
+                }),
+                (None, None) => {}
+            }
+        }
+        for (key, via) in &chosen {
+            let moved = std::mem::take(
+                &mut desired
+                    .peers
+                    .get_mut(key)
+                    .expect("chosen from the peers")
+                    .allowed_ips,
+            );
+            let relay = desired.peers.get_mut(via).expect("chosen from the peers");
+            relay.allowed_ips.extend(moved.iter().copied());
+            relay.allowed_ips.sort();
+            desired.relayed.insert(
+                *key,
+                Relayed {
+                    via: *via,
+                    via_name: relay.name.clone(),
+                    allowed_ips: moved,
+                },
+            );
+        }
+        self.relayed = chosen;
+        changes
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,203 @@
+//! Table tests of the relay decision: when a peer goes through a relay,
+//! which relay, and when it comes back to the direct path.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use super::*;
+use crate::desired::tests::key;
+use crate::desired::DesiredPeer;
+
+const ME: u8 = 100;
+
+fn cidr(k: u8) -> IpNet {
+    format!("10.244.{k}.0/24").parse().unwrap()
+}
+
+fn node_peer(k: u8, keepalive: Option<u16>) -> DesiredPeer {
+    DesiredPeer {
+        name: PeerName::Node(format!("n{k}")),
+        public_key: key(k),
+        endpoint: Some(format!("198.51.100.{k}:51820").parse().unwrap()),
+        allowed_ips: vec![cidr(k)],
+        persistent_keepalive: keepalive,
+        preshared_key: None,
+    }
+}
+
+/// n1..n4 probed; n1 and n2 both see us and n3; n4 sees nobody.
+fn mesh() -> Desired {
+    let mut d = Desired::default();
+    for k in 1..=4 {
+        d.peers.insert(key(k), node_peer(k, Some(25)));
+    }
+    for reporter in [1, 2] {
+        let seen = [ME, 3]
+            .iter()
+            .map(|k| (key(*k), "198.51.100.200:51820".parse().unwrap()))
+            .collect();
+        d.sightings.record(key(reporter), &seen);
+    }
+    d
+}
+
+fn at(s: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + s)
+}
+
+/// Live sessions with n1 and n2 (handshakes at `t`).
+fn relays_live(t: SystemTime) -> BTreeMap<PublicKey, SystemTime> {
+    BTreeMap::from([(key(1), t), (key(2), t)])
+}
+
+#[test]
+fn a_peer_without_handshake_goes_through_a_relay_after_the_deadline_only() {
+    let mut tracker = PathTracker::default();
+    let mut d = mesh();
+    let changes = tracker.route_via_relays(&mut d, &key(ME), &relays_live(at(0)), at(0));
+    assert!(changes.is_empty() && d.relayed.is_empty(), "still trying");
+    let mut d = mesh();
+    let t = at(0) + DIRECT_DEADLINE - Duration::from_secs(1);
+    tracker.route_via_relays(&mut d, &key(ME), &relays_live(t), t);
+    assert!(d.relayed.is_empty(), "deadline not reached");
+    let mut d = mesh();
+    let t = at(0) + DIRECT_DEADLINE;
+    let changes = tracker.route_via_relays(&mut d, &key(ME), &relays_live(t), t);
+    assert_eq!(
+        changes,
+        vec![PathChange::Relayed {
+            peer: PeerName::Node("n3".into()),
+            via: PeerName::Node("n1".into()),
+        }],
+        "the lowest key among the nodes that see both ends; n4 has none"
+    );
+    assert_eq!(d.peers[&key(3)].allowed_ips, vec![]);
+    assert_eq!(d.peers[&key(1)].allowed_ips, vec![cidr(1), cidr(3)]);
+    assert_eq!(d.relayed[&key(3)].allowed_ips, vec![cidr(3)]);
+    assert_eq!(
+        d.peers[&key(4)].allowed_ips,
+        vec![cidr(4)],
+        "no relay for n4"
+    );
+    // The next reconcile keeps it, without reporting a change.
+    let mut d = mesh();
+    let t = t + Duration::from_secs(2);
+    assert!(tracker
+        .route_via_relays(&mut d, &key(ME), &relays_live(t), t)
+        .is_empty());
+    assert_eq!(d.relayed[&key(3)].via, key(1));
+}
+
+#[test]
+fn a_node_marked_relay_is_preferred() {
+    let mut tracker = PathTracker::default();
+    let t = at(0);
+    tracker.route_via_relays(&mut mesh(), &key(ME), &relays_live(t), t);
+    let mut d = mesh();
+    d.relays.insert(key(2));
+    let t = t + DIRECT_DEADLINE;
+    tracker.route_via_relays(&mut d, &key(ME), &relays_live(t), t);
+    assert_eq!(d.relayed[&key(3)].via, key(2));
+    assert_eq!(d.relayed[&key(3)].via_name, PeerName::Node("n2".into()));
+}
+
+#[test]
+fn a_completed_handshake_brings_the_peer_back_with_a_fresh_deadline() {
+    let mut tracker = PathTracker::default();
+    tracker.route_via_relays(&mut mesh(), &key(ME), &relays_live(at(0)), at(0));
+    let t = at(0) + DIRECT_DEADLINE;
+    tracker.route_via_relays(&mut mesh(), &key(ME), &relays_live(t), t);
+    // Hole punched: a handshake with n3.
+    let t = t + Duration::from_secs(4);
+    let mut live = relays_live(t);
+    live.insert(key(3), t);
+    let mut d = mesh();
+    let changes = tracker.route_via_relays(&mut d, &key(ME), &live, t);
+    assert_eq!(
+        changes,
+        vec![PathChange::Direct {
+            peer: PeerName::Node("n3".into())
+        }]
+    );
+    assert!(!d.relayed.contains_key(&key(3)));
+    assert_eq!(d.peers[&key(3)].allowed_ips, vec![cidr(3)]);
+    assert_eq!(d.peers[&key(1)].allowed_ips, vec![cidr(1)]);
+    // Re-created without its session (userspace device): not relayed
+    // again before a new deadline has passed.
+    let t2 = t + Duration::from_secs(3);
+    let mut d = mesh();
+    tracker.route_via_relays(&mut d, &key(ME), &relays_live(t2), t2);
+    assert!(!d.relayed.contains_key(&key(3)));
+    let t3 = t + DIRECT_DEADLINE;
+    let mut d = mesh();
+    tracker.route_via_relays(&mut d, &key(ME), &relays_live(t3), t3);
+    assert!(
+        d.relayed.contains_key(&key(3)),
+        "no handshake again: relayed"
+    );
+}
+
+#[test]
+fn losing_every_relay_is_reported_and_traffic_goes_direct() {
+    let mut tracker = PathTracker::default();
+    tracker.route_via_relays(&mut mesh(), &key(ME), &relays_live(at(0)), at(0));
+    let t = at(0) + DIRECT_DEADLINE;
+    tracker.route_via_relays(&mut mesh(), &key(ME), &relays_live(t), t);
+    // n1 and n2 lost their sessions with us.
+    let t = t + SESSION_DEADLINE_PLUS;
+    let mut d = mesh();
+    let changes = tracker.route_via_relays(&mut d, &key(ME), &BTreeMap::new(), t);
+    assert!(changes.contains(&PathChange::RelayLost {
+        peer: PeerName::Node("n3".into())
+    }));
+    assert_eq!(d.peers[&key(3)].allowed_ips, vec![cidr(3)]);
+    assert!(d.relayed.is_empty());
+}
+
+const SESSION_DEADLINE_PLUS: Duration = Duration::from_secs(200);
+
+#[test]
+fn pairs_without_keepalive_and_external_peers_are_never_relayed() {
+    let mut tracker = PathTracker::default();
+    let build = || {
+        let mut d = mesh();
+        d.peers.get_mut(&key(3)).unwrap().persistent_keepalive = None;
+        let mut ext = node_peer(5, Some(25));
+        ext.name = PeerName::External("laptop".into());
+        d.peers.insert(key(5), ext);
+        d.sightings.record(
+            key(1),
+            &BTreeMap::from([(key(5), "198.51.100.5:51820".parse().unwrap())]),
+        );
+        d
+    };
+    tracker.route_via_relays(&mut build(), &key(ME), &relays_live(at(0)), at(0));
+    let t = at(0) + DIRECT_DEADLINE * 4;
+    let mut d = build();
+    tracker.route_via_relays(&mut d, &key(ME), &relays_live(t), t);
+    assert!(d.relayed.is_empty(), "{:?}", d.relayed);
+}
+
+#[test]
+fn a_new_endpoint_restarts_the_deadline_unless_already_relayed() {
+    let mut tracker = PathTracker::default();
+    tracker.route_via_relays(&mut mesh(), &key(ME), &relays_live(at(0)), at(0));
+    let moved = || {
+        let mut d = mesh();
+        d.peers.get_mut(&key(3)).unwrap().endpoint = Some("203.0.113.3:4000".parse().unwrap());
+        d
+    };
+    let t = at(0) + DIRECT_DEADLINE;
+    let mut d = moved();
+    tracker.route_via_relays(&mut d, &key(ME), &relays_live(t), t);
+    assert!(d.relayed.is_empty(), "trying the new endpoint");
+    let t = t + DIRECT_DEADLINE;
+    let mut d = moved();
+    tracker.route_via_relays(&mut d, &key(ME), &relays_live(t), t);
+    assert!(d.relayed.contains_key(&key(3)));
+    // Relayed: another endpoint change does not interrupt the relay.
+    let t = t + Duration::from_secs(1);
+    let mut d = mesh();
+    tracker.route_via_relays(&mut d, &key(ME), &relays_live(t), t);
+    assert!(d.relayed.contains_key(&key(3)));
+}
