@@ -588,6 +588,22 @@ impl Lab {
                 &router_private.to_string(),
             ],
         )?;
+        // The control plane still reaches the node's private address, as
+        // API servers reach kubelets over a private network or a tunnel
+        // (node proxy: logs, exec, the agent's /status). Only the cluster's
+        // control-plane namespace has this route: nodes on the underlay
+        // still see the node only through its NAT.
+        let control_plane = self.names.control_plane_netns(&node_state.cluster);
+        crate::cmd::ip(
+            Some(&control_plane),
+            &[
+                "route",
+                "replace",
+                &format!("{node_private}/32"),
+                "via",
+                &router.public_v4.to_string(),
+            ],
+        )?;
         let entry = self.state.node_mut(node).expect("checked above");
         entry.underlay_index = None;
         entry.v4 = Some(node_private);

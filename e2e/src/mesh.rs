@@ -280,6 +280,8 @@ pub struct WgPeer {
     /// Seconds since the epoch, 0 for never.
     pub latest_handshake: u64,
     pub rx_bytes: u64,
+    /// Seconds; `None` when off.
+    pub persistent_keepalive: Option<u16>,
 }
 
 impl WgPeer {
@@ -302,6 +304,7 @@ impl WgPeer {
                     allowed_ips,
                     latest_handshake: f.get(4)?.parse().ok()?,
                     rx_bytes: f.get(5)?.parse().ok()?,
+                    persistent_keepalive: f.get(7).and_then(|k| k.parse().ok()),
                 })
             })
             .collect()
@@ -353,7 +356,7 @@ mod tests {
     fn dump_lines_become_peers_with_sorted_ranges() {
         let dump = "priv\tpub\t51820\toff\n\
                     AAA=\t(none)\t192.0.2.3:51820\tfd00:1::/64,10.0.1.0/24\t1700000000\t364\t500\toff\n\
-                    BBB=\t(none)\t(none)\t(none)\t0\t0\t0\toff\n";
+                    BBB=\t(none)\t(none)\t(none)\t0\t0\t0\t25\n";
         let peers = WgPeer::parse_dump(dump);
         assert_eq!(peers.len(), 2);
         assert_eq!(peers[0].allowed_ips, ["10.0.1.0/24", "fd00:1::/64"]);
@@ -363,5 +366,9 @@ mod tests {
         );
         assert_eq!(peers[0].endpoint, "192.0.2.3:51820");
         assert!(peers[1].allowed_ips.is_empty() && peers[1].latest_handshake == 0);
+        assert_eq!(
+            (peers[0].persistent_keepalive, peers[1].persistent_keepalive),
+            (None, Some(25))
+        );
     }
 }

@@ -11,6 +11,13 @@ use crate::mesh::workspace_binary;
 /// several joined by ':'): (stdout, stderr) when it succeeds, stderr when
 /// it fails.
 pub fn kubectl_trellis(kubeconfig: &str, args: &[&str]) -> Result<(String, String), String> {
+    let mut full = vec!["trellis"];
+    full.extend_from_slice(args);
+    kubectl(kubeconfig, &full)
+}
+
+/// `kubectl ARGS` as a user runs it, with the workspace's plugins on PATH.
+pub fn kubectl(kubeconfig: &str, args: &[&str]) -> Result<(String, String), String> {
     let plugin = workspace_binary("kubectl-trellis").map_err(|e| e.to_string())?;
     let plugin_dir = plugin.parent().expect("a binary has a directory");
     let path = format!(
@@ -19,7 +26,6 @@ pub fn kubectl_trellis(kubeconfig: &str, args: &[&str]) -> Result<(String, Strin
         std::env::var("PATH").unwrap_or_default()
     );
     let out = Command::new("kubectl")
-        .arg("trellis")
         .args(args)
         .env("PATH", path)
         .env("KUBECONFIG", kubeconfig)
