@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime};
 use trellis_mesh::desired::LocalError;
 use trellis_mesh::nat::{discovered_endpoints, Session};
 use trellis_mesh::nft::masquerade_ruleset;
-use trellis_mesh::relay::{PathChange, PathTracker};
+use trellis_mesh::relay::{is_probed, PathChange, PathTracker};
 use trellis_mesh::roaming::AppliedEndpoints;
 use trellis_mesh::{
     desired_mesh, ClusterRejection, Desired, ExternalPeerInfo, LocalNode, MeshInputs, NodeInfo,
@@ -45,10 +45,7 @@ impl Outcome {
     /// Whether a pair is probed (kept alive; possibly relayed): its path
     /// is checked every couple of seconds, not only at resync.
     pub fn watches_paths(&self) -> bool {
-        self.desired
-            .peers
-            .values()
-            .any(|p| p.name.is_node() && p.persistent_keepalive.is_some())
+        self.desired.peers.values().any(is_probed)
     }
 }
 

@@ -440,6 +440,17 @@ impl Lab {
     }
 
     /// An admin client of a cluster.
+    /// Every cluster's admin kubeconfig joined by ':' (as KUBECONFIG takes
+    /// them): one context per cluster, named after it.
+    pub fn all_kubeconfigs(&self) -> String {
+        self.state
+            .clusters
+            .iter()
+            .map(|c| c.admin_kubeconfig.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+
     pub async fn client(&self, cluster: &str) -> Result<kube::Client, LabError> {
         Ok(kubeconfig::client(&self.kubeconfig(cluster)?).await?)
     }

@@ -26,13 +26,7 @@ const LINKS_NS: &str = "trellis-links";
 /// `kubectl trellis ARGS` with every lab cluster's kubeconfig merged
 /// (contexts named after the clusters).
 fn kubectl_trellis(lab: &Lab, args: &[&str]) -> Result<(String, String), String> {
-    let kubeconfigs: Vec<String> = lab
-        .state
-        .clusters
-        .iter()
-        .map(|c| c.admin_kubeconfig.display().to_string())
-        .collect();
-    plugin::kubectl_trellis(&kubeconfigs.join(":"), args)
+    plugin::kubectl_trellis(&lab.all_kubeconfigs(), args)
 }
 
 struct Pod {

@@ -22,23 +22,17 @@ const A: &str = "nata";
 const B: &str = "natb";
 const BLOCK_TABLE: &str = "lab-block";
 
-fn kubeconfigs(lab: &Lab) -> String {
-    lab.state
-        .clusters
-        .iter()
-        .map(|c| c.admin_kubeconfig.display().to_string())
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 fn trellis(lab: &Lab, args: &[&str]) -> String {
-    plugin::kubectl_trellis(&kubeconfigs(lab), args)
+    plugin::kubectl_trellis(&lab.all_kubeconfigs(), args)
         .unwrap_or_else(|e| panic!("kubectl trellis {args:?}: {e}"))
         .0
 }
 
-fn kubectl(lab: &Lab, args: &[&str]) {
-    plugin::kubectl(&kubeconfigs(lab), args).unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"));
+/// `kubectl annotate node NODE CHANGE` in cluster `cluster`, as a user.
+fn annotate(lab: &Lab, cluster: &str, node: &str, change: &str) {
+    let args = ["--context", cluster, "annotate", "node", node, change];
+    plugin::kubectl(&lab.all_kubeconfigs(), &args)
+        .unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"));
 }
 
 /// The `status` row of `node`'s peer `peer` (as `node` names it).
@@ -58,6 +52,19 @@ struct Pod {
     netns: String,
     v4: String,
     v6: String,
+}
+
+/// Waits until every pod pair answers (panics with the failures after
+/// `limit`); how long it took.
+fn wait_all_pings(pods: &[Pod], limit: Duration) -> Duration {
+    let start = Instant::now();
+    let mut failures = all_pings(pods);
+    while !failures.is_empty() {
+        assert!(start.elapsed() < limit, "{failures:?}");
+        std::thread::sleep(Duration::from_secs(1));
+        failures = all_pings(pods);
+    }
+    start.elapsed()
 }
 
 /// Every ordered pair of pods, v4 and v6: the failures.
@@ -145,12 +152,7 @@ async fn nat_traversal_hole_punching_and_relays_across_linked_clusters() {
 
     let start = Instant::now();
     trellis(&lab, &["cluster", "link", "--from", A, "--to", B, "--wait"]);
-    let mut failures = all_pings(&pods);
-    while !failures.is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(120), "{failures:?}");
-        std::thread::sleep(Duration::from_secs(1));
-        failures = all_pings(&pods);
-    }
+    wait_all_pings(&pods, Duration::from_secs(120));
     eprintln!(
         "every pod pair of 5 nodes (4 behind NAT) answered {:?} after the link command",
         start.elapsed()
@@ -254,17 +256,7 @@ async fn nat_traversal_hole_punching_and_relays_across_linked_clusters() {
 
     // Annotations take effect live.
     let a1_key = lab.wg_public_key(&a1).unwrap();
-    kubectl(
-        &lab,
-        &[
-            "--context",
-            A,
-            "annotate",
-            "node",
-            &a1,
-            "trellis.dev/persistent-keepalive=7",
-        ],
-    );
+    annotate(&lab, A, &a1, "trellis.dev/persistent-keepalive=7");
     wait_until(
         "a1's keepalive is 7 on a2 and b1",
         Duration::from_secs(20),
@@ -279,30 +271,15 @@ async fn nat_traversal_hole_punching_and_relays_across_linked_clusters() {
         Some(7),
         "a1 keeps every pair alive at 7 s"
     );
-    kubectl(
-        &lab,
-        &[
-            "--context",
-            A,
-            "annotate",
-            "node",
-            &a1,
-            "trellis.dev/persistent-keepalive-",
-        ],
-    );
+    annotate(&lab, A, &a1, "trellis.dev/persistent-keepalive-");
     wait_until("back to the NAT keepalive", Duration::from_secs(20), || {
         keepalive_of(&lab, &a2, &a1_key) == Some(25)
     });
-    kubectl(
+    annotate(
         &lab,
-        &[
-            "--context",
-            A,
-            "annotate",
-            "node",
-            &a1,
-            "trellis.dev/force-endpoint=198.51.100.250:51820",
-        ],
+        A,
+        &a1,
+        "trellis.dev/force-endpoint=198.51.100.250:51820",
     );
     wait_until(
         "the forced endpoint is configured",
@@ -312,17 +289,7 @@ async fn nat_traversal_hole_punching_and_relays_across_linked_clusters() {
             row(&t, &b3, &format!("{A}:{a1}")).contains("198.51.100.250:51820")
         },
     );
-    kubectl(
-        &lab,
-        &[
-            "--context",
-            A,
-            "annotate",
-            "node",
-            &a1,
-            "trellis.dev/force-endpoint-",
-        ],
-    );
+    annotate(&lab, A, &a1, "trellis.dev/force-endpoint-");
     wait_until(
         "the published endpoint again",
         Duration::from_secs(20),
@@ -331,34 +298,12 @@ async fn nat_traversal_hole_punching_and_relays_across_linked_clusters() {
             !row(&t, &b3, &format!("{A}:{a1}")).contains("198.51.100.250")
         },
     );
-    kubectl(
-        &lab,
-        &[
-            "--context",
-            A,
-            "annotate",
-            "node",
-            &a1,
-            "trellis.dev/relay=true",
-        ],
-    );
+    annotate(&lab, A, &a1, "trellis.dev/relay=true");
     // The wrong endpoint cost a1's sessions (a userspace device re-creates a
     // changed peer; the other end finds out at its next handshake): they
     // come back on their own.
-    let restart = Instant::now();
-    let mut failures = all_pings(&pods);
-    while !failures.is_empty() {
-        assert!(
-            restart.elapsed() < Duration::from_secs(90),
-            "after the annotations: {failures:?}"
-        );
-        std::thread::sleep(Duration::from_secs(1));
-        failures = all_pings(&pods);
-    }
-    eprintln!(
-        "every pod pair answers again {:?} after the forced endpoint went",
-        restart.elapsed()
-    );
+    let again = wait_all_pings(&pods, Duration::from_secs(90));
+    eprintln!("every pod pair answers again {again:?} after the forced endpoint went");
     let t = trellis(&lab, &["status", "--context", B]);
     assert!(
         row(&t, &b1, &b2).contains(&format!("relayed via {A}:{a1}")),

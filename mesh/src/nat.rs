@@ -9,7 +9,7 @@
 //! keepalive, which keeps the NAT mappings open and keeps handshakes going
 //! so that a path that does not work is noticed (see [`crate::relay`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
@@ -121,7 +121,6 @@ pub fn discovered_endpoints(
     sessions: &BTreeMap<PublicKey, Session>,
     now: SystemTime,
 ) -> BTreeMap<PublicKey, SocketAddr> {
-    let relayed: BTreeSet<&PublicKey> = desired.relayed.keys().collect();
     desired
         .peers
         .iter()
@@ -129,8 +128,8 @@ pub fn discovered_endpoints(
             let s = sessions.get(key)?;
             let at = s.endpoint?;
             let matters = want.persistent_keepalive.is_some() || want.endpoint != Some(at);
-            (matters && is_live(s.last_handshake, now) && !relayed.contains(key))
-                .then_some((*key, at))
+            let direct = !desired.relayed.contains_key(key);
+            (matters && direct && is_live(s.last_handshake, now)).then_some((*key, at))
         })
         .collect()
 }

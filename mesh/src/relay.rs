@@ -18,13 +18,19 @@ use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
 
-use crate::desired::{Desired, PeerName};
+use crate::desired::{Desired, DesiredPeer, PeerName};
 use crate::key::PublicKey;
 use crate::nat::is_live;
 
 /// How long a probed peer gets to complete a handshake before its traffic
 /// goes through a relay: three of WireGuard's 5 s handshake retries.
 pub const DIRECT_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Whether `peer` is probed: a node whose pair is kept alive, so that
+/// handshakes are tried all the time and a path that fails is noticed.
+pub fn is_probed(peer: &DesiredPeer) -> bool {
+    peer.name.is_node() && peer.persistent_keepalive.is_some()
+}
 
 /// A peer reached through a relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +77,7 @@ impl PathTracker {
         let mut chosen: BTreeMap<PublicKey, PublicKey> = BTreeMap::new();
         let mut changes = Vec::new();
         for (key, peer) in &desired.peers {
-            if !peer.name.is_node() || peer.persistent_keepalive.is_none() {
+            if !is_probed(peer) {
                 continue;
             }
             let was = self.relayed.get(key).copied();
