@@ -10,7 +10,7 @@ export PATH := $(TRELLIS_TOOLS_BIN):$(PATH)
 # Root-only tests are #[ignore]d ("needs root"); run them when we are root.
 ROOT_TEST_FLAGS := $(if $(filter 0,$(shell id -u)),--include-ignored,)
 
-.PHONY: all build tools test test-kernel static lint manifests unit-test bench demo demo-down clean
+.PHONY: all build tools test test-kernel static lint manifests unit-test bench demo demo-clusters demo-down clean
 
 all: build
 
@@ -73,9 +73,18 @@ demo: tools
 	@echo "  or: target/debug/trellis-lab exec --name $(LAB_NAME) $(LAB_NAME)-n1 -- wg show"
 	@echo "Tear it down with: make demo-down"
 
+## demo-clusters: two lab clusters (2 + 2 nodes, three of them behind NAT routers) linked
+## with `kubectl trellis cluster link`: a ping matrix of all pods, and which paths are direct
+## and which relayed
+demo-clusters: tools
+	$(CARGO) build --workspace --bins
+	tools/demo-clusters.sh
+
+## demo-down: removes the labs of both demos
 demo-down:
 	$(CARGO) build -p trellis-e2e --bin trellis-lab
 	target/debug/trellis-lab down --name $(LAB_NAME)
+	target/debug/trellis-lab down --name west
 
 clean:
 	$(CARGO) clean

@@ -41,7 +41,7 @@ pub enum Command {
         #[arg(long, default_value_t = 9473)]
         agent_port: u16,
     },
-    /// The mesh as a graph, edges marked direct, idle or down.
+    /// The mesh as a graph, edges marked direct, relayed, idle or down.
     Graph {
         #[arg(long, default_value_t = 9473)]
         agent_port: u16,

@@ -1,6 +1,6 @@
 //! `graph`: the mesh as Graphviz DOT or as SVG (drawn here: nodes on a
 //! circle, no external program). An edge joins two peers and is marked
-//! direct, idle or down from what both ends report (an edge is direct when
+//! direct, relayed, idle or down from what both ends report (an edge is direct when
 //! either end has a live session); a node whose agent could not be read
 //! makes no claims.
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::lab::{Lab, LabError};
 use crate::netns;
 use crate::node::private_dir;
-use crate::state::Daemon;
+use crate::state::{Daemon, NodeState};
 
 /// Which WireGuard implementation a node runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,22 +176,34 @@ impl Lab {
     /// Waits until every node's agent has written its CNI configuration and
     /// configured `expected_peers` peers.
     pub fn wait_mesh(&self, expected_peers: usize, timeout: Duration) -> Result<(), LabError> {
-        for node in self
-            .state
-            .nodes
-            .iter()
-            .map(|n| n.name.clone())
-            .collect::<Vec<_>>()
-        {
-            let dir = self.node(&node)?.dir.clone();
-            let conflist = private_dir(&dir, trellis_mesh::names::DEFAULT_CNI_CONF_DIR)
+        self.wait_mesh_with(|_| expected_peers, timeout)
+    }
+
+    /// Like [`Lab::wait_mesh`], each node with the other nodes of its own
+    /// cluster as peers (linked clusters not counted).
+    pub fn wait_clusters_meshed(&self, timeout: Duration) -> Result<(), LabError> {
+        self.wait_mesh_with(
+            |node| self.state.nodes_of(&node.cluster).count().saturating_sub(1),
+            timeout,
+        )
+    }
+
+    fn wait_mesh_with(
+        &self,
+        expected: impl Fn(&NodeState) -> usize,
+        timeout: Duration,
+    ) -> Result<(), LabError> {
+        for node in self.state.nodes.iter() {
+            let expected_peers = expected(node);
+            let (node, dir) = (&node.name, &node.dir);
+            let conflist = private_dir(dir, trellis_mesh::names::DEFAULT_CNI_CONF_DIR)
                 .join("10-trellis.conflist");
             wait_for(
                 timeout,
                 || {
                     conflist.exists()
                         && self
-                            .wg_peers(&node)
+                            .wg_peers(node)
                             .map(|p| p.len() == expected_peers)
                             .unwrap_or(false)
                 },

@@ -1,6 +1,8 @@
 //! `trellis-lab`: bring labs up and down, and act on their nodes and pods.
 
+use std::collections::BTreeSet;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -111,12 +113,19 @@ enum Verb {
         /// Pods to create on each node once the mesh is up.
         #[arg(long, default_value_t = 0)]
         pods: usize,
+        /// Do not print the ping matrix and peers afterwards.
+        #[arg(long)]
+        quiet: bool,
     },
     /// Show each node's WireGuard peers with handshake ages, and an
     /// all-pairs ping matrix of the pods.
     Show {
         #[arg(long, default_value = "lab")]
         name: String,
+        /// Retry the pod pairs that do not answer for up to this many
+        /// seconds before printing (paths still being set up).
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
     },
     /// Put a node behind a NAT router.
     Nat {
@@ -232,7 +241,12 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&result)?);
         }
         Verb::PodDel { name, node, pod } => Lab::open(&name)?.delete_pod(&node, &pod)?,
-        Verb::Mesh { name, device, pods } => {
+        Verb::Mesh {
+            name,
+            device,
+            pods,
+            quiet,
+        } => {
             let mut lab = Lab::open(&name)?;
             let device = match device {
                 DeviceArg::TrellisWg => trellis_e2e::mesh::Device::TrellisWg,
@@ -240,17 +254,18 @@ async fn run(cli: Cli) -> Result<()> {
                 DeviceArg::Kernel => trellis_e2e::mesh::Device::Kernel,
             };
             lab.start_mesh(device).await?;
-            let peers = lab.state.nodes.len().saturating_sub(1);
-            lab.wait_mesh(peers, std::time::Duration::from_secs(90))?;
+            lab.wait_clusters_meshed(Duration::from_secs(90))?;
             let nodes: Vec<String> = lab.state.nodes.iter().map(|n| n.name.clone()).collect();
             for node in &nodes {
                 for i in 0..pods {
                     lab.add_pod(node, &format!("p{i}"), None)?;
                 }
             }
-            show_mesh(&lab)?;
+            if !quiet {
+                show_mesh(&lab, Duration::ZERO)?;
+            }
         }
-        Verb::Show { name } => show_mesh(&Lab::open(&name)?)?,
+        Verb::Show { name, wait } => show_mesh(&Lab::open(&name)?, Duration::from_secs(wait))?,
         Verb::Nat { name, node, mode } => {
             let router = Lab::open(&name)?.put_behind_nat(&node, mode).await?;
             println!(
@@ -262,45 +277,59 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-/// An all-pairs ping matrix of the pods, then each node's peers with
-/// handshake ages.
-fn show_mesh(lab: &Lab) -> Result<()> {
-    if !lab.state.pods.is_empty() {
-        let pods: Vec<(String, String, String)> = lab
-            .state
-            .pods
-            .iter()
-            .map(|p| {
-                let addr = trellis_e2e::cmd::ip(
-                    Some(&p.netns),
-                    &["-4", "-o", "addr", "show", "dev", "eth0"],
-                )
-                .unwrap_or_default();
-                let v4 = addr
-                    .split_whitespace()
-                    .nth(3)
-                    .unwrap_or("")
-                    .split('/')
-                    .next()
-                    .unwrap_or("")
-                    .to_string();
-                (format!("{}/{}", p.node, p.name), p.netns.clone(), v4)
-            })
-            .collect();
+/// An all-pairs ping matrix of the pods (pairs that fail retried for up to
+/// `wait`), then each node's peers with handshake ages.
+fn show_mesh(lab: &Lab, wait: Duration) -> Result<()> {
+    let pods: Vec<(String, String, String)> = lab
+        .state
+        .pods
+        .iter()
+        .map(|p| {
+            let addr =
+                trellis_e2e::cmd::ip(Some(&p.netns), &["-4", "-o", "addr", "show", "dev", "eth0"])
+                    .unwrap_or_default();
+            let v4 = addr
+                .split_whitespace()
+                .nth(3)
+                .unwrap_or("")
+                .split('/')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            (format!("{}/{}", p.node, p.name), p.netns.clone(), v4)
+        })
+        .collect();
+    if !pods.is_empty() {
+        let answers = |from: usize, to: usize| {
+            from == to || trellis_e2e::pod::ping_from(&pods[from].1, &pods[to].2).is_ok()
+        };
+        let pairs = || (0..pods.len()).flat_map(|f| (0..pods.len()).map(move |t| (f, t)));
+        let mut ok: BTreeSet<(usize, usize)> = pairs().filter(|&(f, t)| answers(f, t)).collect();
+        let start = Instant::now();
+        while ok.len() < pods.len() * pods.len() && start.elapsed() < wait {
+            eprintln!(
+                "  {} of {} pod pairs answer; retrying the others ({:.0} s of {} s)",
+                ok.len() - pods.len(),
+                pods.len() * (pods.len() - 1),
+                start.elapsed().as_secs_f64(),
+                wait.as_secs()
+            );
+            std::thread::sleep(Duration::from_secs(2));
+            let missing: Vec<(usize, usize)> = pairs().filter(|p| !ok.contains(p)).collect();
+            ok.extend(missing.into_iter().filter(|&(f, t)| answers(f, t)));
+        }
         print!("{:<14}", "ping from\\to");
         for (name, _, _) in &pods {
             print!(" {name:>12}");
         }
         println!();
-        for (from, ns, _) in &pods {
+        for (f, (from, _, _)) in pods.iter().enumerate() {
             print!("{from:<14}");
-            for (to, _, addr) in &pods {
-                let mark = if from == to {
-                    "-"
-                } else if trellis_e2e::pod::ping_from(ns, addr).is_ok() {
-                    "ok"
-                } else {
-                    "FAIL"
+            for t in 0..pods.len() {
+                let mark = match (f == t, ok.contains(&(f, t))) {
+                    (true, _) => "-",
+                    (false, true) => "ok",
+                    (false, false) => "FAIL",
                 };
                 print!(" {mark:>12}");
             }
