@@ -3,6 +3,7 @@
 //! one (a WireGuard device, rtnetlink, nftables); [`FakeDataplane`] records
 //! plans for unit tests.
 
+use std::net::{IpAddr, SocketAddr};
 use std::process::Stdio;
 
 use tokio::io::AsyncWriteExt;
@@ -41,6 +42,25 @@ pub trait Dataplane {
     async fn observe(&mut self) -> Result<Observation, DataplaneError>;
     /// Applies a plan.
     async fn apply(&mut self, plan: &Plan) -> Result<(), DataplaneError>;
+    /// Sends one empty datagram to each address through the mesh
+    /// interface: the device starts a handshake with the peer whose
+    /// AllowedIPs hold it, if it has no session (see
+    /// [`trellis_mesh::relay::probe_address`]). Best effort: a probe that
+    /// cannot be sent is only logged.
+    async fn probe(&mut self, addresses: &[IpAddr]);
+}
+
+/// One empty datagram to the discard port of `address`, out of `interface`.
+fn send_probe(interface: &str, address: IpAddr) -> std::io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt::BindToDevice};
+    let local: SocketAddr = match address {
+        IpAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = std::net::UdpSocket::bind(local)?;
+    setsockopt(&socket, BindToDevice, &std::ffi::OsString::from(interface))?;
+    socket.send_to(&[], (address, 9))?;
+    Ok(())
 }
 
 /// The real dataplane of a node.
@@ -221,6 +241,14 @@ impl Dataplane for NodeDataplane {
         }
         Ok(())
     }
+
+    async fn probe(&mut self, addresses: &[IpAddr]) {
+        for address in addresses {
+            if let Err(e) = send_probe(&self.interface, *address) {
+                tracing::debug!(%address, error = %e, "probe not sent");
+            }
+        }
+    }
 }
 
 /// A recording dataplane for unit tests: an in-memory node.
@@ -228,6 +256,8 @@ impl Dataplane for NodeDataplane {
 pub struct FakeDataplane {
     pub observed: Observed,
     pub applied: Vec<Plan>,
+    /// The addresses of each `probe` call.
+    pub probed: Vec<Vec<IpAddr>>,
     /// Makes the next observe fail with this message (the device is gone).
     pub fail_observe: Option<String>,
 }
@@ -247,5 +277,9 @@ impl Dataplane for FakeDataplane {
         self.observed = plan.applied_to(&self.observed);
         self.applied.push(plan.clone());
         Ok(())
+    }
+
+    async fn probe(&mut self, addresses: &[IpAddr]) {
+        self.probed.push(addresses.to_vec());
     }
 }

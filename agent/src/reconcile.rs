@@ -164,6 +164,8 @@ impl<D: Dataplane> Reconciler<D> {
                 .dataplane_operations
                 .inc_by(plan.operations() as u64);
         }
+        // After the plan: a relayed peer's probe address is on its peer now.
+        self.dataplane.probe(self.paths.probes()).await;
         self.metrics.record_state(&desired, &observation.device);
         let current: BTreeSet<(String, String)> = desired
             .rejected
@@ -280,6 +282,28 @@ mod tests {
         let second = r.reconcile(&nodes, &[], &no_dns).await.unwrap();
         assert!(second.plan.is_empty(), "{:?}", second.plan);
         assert_eq!(r.dataplane.applied.len(), 1, "an empty plan is not applied");
+    }
+
+    #[tokio::test]
+    async fn kept_alive_peers_without_a_session_are_probed_after_each_apply() {
+        let mut r = reconciler();
+        let mut nodes: Vec<NodeInfo> = (0..3).map(node).collect();
+        nodes[2]
+            .annotations
+            .insert(ANNOTATION_PERSISTENT_KEEPALIVE.to_string(), "25".into());
+        r.reconcile(&nodes, &[], &no_dns).await.unwrap();
+        assert_eq!(
+            r.dataplane.probed,
+            vec![vec!["10.244.2.0".parse::<std::net::IpAddr>().unwrap()]],
+            "n2 (kept alive, no handshake on the fake device) only"
+        );
+        let plan = &r.dataplane.applied[0];
+        assert!(
+            plan.peers
+                .iter()
+                .any(|c| format!("{c:?}").contains("10.244.2.0/24")),
+            "its range was configured before the probe: {plan:?}"
+        );
     }
 
     #[tokio::test]

@@ -9,11 +9,19 @@
 //! facts, so they choose the same relay: a packet relayed one way is
 //! accepted by the other end (WireGuard checks the inner source against the
 //! AllowedIPs of the peer it came from). The peer's own WireGuard peer stays
-//! configured with its keepalive; when a handshake completes on it again,
-//! its AllowedIPs move back.
+//! configured with its keepalive and keeps one address, its
+//! [`probe_address`]; when a handshake completes on it again, its AllowedIPs
+//! move back.
+//!
+//! Keepalives alone do not keep a peer without a session trying: a fresh
+//! userspace peer waits a whole keepalive interval before its first
+//! handshake, and gives up after 90 s of failed retries. So the agent sends
+//! a datagram to the probe address of every probed peer without a live
+//! session ([`PathTracker::probes`]) at each path check: the device starts
+//! (or keeps) handshaking with it, relayed or not, as long as it is tried.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
@@ -30,6 +38,22 @@ pub const DIRECT_DEADLINE: Duration = Duration::from_secs(15);
 /// handshakes are tried all the time and a path that fails is noticed.
 pub fn is_probed(peer: &DesiredPeer) -> bool {
     peer.name.is_node() && peer.persistent_keepalive.is_some()
+}
+
+/// The address whose datagrams start a handshake with a peer whose ranges
+/// are `allowed_ips`: the network address of its first IPv4 range (else of
+/// its first range), which no pod and no node has (the node's mesh address
+/// is the one after it). `None` when every range is a single address.
+pub fn probe_address(allowed_ips: &[IpNet]) -> Option<IpAddr> {
+    let ranges = || {
+        allowed_ips
+            .iter()
+            .filter(|net| net.prefix_len() < net.max_prefix_len())
+    };
+    ranges()
+        .find(|net| net.addr().is_ipv4())
+        .or_else(|| ranges().next())
+        .map(IpNet::network)
 }
 
 /// A peer reached through a relay.
@@ -59,6 +83,9 @@ pub struct PathTracker {
     trying: BTreeMap<PublicKey, (Option<SocketAddr>, SystemTime)>,
     /// Peer → relay, as of the last call.
     relayed: BTreeMap<PublicKey, PublicKey>,
+    /// The probe addresses of the probed peers without a live session, as
+    /// of the last call.
+    probes: Vec<IpAddr>,
 }
 
 impl PathTracker {
@@ -74,6 +101,7 @@ impl PathTracker {
     ) -> Vec<PathChange> {
         let live = |k: &PublicKey| is_live(handshakes.get(k).copied(), now);
         self.trying.retain(|k, _| desired.peers.contains_key(k));
+        self.probes.clear();
         let mut chosen: BTreeMap<PublicKey, PublicKey> = BTreeMap::new();
         let mut changes = Vec::new();
         for (key, peer) in &desired.peers {
@@ -98,6 +126,7 @@ impl PathTracker {
                 continue;
             }
             self.trying.insert(*key, (peer.endpoint, since));
+            self.probes.extend(probe_address(&peer.allowed_ips));
             let waited = now.duration_since(since).unwrap_or_default();
             if was.is_none() && waited < DIRECT_DEADLINE {
                 continue;
@@ -131,12 +160,11 @@ impl PathTracker {
             }
         }
         for (key, via) in &chosen {
-            let moved = std::mem::take(
-                &mut desired
-                    .peers
-                    .get_mut(key)
-                    .expect("chosen from the peers")
-                    .allowed_ips,
+            let direct = desired.peers.get_mut(key).expect("chosen from the peers");
+            let probe = probe_address(&direct.allowed_ips);
+            let moved = std::mem::replace(
+                &mut direct.allowed_ips,
+                probe.map(IpNet::from).into_iter().collect(),
             );
             let relay = desired.peers.get_mut(via).expect("chosen from the peers");
             relay.allowed_ips.extend(moved.iter().copied());
@@ -152,6 +180,13 @@ impl PathTracker {
         }
         self.relayed = chosen;
         changes
+    }
+
+    /// Where to send a datagram now so that the device tries a handshake
+    /// with each probed peer that has no live session (relayed or still
+    /// within its deadline), as of the last [`PathTracker::route_via_relays`].
+    pub fn probes(&self) -> &[IpAddr] {
+        &self.probes
     }
 }
 

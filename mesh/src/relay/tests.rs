@@ -71,7 +71,11 @@ fn a_peer_without_handshake_goes_through_a_relay_after_the_deadline_only() {
         }],
         "the lowest key among the nodes that see both ends; n4 has none"
     );
-    assert_eq!(d.peers[&key(3)].allowed_ips, vec![]);
+    assert_eq!(
+        d.peers[&key(3)].allowed_ips,
+        vec!["10.244.3.0/32".parse::<IpNet>().unwrap()],
+        "n3's own peer keeps its probe address only (the longest prefix wins)"
+    );
     assert_eq!(d.peers[&key(1)].allowed_ips, vec![cidr(1), cidr(3)]);
     assert_eq!(d.relayed[&key(3)].allowed_ips, vec![cidr(3)]);
     assert_eq!(
@@ -86,6 +90,41 @@ fn a_peer_without_handshake_goes_through_a_relay_after_the_deadline_only() {
         .route_via_relays(&mut d, &key(ME), &relays_live(t), t)
         .is_empty());
     assert_eq!(d.relayed[&key(3)].via, key(1));
+}
+
+#[test]
+fn probed_peers_without_a_session_are_probed_until_they_have_one() {
+    let mut tracker = PathTracker::default();
+    let t = at(0);
+    tracker.route_via_relays(&mut mesh(), &key(ME), &relays_live(t), t);
+    let probe = |k: u8| IpAddr::from([10, 244, k, 0]);
+    assert_eq!(tracker.probes(), [probe(3), probe(4)], "n1, n2 are live");
+    let t = t + DIRECT_DEADLINE;
+    tracker.route_via_relays(&mut mesh(), &key(ME), &relays_live(t), t);
+    assert_eq!(tracker.probes(), [probe(3), probe(4)], "relayed n3 too");
+    let mut live = relays_live(t);
+    live.insert(key(3), t);
+    live.insert(key(4), t);
+    tracker.route_via_relays(&mut mesh(), &key(ME), &live, t);
+    assert!(tracker.probes().is_empty());
+}
+
+#[test]
+fn the_probe_address_is_the_network_address_of_a_range_ipv4_first() {
+    let nets = |list: &[&str]| -> Vec<IpNet> { list.iter().map(|n| n.parse().unwrap()).collect() };
+    assert_eq!(
+        probe_address(&nets(&["fd00:10:244:3::/64", "10.244.3.0/24"])),
+        Some("10.244.3.0".parse().unwrap())
+    );
+    assert_eq!(
+        probe_address(&nets(&["fd00:10:244:3::/64"])),
+        Some("fd00:10:244:3::".parse().unwrap())
+    );
+    assert_eq!(
+        probe_address(&nets(&["10.99.0.2/32", "fd00::2/128"])),
+        None,
+        "a single address cannot be split off"
+    );
 }
 
 #[test]
