@@ -129,6 +129,27 @@ impl Lab {
         Ok(())
     }
 
+    /// Kills the agent and the userspace device (either) on `node`, as a
+    /// crash would, and waits until the interface is gone, so that
+    /// [`Lab::start_node`] can start them again.
+    pub fn stop_node(&mut self, node: &str) -> Result<(), LabError> {
+        use nix::sys::signal::Signal::SIGKILL;
+        for daemon in [AGENT, TRELLIS_WG, WIREGUARD_GO] {
+            self.signal_daemon(node, daemon, SIGKILL);
+        }
+        let n = self.node(node)?;
+        let ns = n.netns.clone();
+        let socket = private_dir(&n.dir, trellis_mesh::names::DEFAULT_WIREGUARD_RUN_DIR)
+            .join(format!("{INTERFACE}.sock"));
+        wait_for(
+            Duration::from_secs(5),
+            || crate::cmd::ip(Some(&ns), &["link", "show", INTERFACE]).is_err(),
+            || format!("the {INTERFACE} device on {node} did not go"),
+        )?;
+        let _ = std::fs::remove_file(socket);
+        Ok(())
+    }
+
     /// Starts Trellis with the same `device` on every node.
     pub async fn start_mesh(&mut self, device: Device) -> Result<(), LabError> {
         let nodes: Vec<String> = self.state.nodes.iter().map(|n| n.name.clone()).collect();
@@ -259,6 +280,17 @@ impl Lab {
     /// The text of a node agent's /metrics.
     pub fn agent_metrics(&self, node: &str) -> Result<String, LabError> {
         self.agent_http(node, "/metrics")
+    }
+
+    /// What the agent on `node` reports at `/status` (peers and paths).
+    pub fn agent_status(&self, node: &str) -> Result<trellis_api::status::NodeReport, LabError> {
+        let answer = self.agent_http(node, "/status")?;
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        serde_json::from_str(body).map_err(|e| LabError::Invalid {
+            what: "agent /status",
+            name: node.to_string(),
+            problem: format!("is not a node report ({e}): {answer}"),
+        })
     }
 
     /// The whole HTTP answer (status line first) of the agent on `node` to

@@ -67,15 +67,42 @@ pub fn private_addrs(index: u8) -> (Ipv4Addr, Ipv4Addr) {
 /// Loads the ruleset into the router's namespace (atomically: `nft -f`
 /// applies the whole file or nothing).
 pub fn load_ruleset(router_netns: &str, mode: NatMode) -> Result<(), CommandError> {
-    let file = std::env::temp_dir().join(format!("trellis-lab-nat-{router_netns}.nft"));
+    nft_load(router_netns, "nat", &nft_ruleset(mode))
+}
+
+/// `nft -f` of `rules` in `netns`, through a temporary file.
+fn nft_load(netns: &str, what: &str, rules: &str) -> Result<(), CommandError> {
+    let file = std::env::temp_dir().join(format!("trellis-lab-{what}-{netns}.nft"));
     let path = file.to_string_lossy().to_string();
-    std::fs::write(&file, nft_ruleset(mode)).map_err(|source| CommandError::Spawn {
+    std::fs::write(&file, rules).map_err(|source| CommandError::Spawn {
         command: format!("write {path}"),
         source,
     })?;
-    let result = cmd::in_netns(router_netns, "nft", &["-f", &path]);
+    let result = cmd::in_netns(netns, "nft", &["-f", &path]);
     let _ = std::fs::remove_file(&file);
     result.map(drop)
+}
+
+/// The table [`block`] adds to a router, beside its NAT table.
+pub const BLOCK_TABLE: &str = "trellis-lab-block";
+
+/// The block's ruleset: packets from and to `other` dropped before
+/// connection tracking sees them (a firewall between two sites).
+pub fn block_ruleset(other: Ipv4Addr) -> String {
+    format!(
+        "table ip {BLOCK_TABLE} {{\n\tchain pre {{\n\t\ttype filter hook prerouting priority -300; policy accept;\n\t\tip saddr {other} drop\n\t\tip daddr {other} drop\n\t}}\n}}\n"
+    )
+}
+
+/// Makes the router in `router_netns` drop everything between its node and
+/// the public address `other` (both ways), until [`unblock`].
+pub fn block(router_netns: &str, other: Ipv4Addr) -> Result<(), CommandError> {
+    nft_load(router_netns, "block", &block_ruleset(other))
+}
+
+/// Removes the router's [`block`].
+pub fn unblock(router_netns: &str) -> Result<(), CommandError> {
+    cmd::in_netns(router_netns, "nft", &["delete", "table", "ip", BLOCK_TABLE]).map(drop)
 }
 
 #[cfg(test)]
@@ -90,6 +117,15 @@ mod tests {
             cone.contains("masquerade\n") && !cone.contains("random"),
             "{cone}"
         );
+    }
+
+    #[test]
+    fn a_block_drops_both_directions_before_conntrack() {
+        let rules = block_ruleset(Ipv4Addr::new(198, 51, 100, 9));
+        assert!(rules.contains("ip saddr 198.51.100.9 drop"), "{rules}");
+        assert!(rules.contains("ip daddr 198.51.100.9 drop"), "{rules}");
+        // Conntrack hooks prerouting at -200: a dropped packet leaves no flow.
+        assert!(rules.contains("priority -300"), "{rules}");
     }
 
     #[test]

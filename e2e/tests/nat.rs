@@ -15,12 +15,10 @@ use std::time::{Duration, Instant};
 use trellis_e2e::mesh::Device;
 use trellis_e2e::plugin::{self, wait_until};
 use trellis_e2e::pod::{ping_flow, ping_from, result_address};
-use trellis_e2e::state::RouterState;
 use trellis_e2e::{Lab, LabOptions, NatMode};
 
 const A: &str = "nata";
 const B: &str = "natb";
-const BLOCK_TABLE: &str = "lab-block";
 
 fn trellis(lab: &Lab, args: &[&str]) -> String {
     plugin::kubectl_trellis(&lab.all_kubeconfigs(), args)
@@ -82,25 +80,6 @@ fn all_pings(pods: &[Pod]) -> Vec<String> {
     failures
 }
 
-fn block(router: &RouterState, from: std::net::Ipv4Addr) {
-    let rules = format!(
-        "table ip {BLOCK_TABLE} {{\n\tchain pre {{\n\t\ttype filter hook prerouting priority -300; policy accept;\n\t\tip saddr {from} drop\n\t}}\n}}\n"
-    );
-    let file = std::env::temp_dir().join("trellis-nat-e2e-block.nft");
-    std::fs::write(&file, rules).unwrap();
-    trellis_e2e::cmd::in_netns(&router.netns, "nft", &["-f", &file.display().to_string()])
-        .expect("block");
-}
-
-fn unblock(router: &RouterState) {
-    trellis_e2e::cmd::in_netns(
-        &router.netns,
-        "nft",
-        &["delete", "table", "ip", BLOCK_TABLE],
-    )
-    .expect("unblock");
-}
-
 fn keepalive_of(lab: &Lab, node: &str, peer_key: &str) -> Option<u16> {
     lab.wg_dump(node)
         .unwrap()
@@ -129,7 +108,7 @@ async fn nat_traversal_hole_punching_and_relays_across_linked_clusters() {
         .await
         .unwrap();
     // b3's router drops a2 for now: that pair starts relayed.
-    block(&rb3, ra2.public_v4);
+    trellis_e2e::nat::block(&rb3.netns, ra2.public_v4).expect("block");
     lab.start_mesh(Device::TrellisWg).await.expect("mesh");
     for node in lab.state.nodes.clone() {
         let conf_dir = node.dir.join("etc-cni-net.d");
@@ -185,7 +164,7 @@ async fn nat_traversal_hole_punching_and_relays_across_linked_clusters() {
     let flow = ping_flow(&pod_a2.netns, &pod_b3.v4, 25);
     std::thread::sleep(Duration::from_secs(3));
     let unblocked = Instant::now();
-    unblock(&rb3);
+    trellis_e2e::nat::unblock(&rb3.netns).expect("unblock");
     let switched = wait_until("a2 and b3 go direct", Duration::from_secs(40), || {
         let a = trellis(&lab, &["status", "--context", A]);
         let b = trellis(&lab, &["status", "--context", B]);
