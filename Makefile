@@ -57,6 +57,7 @@ bench: tools
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) bench -p trellis-cni --bench cni_latency
 	$(CARGO) bench -p trellis-e2e --bench mesh
+	$(CARGO) bench -p trellis-e2e --bench clusters
 
 ## demo: a lab cluster with the Trellis mesh running: nodes, peers with handshake ages, pods pinging
 demo: tools

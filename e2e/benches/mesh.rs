@@ -75,24 +75,6 @@ fn iperf(server_ns: &str, client_ns: &str, server_ip: &str) -> f64 {
         / 1e9
 }
 
-fn stop_node_mesh(lab: &mut Lab, node: &str) {
-    lab.signal_daemon(node, "agent", nix::sys::signal::Signal::SIGKILL);
-    lab.signal_daemon(node, "trellis-wg", nix::sys::signal::Signal::SIGKILL);
-    let ns = lab.node(node).expect("node").netns.clone();
-    wait_for(
-        Duration::from_secs(5),
-        || trellis_e2e::cmd::ip(Some(&ns), &["link", "show", "trellis"]).is_err(),
-        || "the device did not go".into(),
-    )
-    .expect("device gone");
-    let sock = lab
-        .node(node)
-        .expect("node")
-        .dir
-        .join("run-wireguard/trellis.sock");
-    let _ = std::fs::remove_file(sock);
-}
-
 async fn throughput() -> String {
     eprintln!("throughput: lab with 2 nodes");
     trellis_e2e::down("bthr");
@@ -110,7 +92,7 @@ async fn throughput() -> String {
         (Device::WireguardGo, "wireguard-go (Debian)"),
     ] {
         for node in [&n1, &n2] {
-            stop_node_mesh(&mut lab, node);
+            lab.stop_node(node).expect("stop the mesh on the node");
             lab.start_node(node, device).await.unwrap();
         }
         lab.wait_mesh(1, Duration::from_secs(60)).expect("mesh");
