@@ -14,8 +14,8 @@
 use std::time::{Duration, Instant};
 
 use trellis_api::status::PathState;
-use trellis_e2e::bench::{percentile, update_benchmarks_md};
-use trellis_e2e::mesh::{wait_for, Device};
+use trellis_e2e::bench::{first_ping, percentile, poll, timed_join, update_benchmarks_md, FINE};
+use trellis_e2e::mesh::Device;
 use trellis_e2e::pod::{ping_flow, result_address};
 use trellis_e2e::{Lab, LabOptions, NatMode};
 
@@ -51,62 +51,6 @@ const THERE: &str = "there";
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-/// Polls `done` every 20 ms (panics naming `what` after `limit`); how long
-/// it took.
-fn poll(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    start.elapsed()
-}
-
-/// Pings from `netns` to `ip` (one echo, 250 ms to answer) until one
-/// answers; panics after `limit`.
-fn first_ping(netns: &str, ip: &str, limit: Duration) {
-    let answered =
-        || trellis_e2e::cmd::in_netns(netns, "ping", &["-c", "1", "-W", "0.25", ip]).is_ok();
-    poll(&format!("a ping from {netns} to {ip}"), limit, answered);
-}
-
-/// A node joins `cluster` (with a pod): (every other node of both clusters
-/// has its peer, the pod on `from` pinged the new node's pod).
-async fn join(lab: &mut Lab, cluster: &str, from: &str) -> (Duration, Duration) {
-    let start = Instant::now();
-    let node = lab.add_node(cluster).await.unwrap();
-    lab.start_node(&node, Device::TrellisWg).await.unwrap();
-    let others: Vec<String> = lab
-        .state
-        .nodes
-        .iter()
-        .map(|n| n.name.clone())
-        .filter(|n| *n != node)
-        .collect();
-    let want = others.len();
-    wait_for(
-        Duration::from_secs(60),
-        || {
-            others
-                .iter()
-                .all(|o| lab.wg_peers(o).map(|p| p.len() == want).unwrap_or(false))
-        },
-        || format!("{node}: not a peer everywhere"),
-    )
-    .unwrap();
-    let peers = start.elapsed();
-    let conf_dir = lab.node(&node).unwrap().dir.join("etc-cni-net.d");
-    poll(
-        "the new node's CNI configuration",
-        Duration::from_secs(30),
-        || trellis_e2e::pod::default_network(&conf_dir).is_ok(),
-    );
-    let result = lab.add_pod(&node, "p0", None).unwrap();
-    let ip = result_address(&result, true).unwrap();
-    first_ping(from, &ip, Duration::from_secs(60));
-    (peers, start.elapsed())
 }
 
 async fn remote_join() -> String {
@@ -147,7 +91,7 @@ async fn remote_join() -> String {
     let (mut local, mut remote) = (Vec::new(), Vec::new());
     for i in 0..JOINS {
         for (cluster, samples) in [(HERE, &mut local), (THERE, &mut remote)] {
-            let (peers, ping) = join(&mut lab, cluster, &from).await;
+            let (peers, ping) = timed_join(&mut lab, cluster, &from).await;
             eprintln!(
                 "  join {:>2} to {cluster:<5}: peer everywhere {:>5.0} ms, first ping {:>5.0} ms",
                 i + 1,
@@ -198,7 +142,7 @@ fn path(lab: &Lab, node: &str, key: &str) -> Option<PathState> {
 
 /// Polls every 20 ms until both ends report `state` for each other.
 fn wait_both(lab: &Lab, ends: [(&str, &str); 2], state: PathState, limit: Duration) -> Duration {
-    poll(&format!("both ends {state:?}"), limit, || {
+    poll(&format!("both ends {state:?}"), FINE, limit, || {
         ends.iter().all(|(n, k)| path(lab, n, k) == Some(state))
     })
 }
@@ -273,13 +217,18 @@ async fn relay_switch() -> String {
         let unblocked = Instant::now();
         trellis_e2e::nat::unblock(&r3.netns).unwrap();
         let mut handshake = None;
-        let direct = poll("both ends direct again", Duration::from_secs(60), || {
-            if handshake.is_none() && handshaken(&lab, &n2, &k3) {
-                handshake = Some(unblocked.elapsed());
-            }
-            ends.iter()
-                .all(|(n, k)| path(&lab, n, k) == Some(PathState::Direct))
-        });
+        let direct = poll(
+            "both ends direct again",
+            FINE,
+            Duration::from_secs(60),
+            || {
+                if handshake.is_none() && handshaken(&lab, &n2, &k3) {
+                    handshake = Some(unblocked.elapsed());
+                }
+                ends.iter()
+                    .all(|(n, k)| path(&lab, n, k) == Some(PathState::Direct))
+            },
+        );
         let (sent, received) = flow.join().unwrap();
         let t = Switch {
             fresh,

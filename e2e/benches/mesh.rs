@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use k8s_openapi::api::core::v1::Node;
-use trellis_e2e::bench::{percentile, update_benchmarks_md};
+use trellis_e2e::bench::{percentile, timed_join, update_benchmarks_md};
 use trellis_e2e::mesh::{wait_for, Device};
 use trellis_e2e::{IpFamily, Lab, LabOptions};
 
@@ -147,57 +147,9 @@ async fn convergence() -> String {
     let from = lab.names().pod_netns("bconv-n1", "p0");
     let (mut peers_ready, mut ping_ready) = (Vec::new(), Vec::new());
     for i in 0..20 {
-        let start = Instant::now();
-        let node = lab.add_node("bconv").await.unwrap();
-        lab.start_node(&node, Device::TrellisWg).await.unwrap();
-        let others: Vec<String> = lab
-            .state
-            .nodes
-            .iter()
-            .map(|n| n.name.clone())
-            .filter(|n| *n != node)
-            .collect();
-        let want = others.len();
-        wait_for(
-            Duration::from_secs(60),
-            || {
-                others
-                    .iter()
-                    .all(|o| lab.wg_peers(o).map(|p| p.len() == want).unwrap_or(false))
-            },
-            || format!("join {i}: peers"),
-        )
-        .unwrap();
-        peers_ready.push(start.elapsed());
-        let conflist = lab
-            .node(&node)
-            .unwrap()
-            .dir
-            .join("etc-cni-net.d/10-trellis.conflist");
-        wait_for(
-            Duration::from_secs(30),
-            || conflist.exists(),
-            || "conflist".into(),
-        )
-        .unwrap();
-        let ip = pod_ip(&lab.add_pod(&node, "p0", None).unwrap());
-        loop {
-            if std::process::Command::new("ip")
-                .args([
-                    "netns", "exec", &from, "ping", "-c", "1", "-W", "1", "-i", "0.2", &ip,
-                ])
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false)
-            {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "join {i}: no ping"
-            );
-        }
-        ping_ready.push(start.elapsed());
+        let (peers, ping) = timed_join(&mut lab, "bconv", &from).await;
+        peers_ready.push(peers);
+        ping_ready.push(ping);
         eprintln!(
             "  join {:>2}: peers {:>6.0} ms, ping {:>6.0} ms",
             i + 1,

@@ -1,8 +1,91 @@
-//! Helpers for the benchmark programs of `make bench`: percentiles, and
-//! writing a named section of BENCHMARKS.md.
+//! Helpers for the benchmark programs of `make bench`: percentiles,
+//! polling with a fine grain, a timed node join, and writing a named
+//! section of BENCHMARKS.md.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use crate::mesh::Device;
+use crate::Lab;
+
+/// Polls `done` every `every` (panics naming `what` after `limit`); how
+/// long it took. Checks that start processes on many nodes cost CPU the
+/// nodes need: poll them less often.
+pub fn poll(
+    what: &str,
+    every: Duration,
+    limit: Duration,
+    mut done: impl FnMut() -> bool,
+) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(every);
+    }
+    start.elapsed()
+}
+
+/// The grain of cheap polls (a ping, an HTTP request to an agent).
+pub const FINE: Duration = Duration::from_millis(20);
+
+/// Pings from `netns` to `ip` (one echo, 250 ms to answer) until one
+/// answers; panics after `limit`.
+pub fn first_ping(netns: &str, ip: &str, limit: Duration) {
+    let answered = || crate::cmd::in_netns(netns, "ping", &["-c", "1", "-W", "0.25", ip]).is_ok();
+    poll(
+        &format!("a ping from {netns} to {ip}"),
+        FINE,
+        limit,
+        answered,
+    );
+}
+
+/// A node joins `cluster` with trellis-wg and a pod `p0`, timed from its
+/// creation to (every other node of the lab has its peer, the first ping
+/// from the pod namespace `from` to the new pod answered).
+pub async fn timed_join(lab: &mut Lab, cluster: &str, from: &str) -> (Duration, Duration) {
+    let start = Instant::now();
+    let node = lab.add_node(cluster).await.expect("a new node");
+    lab.start_node(&node, Device::TrellisWg)
+        .await
+        .expect("Trellis on the new node");
+    let mut pending: Vec<String> = lab
+        .state
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .filter(|n| *n != node)
+        .collect();
+    let want = pending.len();
+    // `wg show` on every node: every 100 ms, and each node until it has it.
+    poll(
+        &format!("{node} a peer everywhere"),
+        Duration::from_millis(100),
+        Duration::from_secs(60),
+        || {
+            pending.retain(|o| lab.wg_peers(o).map(|p| p.len() != want).unwrap_or(true));
+            pending.is_empty()
+        },
+    );
+    let peers = start.elapsed();
+    let conf_dir = lab
+        .node(&node)
+        .expect("the new node")
+        .dir
+        .join("etc-cni-net.d");
+    poll(
+        "the new node's CNI configuration",
+        FINE,
+        Duration::from_secs(30),
+        || crate::pod::default_network(&conf_dir).is_ok(),
+    );
+    let result = lab
+        .add_pod(&node, "p0", None)
+        .expect("a pod on the new node");
+    let ip = crate::pod::result_address(&result, true).expect("an IPv4 address");
+    first_ping(from, &ip, Duration::from_secs(60));
+    (peers, start.elapsed())
+}
 
 /// The `p`-th percentile (nearest rank) of `samples`.
 pub fn percentile(samples: &[Duration], p: f64) -> Duration {
