@@ -20,18 +20,9 @@ use trellis_e2e::pod::{ping_flow, result_address};
 use trellis_e2e::{Lab, LabOptions, NatMode};
 
 fn main() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "make bench needs root (network namespaces)"
-    );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
     // TRELLIS_BENCH=remote-join,relay-switch picks parts (default: all).
-    let only = std::env::var("TRELLIS_BENCH").unwrap_or_default();
-    let wanted = |part: &str| only.is_empty() || only.split(',').any(|p| p == part);
-    if wanted("remote-join") {
+    let (rt, parts) = trellis_e2e::bench::start();
+    if parts.wanted("remote-join") {
         let text = rt.block_on(remote_join());
         update_benchmarks_md(
             "clusters-remote-join",
@@ -39,7 +30,7 @@ fn main() {
             &text,
         );
     }
-    if wanted("relay-switch") {
+    if parts.wanted("relay-switch") {
         let text = rt.block_on(relay_switch());
         update_benchmarks_md("clusters-relay-switch", "Relay to direct", &text);
     }

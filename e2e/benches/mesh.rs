@@ -17,26 +17,17 @@ use trellis_e2e::mesh::{wait_for, Device};
 use trellis_e2e::{IpFamily, Lab, LabOptions};
 
 fn main() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "make bench needs root (network namespaces)"
-    );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
     // TRELLIS_BENCH=throughput,convergence,scale picks parts (default: all).
-    let only = std::env::var("TRELLIS_BENCH").unwrap_or_default();
-    let wanted = |part: &str| only.is_empty() || only.split(',').any(|p| p == part);
-    if wanted("throughput") {
+    let (rt, parts) = trellis_e2e::bench::start();
+    if parts.wanted("throughput") {
         let throughput = rt.block_on(throughput());
         update_benchmarks_md("mesh-throughput", "Pod-to-pod throughput", &throughput);
     }
-    if wanted("convergence") {
+    if parts.wanted("convergence") {
         let convergence = rt.block_on(convergence());
         update_benchmarks_md("mesh-convergence", "Convergence of a join", &convergence);
     }
-    if wanted("scale") {
+    if parts.wanted("scale") {
         let scale = rt.block_on(scale());
         update_benchmarks_md("mesh-scale", "The agent at idle, and at 1000 nodes", &scale);
     }

@@ -87,6 +87,34 @@ pub async fn timed_join(lab: &mut Lab, cluster: &str, from: &str) -> (Duration, 
     (peers, start.elapsed())
 }
 
+/// What a bench program starts with: the check that it runs as root, a
+/// runtime, and the parts picked with `TRELLIS_BENCH` (comma separated;
+/// unset: all).
+pub fn start() -> (tokio::runtime::Runtime, Parts) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "make bench needs root (network namespaces)"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    (
+        runtime,
+        Parts(std::env::var("TRELLIS_BENCH").unwrap_or_default()),
+    )
+}
+
+/// The parts of the benchmarks to run (`TRELLIS_BENCH`).
+#[derive(Debug)]
+pub struct Parts(String);
+
+impl Parts {
+    pub fn wanted(&self, part: &str) -> bool {
+        self.0.is_empty() || self.0.split(',').any(|p| p == part)
+    }
+}
+
 /// The `p`-th percentile (nearest rank) of `samples`.
 pub fn percentile(samples: &[Duration], p: f64) -> Duration {
     let mut sorted = samples.to_vec();
