@@ -49,10 +49,8 @@ pub fn node_desired(snapshot: &Snapshot, name: &str) -> Result<Desired, WgConfEr
         .ok_or_else(|| WgConfError::NoSuchNode(name.into()))?;
     let listen_port = trellis_mesh::annotations::NodeAnnotations::parse(&me.annotations)
         .ok()
-        .and_then(|a| match a.endpoint {
-            Some(trellis_mesh::annotations::Endpoint::Addr(a)) => Some(a.port()),
-            _ => None,
-        })
+        .and_then(|a| a.endpoint?.addr())
+        .map(|a| a.port())
         .unwrap_or(DEFAULT_LISTEN_PORT);
     let local = LocalNode {
         name: name.into(),

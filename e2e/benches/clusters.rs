@@ -53,13 +53,12 @@ async fn remote_join() -> String {
         .expect("second cluster");
     lab.start_mesh(Device::TrellisWg).await.unwrap();
     lab.wait_clusters_meshed(Duration::from_secs(60)).unwrap();
-    let mut there_ips = Vec::new();
-    for node in lab.state.nodes.clone() {
-        let result = lab.add_pod(&node.name, "p0", None).unwrap();
-        if node.cluster == THERE {
-            there_ips.push(result_address(&result, true).unwrap());
-        }
-    }
+    let pods = lab.one_pod_per_node().expect("a pod on every node");
+    let there_ips: Vec<&str> = pods
+        .iter()
+        .filter(|p| p.cluster == THERE)
+        .map(|p| p.v4.as_str())
+        .collect();
     let from = lab.names().pod_netns(&format!("{HERE}-n1"), "p0");
 
     let start = Instant::now();

@@ -439,7 +439,6 @@ impl Lab {
         Ok(self.cluster_state(cluster)?.admin_kubeconfig.clone())
     }
 
-    /// An admin client of a cluster.
     /// Every cluster's admin kubeconfig joined by ':' (as KUBECONFIG takes
     /// them): one context per cluster, named after it.
     pub fn all_kubeconfigs(&self) -> String {
@@ -451,6 +450,7 @@ impl Lab {
             .join(":")
     }
 
+    /// An admin client of a cluster.
     pub async fn client(&self, cluster: &str) -> Result<kube::Client, LabError> {
         Ok(kubeconfig::client(&self.kubeconfig(cluster)?).await?)
     }

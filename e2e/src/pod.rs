@@ -81,7 +81,44 @@ fn cnitool(
     Ok(cmd::output_of(command, shown)?)
 }
 
+/// A pod of [`Lab::one_pod_per_node`]: where it runs and its addresses.
+#[derive(Debug, Clone)]
+pub struct NodePod {
+    pub node: String,
+    pub cluster: String,
+    pub netns: String,
+    pub v4: String,
+    pub v6: String,
+}
+
 impl Lab {
+    /// Creates pod `p0` on every node of a dual-stack lab (each node's
+    /// default network), in the order of the nodes.
+    pub fn one_pod_per_node(&mut self) -> Result<Vec<NodePod>, LabError> {
+        let mut pods = Vec::new();
+        for node in self.state.nodes.clone() {
+            let result = self.add_pod(&node.name, "p0", None)?;
+            let address = |v4| {
+                result_address(&result, v4).ok_or_else(|| LabError::Invalid {
+                    what: "pod",
+                    name: format!("{}/p0", node.name),
+                    problem: format!(
+                        "got no {} address: {result}",
+                        if v4 { "IPv4" } else { "IPv6" }
+                    ),
+                })
+            };
+            pods.push(NodePod {
+                netns: self.names().pod_netns(&node.name, "p0"),
+                v4: address(true)?,
+                v6: address(false)?,
+                cluster: node.cluster,
+                node: node.name,
+            });
+        }
+        Ok(pods)
+    }
+
     /// Creates pod `pod` on `node` and runs CNI ADD for it (with `network`,
     /// or the node's default network); returns the CNI result as JSON.
     pub fn add_pod(

@@ -15,7 +15,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::Api;
 use trellis_e2e::mesh::Device;
 use trellis_e2e::plugin::{self, wait_until};
-use trellis_e2e::pod::{ping_from, result_address};
+use trellis_e2e::pod::{ping_from, NodePod};
 use trellis_e2e::{Lab, LabOptions};
 
 const LAB: &str = "links";
@@ -27,14 +27,6 @@ const LINKS_NS: &str = "trellis-links";
 /// (contexts named after the clusters).
 fn kubectl_trellis(lab: &Lab, args: &[&str]) -> Result<(String, String), String> {
     plugin::kubectl_trellis(&lab.all_kubeconfigs(), args)
-}
-
-struct Pod {
-    node: String,
-    cluster: String,
-    netns: String,
-    v4: String,
-    v6: String,
 }
 
 fn nodes_of(lab: &Lab, cluster: &str) -> Vec<String> {
@@ -49,7 +41,7 @@ fn peer_count(lab: &Lab, node: &str) -> usize {
 }
 
 /// Every pair of pods across `a` and `b`, both ways, v4 and v6: failures.
-fn cross_pings(pods: &[Pod], a: &str, b: &str) -> Vec<String> {
+fn cross_pings(pods: &[NodePod], a: &str, b: &str) -> Vec<String> {
     let mut failures = Vec::new();
     for from in pods.iter().filter(|p| p.cluster == a || p.cluster == b) {
         for to in pods
@@ -89,17 +81,7 @@ async fn linked_clusters_mesh_directly_refuse_overlaps_and_unlink() {
             });
         }
     }
-    let mut pods = Vec::new();
-    for node in lab.state.nodes.clone() {
-        let result = lab.add_pod(&node.name, "p0", None).expect("pod");
-        pods.push(Pod {
-            netns: lab.names().pod_netns(&node.name, "p0"),
-            v4: result_address(&result, true).unwrap(),
-            v6: result_address(&result, false).unwrap(),
-            cluster: node.cluster.clone(),
-            node: node.name,
-        });
-    }
+    let pods = lab.one_pod_per_node().expect("a pod on every node");
     assert!(!cross_pings(&pods, LAB, FAR).is_empty(), "not linked yet");
 
     // Link: every node of each cluster gets every node of the other.

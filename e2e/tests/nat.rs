@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use trellis_e2e::mesh::Device;
 use trellis_e2e::plugin::{self, wait_until};
-use trellis_e2e::pod::{ping_flow, ping_from, result_address};
+use trellis_e2e::pod::{ping_flow, ping_from, NodePod};
 use trellis_e2e::{Lab, LabOptions, NatMode};
 
 const A: &str = "nata";
@@ -45,16 +45,9 @@ fn row(table: &str, node: &str, peer: &str) -> String {
         .to_string()
 }
 
-struct Pod {
-    node: String,
-    netns: String,
-    v4: String,
-    v6: String,
-}
-
 /// Waits until every pod pair answers (panics with the failures after
 /// `limit`); how long it took.
-fn wait_all_pings(pods: &[Pod], limit: Duration) -> Duration {
+fn wait_all_pings(pods: &[NodePod], limit: Duration) -> Duration {
     let start = Instant::now();
     let mut failures = all_pings(pods);
     while !failures.is_empty() {
@@ -66,7 +59,7 @@ fn wait_all_pings(pods: &[Pod], limit: Duration) -> Duration {
 }
 
 /// Every ordered pair of pods, v4 and v6: the failures.
-fn all_pings(pods: &[Pod]) -> Vec<String> {
+fn all_pings(pods: &[NodePod]) -> Vec<String> {
     let mut failures = Vec::new();
     for from in pods {
         for to in pods.iter().filter(|p| p.node != from.node) {
@@ -119,16 +112,7 @@ async fn nat_traversal_hole_punching_and_relays_across_linked_clusters() {
             || trellis_e2e::pod::default_network(&conf_dir).is_ok(),
         );
     }
-    let mut pods = Vec::new();
-    for node in lab.state.nodes.clone() {
-        let result = lab.add_pod(&node.name, "p0", None).expect("pod");
-        pods.push(Pod {
-            netns: lab.names().pod_netns(&node.name, "p0"),
-            v4: result_address(&result, true).unwrap(),
-            v6: result_address(&result, false).unwrap(),
-            node: node.name,
-        });
-    }
+    let pods = lab.one_pod_per_node().expect("a pod on every node");
 
     let start = Instant::now();
     trellis(&lab, &["cluster", "link", "--from", A, "--to", B, "--wait"]);

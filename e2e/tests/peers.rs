@@ -12,7 +12,7 @@ use kube::api::Api;
 use trellis_api::Peer;
 use trellis_e2e::mesh::Device;
 use trellis_e2e::plugin::{self, wait_until};
-use trellis_e2e::pod::{ping_from, result_address};
+use trellis_e2e::pod::ping_from;
 use trellis_e2e::{Lab, LabOptions};
 
 const LAB: &str = "peers";
@@ -22,29 +22,6 @@ fn kubectl_trellis(lab: &Lab, args: &[&str]) -> Result<(String, String), String>
     let cluster = lab.state.clusters[0].name.clone();
     let kubeconfig = lab.kubeconfig(&cluster).unwrap();
     plugin::kubectl_trellis(&kubeconfig.display().to_string(), args)
-}
-
-struct Pod {
-    node: String,
-    netns: String,
-    v4: String,
-    v6: String,
-}
-
-fn one_pod_per_node(lab: &mut Lab) -> Vec<Pod> {
-    let nodes: Vec<String> = lab.state.nodes.iter().map(|n| n.name.clone()).collect();
-    nodes
-        .into_iter()
-        .map(|node| {
-            let result = lab.add_pod(&node, "p0", None).expect("pod");
-            Pod {
-                netns: lab.names().pod_netns(&node, "p0"),
-                v4: result_address(&result, true).unwrap(),
-                v6: result_address(&result, false).unwrap(),
-                node,
-            }
-        })
-        .collect()
 }
 
 fn peer_keys_on(lab: &Lab, node: &str) -> Vec<String> {
@@ -65,7 +42,7 @@ async fn an_external_machine_reaches_every_pod_with_the_printed_config() {
         .await
         .expect("mesh started");
     lab.wait_mesh(2, Duration::from_secs(60)).expect("mesh up");
-    let pods = one_pod_per_node(&mut lab);
+    let pods = lab.one_pod_per_node().expect("a pod on every node");
     let nodes: Vec<String> = pods.iter().map(|p| p.node.clone()).collect();
     let machine = lab.add_machine("laptop").expect("machine");
 

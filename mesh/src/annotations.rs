@@ -25,6 +25,16 @@ pub enum Endpoint {
     Host { host: String, port: u16 },
 }
 
+impl Endpoint {
+    /// The address, when it is one (not a DNS name to resolve).
+    pub fn addr(&self) -> Option<SocketAddr> {
+        match self {
+            Endpoint::Addr(a) => Some(*a),
+            Endpoint::Host { .. } => None,
+        }
+    }
+}
+
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

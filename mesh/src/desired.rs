@@ -337,10 +337,7 @@ pub fn desired_mesh(
             .chain(inputs.remotes.iter().flat_map(|r| &r.nodes)),
     );
     let mine = NodeAnnotations::parse(&me.annotations).unwrap_or_default();
-    let published = match mine.endpoint {
-        Some(Endpoint::Addr(a)) => Some(a),
-        _ => None,
-    };
+    let published = mine.endpoint.as_ref().and_then(Endpoint::addr);
     d.public_endpoint = d.sightings.translated(&local.public_key, published);
     d.behind_nat = d.sightings.behind_nat(&local.public_key, published);
     d.keepalive = mine
@@ -465,10 +462,7 @@ fn validate_node(
         ));
     }
     let forced = annotations.force_endpoint.is_some();
-    let own_endpoint = match &annotations.endpoint {
-        Some(Endpoint::Addr(a)) => Some(*a),
-        _ => None,
-    };
+    let own_endpoint = annotations.endpoint.as_ref().and_then(Endpoint::addr);
     let chosen = annotations.force_endpoint.or(annotations.endpoint);
     let configured = match chosen {
         None => None,
