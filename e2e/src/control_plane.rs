@@ -5,10 +5,11 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::deadline::Progress;
 use crate::kubeconfig::{self, write_cert_kubeconfig, KubeconfigError};
 use crate::netns::{self, NetnsError, Placement};
 use crate::pki::{self, Ca, PkiError};
@@ -38,7 +39,7 @@ pub enum ControlPlaneError {
         log: PathBuf,
         tail: String,
     },
-    #[error("the apiserver at {url} was not ready after {seconds} s (last answer: {last}); see the logs in {dir}")]
+    #[error("the apiserver at {url} was not ready after {seconds} s (last answer: {last}); see the logs in {dir}. On a slow or loaded machine, stretch every lab deadline with TRELLIS_DEADLINE_SCALE (a factor)")]
     NotReady {
         url: String,
         seconds: u64,
@@ -264,7 +265,10 @@ pub async fn wait_ready(
     timeout: Duration,
 ) -> Result<kube::Client, ControlPlaneError> {
     let client = kubeconfig::client(&spec.admin_kubeconfig()).await?;
-    let start = Instant::now();
+    let mut progress = Progress::new(
+        format!("apiserver of cluster {}", spec.cluster),
+        Duration::from_secs(15),
+    );
     loop {
         for d in daemons {
             if !netns::alive(d.pid) {
@@ -285,7 +289,7 @@ pub async fn wait_ready(
                 .join("; "),
             Err(e) => e.to_string(),
         };
-        if start.elapsed() > timeout {
+        if progress.elapsed() > timeout {
             return Err(ControlPlaneError::NotReady {
                 url: spec.apiserver_url(),
                 seconds: timeout.as_secs(),
@@ -293,6 +297,7 @@ pub async fn wait_ready(
                 dir: spec.dir.clone(),
             });
         }
+        progress.tick(timeout, || last.clone());
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

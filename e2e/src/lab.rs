@@ -12,6 +12,7 @@ use tracing::info;
 
 use crate::cmd::CommandError;
 use crate::control_plane::{self, ControlPlaneError, ControlPlaneSpec};
+use crate::deadline;
 use crate::kubeconfig::{self, KubeconfigError};
 use crate::nat::{self, NatMode};
 use crate::netns::{self, NetnsError};
@@ -22,7 +23,8 @@ use crate::tools::{Tools, ToolsError};
 use crate::underlay::{self, Addrs};
 
 /// How long the apiserver may take to become ready (a cold start on two
-/// loaded cores takes a few seconds; this is generous on purpose).
+/// loaded cores takes a few seconds; this is generous on purpose), before
+/// [`deadline::scaled`].
 const APISERVER_READY: Duration = Duration::from_secs(120);
 /// How long the controller-manager may take to assign a pod CIDR.
 const POD_CIDR_ASSIGNED: Duration = Duration::from_secs(60);
@@ -312,7 +314,7 @@ impl Lab {
                     source: std::io::Error::other(e.to_string()),
                 })
             })?;
-            control_plane::wait_ready(&spec, &started, APISERVER_READY).await?;
+            control_plane::wait_ready(&spec, &started, deadline::scaled(APISERVER_READY)).await?;
         }
         info!(
             cluster = name,
@@ -379,7 +381,7 @@ impl Lab {
             &client,
             &name,
             cluster_state.cluster_cidrs.len(),
-            POD_CIDR_ASSIGNED,
+            deadline::scaled(POD_CIDR_ASSIGNED),
         )
         .await?;
         info!(node = %name, address = ?addrs.all(), pod_cidrs = ?cidrs, "node registered");

@@ -13,6 +13,7 @@ pub mod chart;
 pub mod cmd;
 pub mod control_plane;
 pub mod daemonset;
+pub mod deadline;
 pub mod kubeconfig;
 pub mod kubelet;
 pub mod lab;

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::deadline;
 use crate::lab::{Lab, LabError};
 use crate::netns;
 use crate::node::private_dir;
@@ -372,17 +373,20 @@ pub fn mesh_routes_in(netns: &str) -> Result<Vec<String>, crate::cmd::CommandErr
     Ok(out)
 }
 
-/// Polls `ready` every 100 ms until it holds or `timeout` passes.
+/// Polls `ready` every 100 ms until it holds or `timeout` (stretched by
+/// [`deadline::scaled`]) passes, saying every 30 s that it still waits.
 pub fn wait_for(
     timeout: Duration,
     mut ready: impl FnMut() -> bool,
     what: impl Fn() -> String,
 ) -> Result<(), LabError> {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
+    let timeout = deadline::scaled(timeout);
+    let mut progress = deadline::Progress::new("a lab wait", Duration::from_secs(30));
+    while progress.elapsed() < timeout {
         if ready() {
             return Ok(());
         }
+        progress.tick(timeout, &what);
         std::thread::sleep(Duration::from_millis(100));
     }
     Err(LabError::Invalid {

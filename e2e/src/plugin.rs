@@ -43,6 +43,7 @@ pub fn kubectl(kubeconfig: &str, args: &[&str]) -> Result<(String, String), Stri
 /// Polls `done` every 200 ms; panics naming `what` after `limit`. Returns
 /// how long it took.
 pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let limit = crate::deadline::scaled(limit);
     let start = Instant::now();
     while !done() {
         assert!(start.elapsed() < limit, "{what}: not within {limit:?}");

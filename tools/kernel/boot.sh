@@ -38,6 +38,10 @@ if [[ ! -x "$venv/bin/vng" ]]; then
 	python3 -m venv "$venv"
 	"$venv/bin/pip" install -q "virtme-ng==$virtme_ng_version"
 fi
+# vng starts virtme-run (and its helpers) through PATH: the venv's bin must
+# come first, or a machine without a virtme-ng of its own fails with
+# "virtme-run: not found".
+export PATH="$venv/bin:$PATH"
 kernel="$(ls -1 /boot/vmlinuz-*-amd64 | sort -V | tail -1)"
 log "booting $kernel (software emulation; console in $console)"
 start=$SECONDS
