@@ -177,6 +177,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut discovered = std::collections::BTreeMap::new();
     let mut watch_paths = false;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let declared = config.declared();
+    tracing::info!(pod_ranges = %trellis_mesh::ranges::format_list(&declared.pods), external_peer_ranges = %trellis_mesh::ranges::format_list(&declared.external_peers), "declared ranges");
     loop {
         let snapshot: Vec<Arc<Node>> = node_store.state();
         let peer_objects: Vec<Arc<Peer>> = peer_store.state();
@@ -216,7 +218,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
             }
             let linked = remotes.remote_clusters();
-            let inputs = MeshInputs { nodes: &infos, external: &external, remotes: &linked };
+            let inputs = MeshInputs { nodes: &infos, external: &external, remotes: &linked, declared: &declared };
             let outcome = reconciler.reconcile_mesh(&inputs, &resolve).await?;
             watch_paths = outcome.watches_paths();
             if outcome.discovered != discovered {

@@ -6,7 +6,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use trellis_mesh::names;
+use trellis_mesh::ranges::{self, DeclaredRanges};
 
 /// Which WireGuard implementation drives the interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -75,6 +77,15 @@ pub struct Config {
     /// cluster link` writes them there).
     #[arg(long, env = "TRELLIS_LINKS_NAMESPACE", default_value = names::DEFAULT_LINKS_NAMESPACE)]
     pub links_namespace: String,
+    /// The ranges this cluster's pods live in (comma-separated CIDRs):
+    /// a Node whose pod CIDR lies outside them is left out of the mesh.
+    /// Default: the private ranges (RFC 1918, 100.64.0.0/10, fc00::/7).
+    #[arg(long, env = "TRELLIS_POD_RANGES", value_parser = parse_ranges, default_value = DEFAULT_RANGES)]
+    pub pod_ranges: RangeList,
+    /// The ranges this cluster's external peers (`Peer` objects) live in:
+    /// a Peer with an allowed IP outside them is left out.
+    #[arg(long, env = "TRELLIS_EXTERNAL_PEER_RANGES", value_parser = parse_ranges, default_value = DEFAULT_RANGES)]
+    pub external_peer_ranges: RangeList,
     /// Full reconcile at least this often, even with no change.
     #[arg(long, env = "TRELLIS_RESYNC_SECONDS", default_value_t = 30)]
     pub resync_seconds: u64,
@@ -82,7 +93,28 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// [`ranges::PRIVATE_RANGES`] as one flag value.
+const DEFAULT_RANGES: &str = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7";
+
+/// A flag's comma-separated list of declared ranges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeList(pub Vec<IpNet>);
+
+fn parse_ranges(text: &str) -> Result<RangeList, String> {
+    ranges::parse_list(text)
+        .map(RangeList)
+        .map_err(|e| e.to_string())
+}
+
 impl Config {
+    /// What this cluster declares, from the two range flags.
+    pub fn declared(&self) -> DeclaredRanges {
+        DeclaredRanges {
+            pods: self.pod_ranges.0.clone(),
+            external_peers: self.external_peer_ranges.0.clone(),
+        }
+    }
+
     pub fn resync(&self) -> Duration {
         Duration::from_secs(self.resync_seconds.max(1))
     }
@@ -130,6 +162,27 @@ mod tests {
             PathBuf::from("/var/run/wireguard/trellis.sock")
         );
         assert_eq!(c.dataplane, DataplaneMode::Auto);
+    }
+
+    #[test]
+    fn declared_ranges_default_to_the_private_ones_and_refuse_a_default_route() {
+        let c = Config::try_parse_from(["trellis-agent", "--node-name", "n1"]).unwrap();
+        assert_eq!(c.declared(), DeclaredRanges::private());
+        let c = Config::try_parse_from([
+            "trellis-agent",
+            "--node-name=n1",
+            "--pod-ranges=10.244.0.0/16,fd00:10:244::/56",
+        ])
+        .unwrap();
+        assert_eq!(c.declared().pods.len(), 2);
+        let err = Config::try_parse_from([
+            "trellis-agent",
+            "--node-name=n1",
+            "--external-peer-ranges=10.99.0.0/16,0.0.0.0/0",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("0.0.0.0/0 is a default route"), "{err}");
     }
 
     #[test]

@@ -133,6 +133,7 @@ pub fn reason_name(reason: trellis_mesh::desired::RejectReason) -> &'static str 
         InvalidAnnotation => "PeerInvalidAnnotation",
         InvalidPodCidr => "PeerInvalidPodCIDR",
         OverlappingPodCidr => "PeerOverlappingPodCIDR",
+        UndeclaredRange => "PeerUndeclaredRange",
         DuplicatePublicKey => "PeerDuplicatePublicKey",
         UnresolvableEndpoint => "PeerUnresolvableEndpoint",
         InvalidPeerSpec => "PeerInvalidSpec",

@@ -85,6 +85,7 @@ impl<D: Dataplane> Reconciler<D> {
             nodes,
             external,
             remotes: &[],
+            declared: &trellis_mesh::DeclaredRanges::private(),
         };
         self.reconcile_mesh(&inputs, resolve).await
     }

@@ -14,7 +14,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use kube::Resource;
 use tokio::sync::Notify;
-use trellis_api::link::link_of;
+use trellis_api::link::{link_of, Link as LinkSource};
 use trellis_api::status::{LinkState, LinkedClusterReport};
 use trellis_api::Peer;
 use trellis_mesh::{Desired, PresharedKeySource, RemoteCluster};
@@ -25,8 +25,9 @@ use crate::reflectors::{spawn_reflector, Reflector};
 struct Link {
     cluster: String,
     secret: ObjectReference,
-    /// The cluster name and kubeconfig read from the Secret, or what is wrong.
-    source: Result<(String, String), String>,
+    /// The cluster name, kubeconfig and declared ranges read from the
+    /// Secret, or what is wrong.
+    source: Result<LinkSource, String>,
     watch: Result<Watch, String>,
 }
 
@@ -86,7 +87,11 @@ impl RemoteClusters {
             }
             let (cluster, watch) = match &source {
                 Err(e) => (String::new(), Err(e.clone())),
-                Ok((cluster, kubeconfig)) => (
+                Ok(LinkSource {
+                    cluster,
+                    kubeconfig,
+                    ..
+                }) => (
                     cluster.clone(),
                     match client_of(kubeconfig).await {
                         Ok(client) => Ok(self.watch(client, cluster)),
@@ -148,7 +153,9 @@ impl RemoteClusters {
     pub fn remote_clusters(&self) -> Vec<RemoteCluster> {
         let mut out = Vec::new();
         for link in self.links.values() {
-            let Ok(w) = &link.watch else { continue };
+            let (Ok(w), Ok(source)) = (&link.watch, &link.source) else {
+                continue;
+            };
             if !w.nodes.is_ready() {
                 continue;
             }
@@ -178,6 +185,7 @@ impl RemoteClusters {
                     .map(|n| trellis_api::node::node_info(n))
                     .collect(),
                 external,
+                declared: source.declared.clone(),
             });
         }
         out

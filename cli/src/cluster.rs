@@ -1,17 +1,19 @@
 //! The connection to a cluster (kubeconfig and context, as kubectl picks
-//! them) and a snapshot of what Trellis reads from it: Nodes and Peers, and
-//! the Nodes of linked clusters.
+//! them) and a snapshot of what Trellis reads from it: Nodes and Peers, the
+//! ranges the cluster declares, and the Nodes of linked clusters.
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use k8s_openapi::api::core::v1::{Node, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
 use kube::api::{Api, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use trellis_api::Peer;
 use trellis_mesh::names::LABEL_REMOTE_CLUSTER;
-use trellis_mesh::{ExternalPeerInfo, NodeInfo, PresharedKey, PresharedKeySource, RemoteCluster};
+use trellis_mesh::{
+    DeclaredRanges, ExternalPeerInfo, NodeInfo, PresharedKey, PresharedKeySource, RemoteCluster,
+};
 
 /// A client for `context` of `kubeconfig` (each defaulting as kubectl does).
 pub async fn client(
@@ -64,6 +66,26 @@ pub struct Snapshot {
     pub peers: Vec<Peer>,
     /// The linked clusters' Nodes (their Peers left aside), when read.
     pub remotes: Vec<RemoteCluster>,
+    /// The ranges the cluster declares (nothing, until read).
+    pub declared: DeclaredRanges,
+}
+
+/// The ranges cluster `name` declares: its chart's ConfigMap in the links
+/// namespace.
+pub async fn read_declaration(
+    client: &kube::Client,
+    links_namespace: &str,
+    name: &str,
+) -> anyhow::Result<DeclaredRanges> {
+    use trellis_api::link::DECLARATION_CONFIGMAP;
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), links_namespace);
+    let map = maps.get_opt(DECLARATION_CONFIGMAP).await.with_context(|| {
+        format!("reading ConfigMap {links_namespace}/{DECLARATION_CONFIGMAP} of cluster {name}")
+    })?;
+    let map = map.with_context(|| {
+        format!("cluster {name} declares no ranges: ConfigMap {links_namespace}/{DECLARATION_CONFIGMAP} is missing (the Trellis chart creates it from its podRanges and externalPeerRanges values: install or upgrade the chart)")
+    })?;
+    trellis_api::link::declared_of(&map).with_context(|| format!("cluster {name}"))
 }
 
 impl Snapshot {
@@ -72,6 +94,7 @@ impl Snapshot {
         let peers: Api<Peer> = Api::all(client.clone());
         Ok(Snapshot {
             remotes: Vec::new(),
+            declared: DeclaredRanges::default(),
             nodes: nodes.list(&Default::default()).await.context("listing Nodes")?.items,
             peers: peers
                 .list(&Default::default())
@@ -81,15 +104,16 @@ impl Snapshot {
         })
     }
 
-    /// [`Snapshot::read`] and the Nodes of every cluster linked by a Secret
-    /// in `links_namespace`, read with the Secret's kubeconfig as the
-    /// agents do. A linked cluster that cannot be read is left out, saying
-    /// so on stderr.
+    /// [`Snapshot::read`], the ranges the cluster declares, and the Nodes
+    /// of every cluster linked by a Secret in `links_namespace`, read with
+    /// the Secret's kubeconfig as the agents do. A linked cluster that
+    /// cannot be read is left out, saying so on stderr.
     pub async fn read_with_links(
         client: &kube::Client,
         links_namespace: &str,
     ) -> anyhow::Result<Self> {
         let mut snapshot = Self::read(client).await?;
+        snapshot.declared = read_declaration(client, links_namespace, "this").await?;
         let secrets: Api<Secret> = Api::namespaced(client.clone(), links_namespace);
         let params = ListParams::default().labels(LABEL_REMOTE_CLUSTER);
         let Ok(list) = secrets.list(&params).await else {
@@ -100,8 +124,8 @@ impl Snapshot {
                 continue;
             };
             let read = async {
-                let (cluster, kubeconfig) = link?;
-                let kc = Kubeconfig::from_yaml(&kubeconfig)?;
+                let link = link?;
+                let kc = Kubeconfig::from_yaml(&link.kubeconfig)?;
                 let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
                 let remote: Api<Node> = Api::all(kube::Client::try_from(config)?);
                 let nodes =
@@ -109,7 +133,8 @@ impl Snapshot {
                         .await
                         .context("no answer within 5 s")??;
                 anyhow::Ok(RemoteCluster {
-                    name: cluster,
+                    name: link.cluster,
+                    declared: link.declared,
                     nodes: nodes
                         .items
                         .iter()

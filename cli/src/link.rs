@@ -2,9 +2,10 @@
 //! other gets a read-only identity (a ServiceAccount bound to a ClusterRole
 //! that may read Nodes and Peers, and its token), and a Secret labelled
 //! `trellis.dev/remote-cluster` holding a kubeconfig with the other's
-//! token; the agents follow those Secrets. Linking checks first that the
-//! clusters' pod CIDRs and Peers' ranges do not overlap: a link the agents
-//! would refuse is never created. Unlinking deletes all of it, on both
+//! token and the ranges its cluster declares; the agents follow those
+//! Secrets. Linking checks first that the clusters' pod CIDRs and Peers'
+//! ranges do not overlap and lie inside what each cluster declares: a link
+//! the agents would refuse is never created. Unlinking deletes all of it, on both
 //! sides, and counts "already gone" as done.
 
 use std::collections::BTreeMap;
@@ -14,11 +15,15 @@ use anyhow::{bail, Context};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use trellis_api::link::{reader_name, secret_name, validate_cluster_name, KUBECONFIG_KEY};
+use trellis_api::link::{
+    declaration_data, reader_name, secret_name, validate_cluster_name, KUBECONFIG_KEY,
+};
 use trellis_api::link::{LABEL_REMOTE_CLUSTER, READER_CLUSTER_ROLE};
 use trellis_api::status::LinkState;
+use trellis_mesh::ranges::{format_list, outside_declared};
+use trellis_mesh::DeclaredRanges;
 
-use crate::cluster::Snapshot;
+use crate::cluster::{read_declaration, Snapshot};
 
 const FIELD_MANAGER: &str = "kubectl-trellis";
 const TOKEN_WAIT: Duration = Duration::from_secs(30);
@@ -115,6 +120,40 @@ pub fn overlap(a: (&str, &Snapshot), b: (&str, &Snapshot)) -> Option<String> {
                 "{net} of {owner} in cluster {} overlaps {o} of {other} in cluster {}",
                 a.0, b.0
             ));
+        }
+    }
+    None
+}
+
+/// Why cluster `name` cannot be linked as it stands: a Node's pod CIDR or
+/// a Peer's allowed IP outside what the cluster declares (the agents of
+/// the other cluster would leave it out).
+pub fn undeclared(name: &str, snapshot: &Snapshot) -> Option<String> {
+    let declared = &snapshot.declared;
+    let pods = format!("the pod ranges cluster {name} declares");
+    let external = format!("the external-peer ranges cluster {name} declares");
+    for node in snapshot.node_infos() {
+        for c in node
+            .pod_cidrs
+            .iter()
+            .filter_map(|c| c.parse::<IpNet>().ok())
+        {
+            if let Some(why) = outside_declared(&c, "pod CIDR", &declared.pods, &pods) {
+                return Some(format!("node {}: {why}", node.name));
+            }
+        }
+    }
+    for peer in snapshot.external_infos() {
+        for c in peer
+            .allowed_ips
+            .iter()
+            .filter_map(|c| c.parse::<IpNet>().ok())
+        {
+            if let Some(why) =
+                outside_declared(&c, "allowed IP", &declared.external_peers, &external)
+            {
+                return Some(format!("peer/{}: {why}", peer.name));
+            }
         }
     }
     None
@@ -219,15 +258,22 @@ pub async fn export(side: &Side, reader: &str) -> anyhow::Result<String> {
 }
 
 /// The link Secret that makes the agents of another cluster follow cluster
-/// `cluster` through `kubeconfig`.
-pub fn link_secret(cluster: &str, namespace: &str, kubeconfig: &str) -> serde_json::Value {
+/// `cluster` through `kubeconfig`, trusting what it `declared`.
+pub fn link_secret(
+    cluster: &str,
+    namespace: &str,
+    kubeconfig: &str,
+    declared: &DeclaredRanges,
+) -> serde_json::Value {
+    let mut data = declaration_data(declared);
+    data.insert(KUBECONFIG_KEY.into(), kubeconfig.into());
     serde_json::json!({
         "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
         "metadata": {
             "name": secret_name(cluster), "namespace": namespace,
             "labels": {LABEL_REMOTE_CLUSTER: cluster, "app.kubernetes.io/managed-by": FIELD_MANAGER},
         },
-        "stringData": {KUBECONFIG_KEY: kubeconfig},
+        "stringData": data,
     })
 }
 
@@ -243,21 +289,37 @@ pub async fn link(a: &Side, b: &Side) -> anyhow::Result<()> {
             a.name
         );
     }
-    let (sa, sb) = (
+    let (mut sa, mut sb) = (
         Snapshot::read(&a.client).await?,
         Snapshot::read(&b.client).await?,
     );
+    sa.declared = read_declaration(&a.client, &a.namespace, &a.name).await?;
+    sb.declared = read_declaration(&b.client, &b.namespace, &b.name).await?;
+    for (side, snapshot) in [(a, &sa), (b, &sb)] {
+        eprintln!(
+            "cluster {} declares pod ranges {} and external-peer ranges {}",
+            side.name,
+            format_list(&snapshot.declared.pods),
+            format_list(&snapshot.declared.external_peers)
+        );
+        if let Some(why) = undeclared(&side.name, snapshot) {
+            bail!("cannot link clusters {} and {}: {why}. The other cluster's agents would leave it out. Nothing was created.", a.name, b.name);
+        }
+    }
     if let Some(why) = overlap((&a.name, &sa), (&b.name, &sb)) {
         bail!("cannot link clusters {} and {}: {why}; linked clusters need pod CIDRs (kube-controller-manager --cluster-cidr) and Peer ranges that do not overlap. Nothing was created.", a.name, b.name);
     }
     let a_for_b = export(a, &b.name).await?;
     let b_for_a = export(b, &a.name).await?;
-    for (side, cluster, kubeconfig) in [(b, &a.name, &a_for_b), (a, &b.name, &b_for_a)] {
+    for (side, cluster, kubeconfig, declared) in [
+        (b, &a.name, &a_for_b, &sa.declared),
+        (a, &b.name, &b_for_a, &sb.declared),
+    ] {
         let secrets = Api::<Secret>::namespaced(side.client.clone(), &side.namespace);
         apply(
             &secrets,
             &secret_name(cluster),
-            link_secret(cluster, &side.namespace, kubeconfig),
+            link_secret(cluster, &side.namespace, kubeconfig, declared),
         )
         .await?;
     }
@@ -400,25 +462,22 @@ mod tests {
         let a = Snapshot {
             nodes: vec![node(1), node(2)],
             peers: vec![peer("laptop", 60, &["10.99.0.2/32"])],
-            remotes: vec![],
+            ..Default::default()
         };
         let b = Snapshot {
             nodes: vec![node(20)],
-            peers: vec![],
-            remotes: vec![],
+            ..Default::default()
         };
         assert_eq!(overlap(("a", &a), ("b", &b)), None);
         let c = Snapshot {
             nodes: vec![node(20), node(2)],
-            peers: vec![],
-            remotes: vec![],
+            ..Default::default()
         };
         let why = overlap(("a", &a), ("c", &c)).unwrap();
         assert!(why.contains("10.244.2.0/24 of node n2 in cluster a overlaps 10.244.2.0/24 of node n2 in cluster c"), "{why}");
         let d = Snapshot {
-            nodes: vec![],
             peers: vec![peer("wide", 61, &["10.99.0.0/16"])],
-            remotes: vec![],
+            ..Default::default()
         };
         let why = overlap(("a", &a), ("d", &d)).unwrap();
         assert!(
@@ -428,10 +487,46 @@ mod tests {
     }
 
     #[test]
-    fn the_link_secret_is_labelled_with_the_cluster() {
-        let s = link_secret("b", "trellis-links", "kc");
+    fn the_link_secret_is_labelled_with_the_cluster_and_carries_its_declaration() {
+        let s = link_secret("b", "trellis-links", "kc", &DeclaredRanges::private());
         assert_eq!(s["metadata"]["name"], "trellis-remote-b");
         assert_eq!(s["metadata"]["labels"][LABEL_REMOTE_CLUSTER], "b");
         assert_eq!(s["stringData"][KUBECONFIG_KEY], "kc");
+        assert_eq!(
+            s["stringData"]["podRanges"],
+            "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7"
+        );
+        assert!(s["stringData"]["externalPeerRanges"].is_string());
+    }
+
+    #[test]
+    fn a_cluster_with_claims_outside_its_declaration_cannot_be_linked() {
+        use crate::wgconf::tests::{node, peer};
+        let mut a = Snapshot {
+            nodes: vec![node(1), node(2)],
+            peers: vec![peer("laptop", 60, &["10.99.0.2/32"])],
+            declared: DeclaredRanges {
+                pods: vec![
+                    "10.244.0.0/16".parse().unwrap(),
+                    "fd00::/8".parse().unwrap(),
+                ],
+                external_peers: vec!["10.99.0.0/16".parse().unwrap()],
+            },
+            ..Default::default()
+        };
+        assert_eq!(undeclared("a", &a), None);
+        a.declared.pods = vec![
+            "10.244.1.0/24".parse().unwrap(),
+            "fd00::/8".parse().unwrap(),
+        ];
+        let why = undeclared("a", &a).unwrap();
+        assert!(why.starts_with("node n2: pod CIDR 10.244.2.0/24 lies outside the pod ranges cluster a declares (10.244.1.0/24, fd00::/8)"), "{why}");
+        a.declared.pods = vec![
+            "10.244.0.0/16".parse().unwrap(),
+            "fd00::/8".parse().unwrap(),
+        ];
+        a.peers.push(peer("wide", 61, &["0.0.0.0/1"]));
+        let why = undeclared("a", &a).unwrap();
+        assert!(why.starts_with("peer/wide: allowed IP 0.0.0.0/1"), "{why}");
     }
 }

@@ -73,6 +73,7 @@ fn inputs<'a>(
         nodes,
         external,
         remotes: &snapshot.remotes,
+        declared: &snapshot.declared,
     }
 }
 

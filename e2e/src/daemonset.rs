@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
+use ipnet::IpNet;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Container, PodSpec, Service, ServiceAccount};
 use kube::api::Api;
@@ -41,9 +42,14 @@ impl TrellisPod {
 }
 
 /// The chart's values for a lab cluster: the apiserver's own address (the
-/// lab has no kube-proxy), a quicker resync, text logs, and the dataplane
-/// the node's `device` needs.
-pub fn lab_values(apiserver_url: &str, device: Device) -> Result<Vec<(String, String)>, LabError> {
+/// lab has no kube-proxy), the cluster's CIDRs as its declared pod ranges,
+/// a quicker resync, text logs, and the dataplane the node's `device`
+/// needs.
+pub fn lab_values(
+    apiserver_url: &str,
+    cluster_cidrs: &[IpNet],
+    device: Device,
+) -> Result<Vec<(String, String)>, LabError> {
     let uri: http::Uri = apiserver_url.parse().map_err(|e| LabError::Invalid {
         what: "apiserver URL",
         name: apiserver_url.to_string(),
@@ -64,6 +70,17 @@ pub fn lab_values(apiserver_url: &str, device: Device) -> Result<Vec<(String, St
         ("apiServer.host", host),
         ("apiServer.port", port),
         ("resyncSeconds", "10".to_string()),
+        (
+            "podRanges",
+            format!(
+                "{{{}}}",
+                cluster_cidrs
+                    .iter()
+                    .map(IpNet::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        ),
         ("logFormat", "text".to_string()),
         // `--set` splits on commas: escape them.
         (
@@ -85,7 +102,7 @@ impl Lab {
         device: Device,
     ) -> Result<(String, Vec<serde_json::Value>), LabError> {
         let cluster = self.cluster_of(node)?;
-        let values = lab_values(&cluster.apiserver_url, device)?;
+        let values = lab_values(&cluster.apiserver_url, &cluster.cluster_cidrs, device)?;
         let yaml = chart::render(&self.tools.path("helm")?, &values)?;
         let objects = chart::objects(&yaml)?;
         Ok((yaml, objects))
@@ -387,12 +404,17 @@ mod tests {
 
     #[test]
     fn lab_values_point_at_the_apiserver_and_pick_the_dataplane() {
-        let v = lab_values("https://[fd00::5]:6443", Device::Kernel).unwrap();
+        let cidrs = [
+            "10.244.0.0/16".parse().unwrap(),
+            "fd00:10:244::/56".parse().unwrap(),
+        ];
+        let v = lab_values("https://[fd00::5]:6443", &cidrs, Device::Kernel).unwrap();
         let get = |k: &str| v.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("apiServer.host"), Some("fd00::5"));
+        assert_eq!(get("podRanges"), Some("{10.244.0.0/16,fd00:10:244::/56}"));
         assert_eq!(get("apiServer.port"), Some("6443"));
         assert_eq!(get("dataplane"), Some("kernel"));
-        let v = lab_values("https://192.0.2.5:6443", Device::WireguardGo).unwrap();
+        let v = lab_values("https://192.0.2.5:6443", &cidrs, Device::WireguardGo).unwrap();
         assert!(v.contains(&("dataplane".into(), "userspace".into())));
         assert!(v.contains(&("apiServer.host".into(), "192.0.2.5".into())));
     }

@@ -250,6 +250,10 @@ fn wrong_values_are_refused_naming_the_value() {
         ("stateDir=relative/path", "/stateDir"),
         ("metrics.bindAddress=localhost", "/metrics/bindAddress"),
         ("dataplan=auto", "dataplan"),
+        ("podRanges={0.0.0.0/0}", "/podRanges/0"),
+        ("podRanges={10.244.0.0/16,::/0}", "/podRanges/1"),
+        ("externalPeerRanges={10.99.0.0/33}", "/externalPeerRanges/0"),
+        ("externalPeerRanges=null", "/externalPeerRanges"),
     ] {
         let out = Command::new(helm())
             .args(["template", "t"])
@@ -261,6 +265,67 @@ fn wrong_values_are_refused_naming_the_value() {
         assert!(!out.status.success(), "{set} was accepted");
         assert!(err.contains(expected), "{set}: {err}");
     }
+}
+
+/// `helm template` with no cluster and no `--kube-version` — what people
+/// run to read the manifests, and what GitOps tools run — renders; an
+/// explicit Kubernetes older than 1.30 is refused, saying why.
+#[test]
+fn the_chart_renders_offline_and_refuses_an_old_kubernetes() {
+    let out = Command::new(helm())
+        .args(["template", "trellis"])
+        .arg(chart_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "offline helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let objects = chart::objects(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert!(chart::daemonset(&objects).is_ok());
+    let out = Command::new(helm())
+        .args(["template", "trellis"])
+        .arg(chart_dir())
+        .args(["--kube-version", "1.29.4"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "1.29 was accepted");
+    assert!(
+        err.contains("Trellis needs Kubernetes 1.30 or newer") && err.contains("v1.29.4"),
+        "{err}"
+    );
+}
+
+/// The declared ranges reach the agents and, for `cluster link`, the
+/// ConfigMap in the links namespace.
+#[test]
+fn declared_ranges_reach_the_agents_and_the_declaration() {
+    let yaml = chart::render(
+        &helm(),
+        &[(
+            "podRanges".into(),
+            "{10.244.0.0/16,fd00:10:244::/56}".into(),
+        )],
+    )
+    .unwrap();
+    let objects = chart::objects(&yaml).unwrap();
+    let agent = container(&objects, "agent").unwrap();
+    assert_eq!(
+        env_of(&agent, "TRELLIS_POD_RANGES").as_deref(),
+        Some("10.244.0.0/16,fd00:10:244::/56")
+    );
+    assert_eq!(
+        env_of(&agent, "TRELLIS_EXTERNAL_PEER_RANGES").as_deref(),
+        Some("10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7")
+    );
+    let map = objects
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "trellis-declared-ranges")
+        .expect("the declaration ConfigMap");
+    assert_eq!(map["metadata"]["namespace"], "trellis-links");
+    assert_eq!(map["data"]["podRanges"], "10.244.0.0/16,fd00:10:244::/56");
 }
 
 #[test]
@@ -333,9 +398,10 @@ fn helm_cmd(lab: &Lab, args: &[String]) -> String {
 }
 
 /// Every object the chart makes, as `kubectl get` names them.
-const CHART_OBJECTS: [&str; 14] = [
+const CHART_OBJECTS: [&str; 15] = [
     "customresourcedefinition/peers.trellis.dev",
     "namespace/trellis-links",
+    "-n trellis-links configmap/trellis-declared-ranges",
     "-n trellis-links role/trellis-agent-links",
     "-n trellis-links rolebinding/trellis-agent-links",
     "-n kube-system serviceaccount/trellis",
@@ -538,8 +604,10 @@ async fn installed_pod_spec(
 }
 
 async fn helm_install_upgrade_uninstall(lab: &mut Lab) {
+    let cluster = lab.cluster_of(N1).unwrap().clone();
     let lab_values = trellis_e2e::daemonset::lab_values(
-        &lab.cluster_of(N1).unwrap().apiserver_url,
+        &cluster.apiserver_url,
+        &cluster.cluster_cidrs,
         Device::TrellisWg,
     )
     .unwrap();

@@ -19,6 +19,7 @@ use crate::external::{add_external_peers, ExternalPeerInfo};
 use crate::key::{PresharedKey, PublicKey};
 use crate::nat::{Sightings, NAT_KEEPALIVE};
 use crate::plan::Route;
+use crate::ranges::{self, DeclaredRanges};
 use crate::relay::Relayed;
 use crate::remote::{add_remote_clusters, ClusterRejection, RemoteCluster};
 
@@ -130,6 +131,9 @@ pub enum RejectReason {
     InvalidAnnotation,
     InvalidPodCidr,
     OverlappingPodCidr,
+    /// A pod CIDR or allowed IP outside what its cluster declared, or a
+    /// range never routed into the mesh (default route, loopback, ...).
+    UndeclaredRange,
     DuplicatePublicKey,
     UnresolvableEndpoint,
     InvalidPeerSpec,
@@ -143,6 +147,7 @@ impl RejectReason {
             RejectReason::InvalidAnnotation => "invalid_annotation",
             RejectReason::InvalidPodCidr => "invalid_pod_cidr",
             RejectReason::OverlappingPodCidr => "overlapping_pod_cidr",
+            RejectReason::UndeclaredRange => "undeclared_range",
             RejectReason::DuplicatePublicKey => "duplicate_public_key",
             RejectReason::UnresolvableEndpoint => "unresolvable_endpoint",
             RejectReason::InvalidPeerSpec => "invalid_peer_spec",
@@ -232,6 +237,8 @@ pub enum LocalError {
     NoPodCidr(String),
     #[error("Node {node} has an invalid pod CIDR {cidr:?}")]
     InvalidPodCidr { node: String, cidr: String },
+    #[error("Node {node}: {why}")]
+    UndeclaredPodCidr { node: String, why: String },
 }
 
 pub(crate) fn parse_cidrs(raw: &[String]) -> Result<Vec<IpNet>, String> {
@@ -286,6 +293,7 @@ pub fn desired_with_external(
             nodes,
             external,
             remotes: &[],
+            declared: &DeclaredRanges::private(),
         },
         resolve,
     )
@@ -300,6 +308,37 @@ pub struct MeshInputs<'a> {
     pub external: &'a [ExternalPeerInfo],
     /// The linked clusters.
     pub remotes: &'a [RemoteCluster],
+    /// The ranges this cluster declares for its pods and its Peers.
+    pub declared: &'a DeclaredRanges,
+}
+
+/// The ranges the peers of one cluster must stay inside, and how messages
+/// name them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Declaration<'a> {
+    pub(crate) ranges: &'a DeclaredRanges,
+    /// `None`: this cluster; else the linked cluster's name.
+    pub(crate) cluster: Option<&'a str>,
+}
+
+impl Declaration<'_> {
+    /// Why `net`, claimed by a node as a pod CIDR, is out of bounds.
+    pub(crate) fn pod_cidr_outside(&self, net: &IpNet) -> Option<String> {
+        let whose = match self.cluster {
+            None => "the pod ranges this cluster declares".to_string(),
+            Some(c) => format!("the pod ranges cluster {c} declared when it was linked"),
+        };
+        ranges::outside_declared(net, "pod CIDR", &self.ranges.pods, &whose)
+    }
+
+    /// Why `net`, claimed by a Peer as an allowed IP, is out of bounds.
+    pub(crate) fn allowed_ip_outside(&self, net: &IpNet) -> Option<String> {
+        let whose = match self.cluster {
+            None => "the external-peer ranges this cluster declares".to_string(),
+            Some(c) => format!("the external-peer ranges cluster {c} declared when it was linked"),
+        };
+        ranges::outside_declared(net, "allowed IP", &self.ranges.external_peers, &whose)
+    }
 }
 
 /// The desired state of `local`. Whoever was there first wins a conflict:
@@ -322,6 +361,16 @@ pub fn desired_mesh(
         node: local.name.clone(),
         cidr: me.pod_cidrs.join(","),
     })?;
+    let declaration = Declaration {
+        ranges: inputs.declared,
+        cluster: None,
+    };
+    if let Some(why) = own.iter().find_map(|c| declaration.pod_cidr_outside(c)) {
+        return Err(LocalError::UndeclaredPodCidr {
+            node: local.name.clone(),
+            why,
+        });
+    }
     let mut d = Desired {
         interface: local.interface.clone(),
         listen_port: local.listen_port,
@@ -348,8 +397,15 @@ pub fn desired_mesh(
         owners: Vec::new(),
         underlay: nodes.iter().flat_map(|n| n.internal_ips.clone()).collect(),
     };
-    add_nodes(&mut d, local, &others, None, &mut taken, resolve);
-    add_external_peers(&mut d, local, inputs.external, None, &mut taken, resolve);
+    add_nodes(&mut d, local, &others, declaration, &mut taken, resolve);
+    add_external_peers(
+        &mut d,
+        local,
+        inputs.external,
+        declaration,
+        &mut taken,
+        resolve,
+    );
     add_remote_clusters(&mut d, local, inputs.remotes, &mut taken, resolve);
     d.mesh_cidrs.sort();
     d.rejected.sort();
@@ -365,21 +421,21 @@ pub(crate) struct Taken {
     pub underlay: Vec<IpAddr>,
 }
 
-/// Adds every valid node of `nodes` (of `cluster`; `None`: this one) to
-/// `d`, oldest first; the others go to `d.rejected` or `d.pending`.
+/// Adds every valid node of `nodes` (of the cluster `declaration` speaks
+/// for) to `d`, oldest first; the others go to `d.rejected` or `d.pending`.
 pub(crate) fn add_nodes(
     d: &mut Desired,
     local: &LocalNode,
     nodes: &[&NodeInfo],
-    cluster: Option<&str>,
+    declaration: Declaration<'_>,
     taken: &mut Taken,
     resolve: &dyn Fn(&str, u16) -> Option<SocketAddr>,
 ) {
     let mut sorted = nodes.to_vec();
     sorted.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
     for node in sorted {
-        let name = PeerName::node(cluster, &node.name);
-        match validate_node(d, local, node, &name, taken, resolve) {
+        let name = PeerName::node(declaration.cluster, &node.name);
+        match validate_node(d, local, node, &name, declaration, taken, resolve) {
             Ok(Some((peer, relay))) => {
                 if relay {
                     d.relays.insert(peer.public_key);
@@ -425,6 +481,7 @@ fn validate_node(
     local: &LocalNode,
     node: &NodeInfo,
     name: &PeerName,
+    declaration: Declaration<'_>,
     taken: &Taken,
     resolve: &dyn Fn(&str, u16) -> Option<SocketAddr>,
 ) -> Result<Option<(DesiredPeer, bool)>, (RejectReason, String)> {
@@ -441,6 +498,15 @@ fn validate_node(
         return Err((DuplicatePublicKey, why));
     }
     let cidrs = parse_cidrs(&node.pod_cidrs).map_err(|e| (InvalidPodCidr, e))?;
+    if let Some((c, why)) = cidrs
+        .iter()
+        .find_map(|c| ranges::never_routed(c).map(|why| (c, why)))
+    {
+        return Err((
+            UndeclaredRange,
+            format!("pod CIDR {c} {why}: it is never routed into the mesh"),
+        ));
+    }
     if let Some((c, o)) = cidrs
         .iter()
         .flat_map(|c| d.own_pod_cidrs.iter().map(move |o| (c, o)))
@@ -459,6 +525,18 @@ fn validate_node(
         return Err((
             OverlappingPodCidr,
             format!("pod CIDR {c} overlaps {o} of {}", owner.describe()),
+        ));
+    }
+    if let Some(why) = cidrs.iter().find_map(|c| declaration.pod_cidr_outside(c)) {
+        return Err((UndeclaredRange, why));
+    }
+    if let Some((c, ip)) = cidrs
+        .iter()
+        .find_map(|c| ranges::contains_any(c, &taken.underlay).map(|ip| (c, ip)))
+    {
+        return Err((
+            UndeclaredRange,
+            format!("pod CIDR {c} contains {ip}, an address the mesh's tunnels run over"),
         ));
     }
     let forced = annotations.force_endpoint.is_some();

@@ -11,9 +11,11 @@ use ipnet::IpNet;
 
 use crate::annotations::{parse_endpoint, Endpoint};
 use crate::desired::{
-    key_taken, overlaps, Desired, DesiredPeer, LocalNode, PeerName, RejectReason, Rejection, Taken,
+    key_taken, overlaps, Declaration, Desired, DesiredPeer, LocalNode, PeerName, RejectReason,
+    Rejection, Taken,
 };
 use crate::key::{PresharedKey, PublicKey};
+use crate::ranges;
 
 /// The preshared key a Peer asks for, as the agent could read it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -45,6 +47,7 @@ fn validate(
     local: &LocalNode,
     peer: &ExternalPeerInfo,
     name: PeerName,
+    declaration: Declaration<'_>,
     taken: &Taken,
     resolve: &dyn Fn(&str, u16) -> Option<SocketAddr>,
 ) -> Result<DesiredPeer, (RejectReason, String)> {
@@ -83,6 +86,15 @@ fn validate(
     }
     allowed.sort();
     allowed.dedup();
+    if let Some((net, why)) = allowed
+        .iter()
+        .find_map(|net| ranges::never_routed(net).map(|why| (net, why)))
+    {
+        return Err((
+            UndeclaredRange,
+            format!("allowed IP {net} {why}: it is never routed into the mesh"),
+        ));
+    }
     for net in &allowed {
         if let Some(own) = d.own_pod_cidrs.iter().find(|o| overlaps(net, o)) {
             return Err((
@@ -110,6 +122,12 @@ fn validate(
                 format!("allowed IP {net} contains {ip}, an address the mesh's tunnels run over"),
             ));
         }
+    }
+    if let Some(why) = allowed
+        .iter()
+        .find_map(|net| declaration.allowed_ip_outside(net))
+    {
+        return Err((UndeclaredRange, why));
     }
     let endpoint = match &peer.endpoint {
         None => None,
@@ -152,7 +170,7 @@ fn validate(
     })
 }
 
-/// Adds every valid external peer of `cluster` (`None`: this one) to `d`
+/// Adds every valid external peer of the cluster `declaration` speaks for to `d`
 /// (oldest first), with a route per allowed range and the ranges exempt
 /// from masquerading; the others go to `d.rejected`. `taken` holds what
 /// accepted peers own and grows with each accepted one.
@@ -160,15 +178,15 @@ pub(crate) fn add_external_peers(
     d: &mut Desired,
     local: &LocalNode,
     peers: &[ExternalPeerInfo],
-    cluster: Option<&str>,
+    declaration: Declaration<'_>,
     taken: &mut Taken,
     resolve: &dyn Fn(&str, u16) -> Option<SocketAddr>,
 ) {
     let mut sorted: Vec<&ExternalPeerInfo> = peers.iter().collect();
     sorted.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
     for peer in sorted {
-        let name = PeerName::external(cluster, &peer.name);
-        match validate(d, local, peer, name.clone(), taken, resolve) {
+        let name = PeerName::external(declaration.cluster, &peer.name);
+        match validate(d, local, peer, name.clone(), declaration, taken, resolve) {
             Ok(p) => {
                 for net in &p.allowed_ips {
                     taken.owners.push((*net, p.name.clone()));

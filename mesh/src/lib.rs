@@ -12,6 +12,7 @@ pub mod names;
 pub mod nat;
 pub mod nft;
 pub mod plan;
+pub mod ranges;
 pub mod relay;
 pub mod remote;
 pub mod roaming;
@@ -23,4 +24,5 @@ pub use desired::{
 pub use external::{ExternalPeerInfo, PresharedKeySource};
 pub use key::{PresharedKey, PublicKey};
 pub use plan::{plan, Observed, ObservedPeer, PeerChange, Plan, Route};
+pub use ranges::DeclaredRanges;
 pub use remote::{ClusterRejection, RemoteCluster};

@@ -8,9 +8,10 @@
 use std::net::SocketAddr;
 
 use crate::desired::{
-    add_nodes, overlaps, parse_cidrs, Desired, LocalNode, NodeInfo, PeerName, Taken,
+    add_nodes, overlaps, parse_cidrs, Declaration, Desired, LocalNode, NodeInfo, PeerName, Taken,
 };
 use crate::external::{add_external_peers, ExternalPeerInfo};
+use crate::ranges::DeclaredRanges;
 
 /// What the mesh knows of one linked cluster.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -19,6 +20,9 @@ pub struct RemoteCluster {
     pub name: String,
     pub nodes: Vec<NodeInfo>,
     pub external: Vec<ExternalPeerInfo>,
+    /// The ranges it declared when it was linked (from its link Secret):
+    /// its nodes' pod CIDRs and its Peers' allowed IPs must lie inside.
+    pub declared: DeclaredRanges,
 }
 
 /// A linked cluster left out as a whole, and why.
@@ -100,15 +104,12 @@ pub(crate) fn add_remote_clusters(
                 .iter()
                 .flat_map(|n| n.internal_ips.iter().copied()),
         );
-        add_nodes(d, local, &nodes, Some(&remote.name), taken, resolve);
-        add_external_peers(
-            d,
-            local,
-            &remote.external,
-            Some(&remote.name),
-            taken,
-            resolve,
-        );
+        let declaration = Declaration {
+            ranges: &remote.declared,
+            cluster: Some(&remote.name),
+        };
+        add_nodes(d, local, &nodes, declaration, taken, resolve);
+        add_external_peers(d, local, &remote.external, declaration, taken, resolve);
     }
     d.rejected_clusters.sort();
 }

@@ -39,3 +39,20 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- printf "%s:%v" .Values.metrics.bindAddress .Values.metrics.port -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+Trellis needs Kubernetes 1.30 or newer (ValidatingAdmissionPolicy v1, node
+information in bound service account tokens). Installing on an older
+cluster fails here, with the version found. Rendering without a cluster
+(`helm template`, GitOps tools) must work: offline, Helm reports a
+placeholder version (v1.20.0 for a Helm built without release flags) and
+`lookup` finds nothing, so only an explicit --kube-version older than 1.30
+fails there. (Chart.yaml's kubeVersion would refuse the placeholder too.)
+*/}}
+{{- define "trellis.checkKubeVersion" -}}
+{{- $version := .Capabilities.KubeVersion.Version -}}
+{{- $online := lookup "v1" "Namespace" "" "kube-system" -}}
+{{- if and (semverCompare "<1.30.0-0" $version) (or $online (ne $version "v1.20.0")) -}}
+{{- fail (printf "Trellis needs Kubernetes 1.30 or newer (ValidatingAdmissionPolicy admissionregistration.k8s.io/v1, node-bound service account tokens); this cluster is %s" $version) -}}
+{{- end -}}
+{{- end -}}

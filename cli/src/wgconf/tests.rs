@@ -72,6 +72,7 @@ fn snapshot() -> Snapshot {
             with_psk,
         ],
         remotes: vec![],
+        declared: trellis_mesh::DeclaredRanges::private(),
     }
 }
 
@@ -156,6 +157,18 @@ fn what_the_agents_would_refuse_is_said_before_anything_is_created() {
     let stolen = peer("thief", 1, &["10.97.0.0/24"]);
     let why = refusal(&s, &stolen.external_peer_info(Default::default())).unwrap();
     assert!(why.contains("public key") && why.contains("n1"), "{why}");
+    let wide = peer("wide", 72, &["0.0.0.0/1"]);
+    let why = refusal(&s, &wide.external_peer_info(Default::default())).unwrap();
+    assert!(
+        why.contains("allowed IP 0.0.0.0/1") && why.contains("never routed"),
+        "{why}"
+    );
+    let public = peer("public", 73, &["8.8.8.0/24"]);
+    let why = refusal(&s, &public.external_peer_info(Default::default())).unwrap();
+    assert!(
+        why.contains("lies outside the external-peer ranges this cluster declares"),
+        "{why}"
+    );
     assert!(refusal(
         &s,
         &peer("fine", 71, &["10.97.0.0/24"]).external_peer_info(Default::default())
@@ -165,8 +178,8 @@ fn what_the_agents_would_refuse_is_said_before_anything_is_created() {
     no_key.metadata.annotations = None;
     let only_new = Snapshot {
         nodes: vec![no_key.clone()],
-        peers: vec![],
-        remotes: vec![],
+        declared: trellis_mesh::DeclaredRanges::private(),
+        ..Default::default()
     };
     assert!(matches!(
         node_config(&only_new, "n4"),
@@ -181,6 +194,7 @@ fn a_machine_and_a_node_see_the_linked_clusters_nodes() {
         name: "b".into(),
         nodes: vec![trellis_api::node::node_info(&node(20))],
         external: vec![],
+        declared: trellis_mesh::DeclaredRanges::private(),
     }];
     let text = external_config(&s, "laptop", None).unwrap();
     assert_eq!(text.matches("[Peer]").count(), 4, "{text}");

@@ -160,6 +160,42 @@ fn bad_input_rejects_one_node_and_keeps_the_others() {
             "of node n1",
         ),
         (
+            "a public range nobody declared",
+            |n| n.pod_cidrs = vec!["8.8.8.0/24".into()],
+            RejectReason::UndeclaredRange,
+            "8.8.8.0/24 lies outside the pod ranges this cluster declares (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, fc00::/7)",
+        ),
+        (
+            "a default route",
+            |n| n.pod_cidrs = vec!["0.0.0.0/0".into()],
+            RejectReason::UndeclaredRange,
+            "is a default route",
+        ),
+        (
+            "IPv6 default route",
+            |n| n.pod_cidrs = vec!["::/0".into()],
+            RejectReason::UndeclaredRange,
+            "is a default route",
+        ),
+        (
+            "loopback",
+            |n| n.pod_cidrs = vec!["127.0.0.0/24".into()],
+            RejectReason::UndeclaredRange,
+            "loopback",
+        ),
+        (
+            "link-local",
+            |n| n.pod_cidrs = vec!["169.254.0.0/24".into()],
+            RejectReason::UndeclaredRange,
+            "link-local",
+        ),
+        (
+            "multicast",
+            |n| n.pod_cidrs = vec!["ff05::/64".into()],
+            RejectReason::UndeclaredRange,
+            "multicast",
+        ),
+        (
             "our key",
             |n| {
                 n.annotations
@@ -396,4 +432,59 @@ proptest! {
         prop_assert!(p.peers.len() <= 1);
         prop_assert!(p.add_addresses.is_empty() && p.remove_addresses.is_empty());
     }
+}
+
+fn with_declared(nodes: &[NodeInfo], pods: &[&str]) -> Result<Desired, LocalError> {
+    let declared = DeclaredRanges {
+        pods: pods.iter().map(|p| p.parse().unwrap()).collect(),
+        external_peers: Vec::new(),
+    };
+    let inputs = MeshInputs {
+        nodes,
+        external: &[],
+        remotes: &[],
+        declared: &declared,
+    };
+    desired_mesh(&local(), &inputs, &no_dns)
+}
+
+#[test]
+fn only_the_declared_pod_ranges_enter_the_mesh() {
+    let mut nodes = cluster(3);
+    // n2 is inside the private defaults but not inside this declaration.
+    nodes[2].pod_cidrs = vec!["10.99.2.0/24".into()];
+    let d = with_declared(&nodes, &["10.244.0.0/16", "fd00:10:244::/56"]).unwrap();
+    assert!(d.peers.contains_key(&key(1)));
+    assert!(!d.peers.contains_key(&key(2)));
+    assert_eq!(d.rejected.len(), 1);
+    assert_eq!(d.rejected[0].reason, RejectReason::UndeclaredRange);
+    assert!(!d.routes.iter().any(|r| r.dst.to_string() == "10.99.2.0/24"));
+    assert!(!d.mesh_cidrs.iter().any(|c| c.to_string() == "10.99.2.0/24"));
+}
+
+#[test]
+fn a_pod_cidr_holding_a_node_address_is_left_out() {
+    let mut nodes = cluster(3);
+    // 192.0.2.11 is n1's underlay address.
+    nodes[2].pod_cidrs = vec!["192.0.2.0/28".into()];
+    let d = with_declared(
+        &nodes,
+        &["10.244.0.0/16", "fd00:10:244::/56", "192.0.2.0/24"],
+    )
+    .unwrap();
+    assert!(!d.peers.contains_key(&key(2)));
+    assert!(
+        d.rejected[0].message.contains("contains 192.0.2.1"),
+        "{}",
+        d.rejected[0].message
+    );
+}
+
+#[test]
+fn this_node_outside_the_declaration_is_an_error_not_a_mesh() {
+    let err = with_declared(&cluster(2), &["10.96.0.0/16"]).unwrap_err();
+    assert!(
+        matches!(&err, LocalError::UndeclaredPodCidr { node, why } if node == "n0" && why.contains("10.244.0.0/24 lies outside")),
+        "{err}"
+    );
 }

@@ -99,8 +99,8 @@ fn each_bad_peer_is_left_out_with_a_reason_and_the_rest_stays() {
         ),
         (
             peer("default", 56, &["0.0.0.0/0"]),
-            RejectReason::OverlappingAllowedIps,
-            "overlaps",
+            RejectReason::UndeclaredRange,
+            "is a default route",
         ),
         (
             peer("underlay", 57, &["192.0.2.0/24"]),
@@ -166,5 +166,35 @@ impl ExternalPeerInfo {
     fn with_key(mut self, k: &str) -> Self {
         self.public_key = k.into();
         self
+    }
+}
+
+#[test]
+fn a_peer_outside_the_declared_external_ranges_is_left_out() {
+    for (allowed, expect) in [
+        ("0.0.0.0/1", "is never routed"),
+        ("0.0.0.0/0", "is a default route"),
+        (
+            "8.8.8.0/24",
+            "lies outside the external-peer ranges this cluster declares",
+        ),
+        ("224.0.0.0/24", "multicast"),
+    ] {
+        let d = run(&[
+            peer("wide", 70, &[allowed]),
+            peer("laptop", 71, &["10.99.0.2/32"]),
+        ]);
+        assert!(!d.peers.contains_key(&key(70)), "{allowed}");
+        assert!(
+            d.peers.contains_key(&key(71)),
+            "{allowed}: the other Peer stays"
+        );
+        let r = &d.rejected[0];
+        assert_eq!(r.reason, RejectReason::UndeclaredRange, "{allowed}");
+        assert!(r.message.contains(expect), "{allowed}: {}", r.message);
+        assert!(!d
+            .routes
+            .iter()
+            .any(|r| r.dst == allowed.parse::<IpNet>().unwrap()));
     }
 }

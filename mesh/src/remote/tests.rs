@@ -17,6 +17,7 @@ fn linked(name: &str, ids: &[u8]) -> RemoteCluster {
         name: name.into(),
         nodes: ids.iter().map(|&i| node(i, i64::from(i))).collect(),
         external: Vec::new(),
+        declared: DeclaredRanges::private(),
     }
 }
 
@@ -26,6 +27,7 @@ fn run(external: &[ExternalPeerInfo], remotes: &[RemoteCluster]) -> Desired {
         nodes: &nodes,
         external,
         remotes,
+        declared: &DeclaredRanges::private(),
     };
     desired_mesh(&local(), &inputs, &no_dns).unwrap()
 }
@@ -144,4 +146,51 @@ fn a_linked_node_reusing_a_key_here_is_left_out() {
         .unwrap();
     assert_eq!(r.reason, RejectReason::DuplicatePublicKey);
     assert!(r.message.contains("node n1"), "{}", r.message);
+}
+
+#[test]
+fn a_node_of_a_linked_cluster_outside_its_declaration_is_left_out_alone() {
+    let mut b = linked("b", &[20, 21]);
+    b.declared.pods = vec![
+        "10.244.20.0/24".parse().unwrap(),
+        "fd00::/8".parse().unwrap(),
+    ];
+    let d = run(&[], &[b]);
+    assert!(d.peers.contains_key(&key(20)), "inside b's declaration");
+    assert!(!d.peers.contains_key(&key(21)));
+    assert!(d.rejected_clusters.is_empty(), "the cluster itself stays");
+    let r = d
+        .rejected
+        .iter()
+        .find(|r| r.object.to_string() == "b:n21")
+        .unwrap();
+    assert_eq!(r.reason, RejectReason::UndeclaredRange);
+    assert!(
+        r.message.contains("pod CIDR 10.244.21.0/24 lies outside the pod ranges cluster b declared when it was linked (10.244.20.0/24, fd00::/8)"),
+        "{}",
+        r.message
+    );
+    assert!(!d
+        .routes
+        .iter()
+        .any(|r| r.dst == "10.244.21.0/24".parse::<IpNet>().unwrap()));
+}
+
+#[test]
+fn a_linked_cluster_that_declared_nothing_brings_nothing() {
+    let mut b = linked("b", &[20]);
+    b.declared = DeclaredRanges::default();
+    b.external = vec![peer("laptop", 70, &["10.99.0.2/32"])];
+    let d = run(&[], &[b]);
+    assert_eq!(d.peers.len(), 2, "only this cluster's nodes");
+    assert_eq!(d.rejected.len(), 2, "{:?}", d.rejected);
+    assert!(d
+        .rejected
+        .iter()
+        .all(|r| r.reason == RejectReason::UndeclaredRange));
+    assert!(
+        d.rejected.iter().any(|r| r.message.contains("(none)")),
+        "{:?}",
+        d.rejected
+    );
 }
