@@ -2,6 +2,7 @@
 //! entry of the conflist the agent writes), parsed and validated without
 //! side effects.
 
+use std::io::Read;
 use std::path::PathBuf;
 
 use ipnet::IpNet;
@@ -12,6 +13,8 @@ use crate::version::Version;
 
 /// Where the IPAM store lives unless the configuration says otherwise.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/trellis/ipam";
+/// The most configuration the plugin reads from stdin: 4 MiB.
+pub const MAX_CONFIG_BYTES: usize = 4 << 20;
 /// MTU when the configuration has none: a 1500-byte underlay minus
 /// WireGuard's 80 bytes of overhead (IPv6 outer header).
 pub const DEFAULT_MTU: u32 = 1420;
@@ -70,6 +73,23 @@ pub struct NetConf {
     pub valid_attachments: Option<Vec<Attachment>>,
 }
 
+/// Reads the network configuration from stdin: at most
+/// [`MAX_CONFIG_BYTES`], and one byte more is an error that states the
+/// limit, never a silent cut.
+pub fn read_config(input: impl Read) -> Result<Vec<u8>, CniError> {
+    let mut bytes = Vec::new();
+    input
+        .take(MAX_CONFIG_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(CniError::io("reading the network configuration from stdin"))?;
+    if bytes.len() > MAX_CONFIG_BYTES {
+        return Err(CniError::InvalidConfig(format!(
+            "the network configuration on stdin is larger than 4 MiB ({MAX_CONFIG_BYTES} bytes), the most trellis-cni reads"
+        )));
+    }
+    Ok(bytes)
+}
+
 /// The version named in a configuration, when it can be read at all: used
 /// to write the error object in the version the runtime speaks.
 pub fn peek_version(stdin: &[u8]) -> Option<String> {
@@ -82,6 +102,54 @@ fn valid_network_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// Ranges no pod address may come from: pods need unicast addresses that
+/// other nodes can route to ((range, what it is)).
+const RESERVED_RANGES: [(&str, &str); 10] = [
+    ("0.0.0.0/8", "unspecified (\"this network\")"),
+    ("127.0.0.0/8", "loopback"),
+    (
+        "169.254.0.0/16",
+        "link-local, which holds the pods' gateway 169.254.1.1",
+    ),
+    ("224.0.0.0/4", "multicast"),
+    ("255.255.255.255/32", "limited broadcast"),
+    ("::/128", "unspecified"),
+    ("::1/128", "loopback"),
+    ("::ffff:0:0/96", "IPv4-mapped"),
+    (
+        "fe80::/10",
+        "link-local, which holds the pods' gateway fe80::1",
+    ),
+    ("ff00::/8", "multicast"),
+];
+
+/// Refuses a pod CIDR that is, holds or lies in a range of
+/// [`RESERVED_RANGES`].
+fn check_cidr_is_unicast(text: &str, net: &IpNet) -> Result<(), CniError> {
+    let hint = "pod addresses must be unicast addresses other nodes can route to: use a private range such as 10.244.0.0/16 or fd00:10:244::/56";
+    if net.prefix_len() == 0 {
+        let family = if net.addr().is_ipv4() { "IPv4" } else { "IPv6" };
+        return Err(CniError::InvalidConfig(format!(
+            "podCIDRs entry {text} is the whole {family} address space: {hint}"
+        )));
+    }
+    let overlaps: Vec<String> = RESERVED_RANGES
+        .iter()
+        .filter(|(range, _)| {
+            let range: IpNet = range.parse().expect("literal");
+            net.contains(&range) || range.contains(net)
+        })
+        .map(|(range, what)| format!("{range} ({what})"))
+        .collect();
+    if overlaps.is_empty() {
+        return Ok(());
+    }
+    Err(CniError::InvalidConfig(format!(
+        "podCIDRs entry {text} overlaps {}: {hint}",
+        overlaps.join(", ")
+    )))
 }
 
 /// Parses and checks one pod CIDR.
@@ -104,6 +172,7 @@ fn parse_cidr(text: &str) -> Result<IpNet, CniError> {
             net.max_prefix_len() - 2
         )));
     }
+    check_cidr_is_unicast(text, &net)?;
     Ok(net)
 }
 
@@ -307,6 +376,73 @@ mod tests {
             assert_eq!(err.code(), code, "{input}: {err}");
             assert!(err.to_string().contains(needle), "{input}: {err}");
         }
+    }
+
+    #[test]
+    fn pod_cidrs_outside_routable_unicast_are_refused_with_the_reason() {
+        // (entry, words the error must hold besides the entry)
+        let refused = [
+            ("0.0.0.0/0", "whole IPv4 address space"),
+            ("::/0", "whole IPv6 address space"),
+            ("0.0.0.0/8", "unspecified"),
+            ("0.0.0.0/24", "0.0.0.0/8"),
+            ("0.0.0.0/1", "0.0.0.0/8"),
+            ("127.0.0.0/8", "loopback"),
+            ("127.0.0.0/24", "127.0.0.0/8"),
+            ("126.0.0.0/7", "loopback"),
+            ("169.254.0.0/16", "link-local"),
+            ("169.254.1.0/24", "169.254.0.0/16"),
+            ("224.0.0.0/4", "multicast"),
+            ("239.1.0.0/16", "224.0.0.0/4"),
+            ("128.0.0.0/1", "multicast"),
+            ("255.255.255.0/24", "broadcast"),
+            ("::/126", "unspecified"),
+            ("::/120", "::/128"),
+            ("::/64", "unspecified"),
+            ("fe80::/10", "link-local"),
+            ("fe80::/64", "fe80::/10"),
+            ("ff00::/8", "multicast"),
+            ("ff02::/64", "ff00::/8"),
+            ("8000::/1", "multicast"),
+            ("::ffff:0:0/96", "IPv4-mapped"),
+            ("::ffff:10.0.0.0/120", "::ffff:0:0/96"),
+        ];
+        for (cidr, why) in refused {
+            let err = parse(&format!(
+                r#"{{"cniVersion":"1.0.0","name":"n","podCIDRs":["{cidr}"]}}"#
+            ))
+            .unwrap_err();
+            let text = err.to_string();
+            assert_eq!(err.code(), 7, "{cidr}: {text}");
+            assert!(text.contains(cidr) && text.contains(why), "{cidr}: {text}");
+        }
+        for cidr in [
+            "10.244.0.0/16",
+            "100.64.0.0/10",
+            "192.168.0.0/24",
+            "1.0.0.0/8",
+            "126.0.0.0/8",
+            "128.0.0.0/8",
+            "fd00:10:244:1::/64",
+            "fc00::/7",
+            "2001:db8::/64",
+            "::2:0/120",
+        ] {
+            let json = format!(r#"{{"cniVersion":"1.0.0","name":"n","podCIDRs":["{cidr}"]}}"#);
+            assert!(parse(&json).is_ok(), "{cidr}: {:?}", parse(&json));
+        }
+    }
+
+    #[test]
+    fn stdin_is_read_up_to_the_limit_and_refused_past_it() {
+        let whole = vec![b' '; MAX_CONFIG_BYTES];
+        assert_eq!(read_config(&whole[..]).unwrap().len(), MAX_CONFIG_BYTES);
+        let over = vec![b' '; MAX_CONFIG_BYTES + 1];
+        let err = read_config(&over[..]).unwrap_err();
+        assert_eq!(err.code(), 7);
+        assert!(err.to_string().contains("4 MiB (4194304 bytes)"), "{err}");
+        let five = vec![b' '; 5 << 20];
+        assert_eq!(read_config(&five[..]).unwrap_err().code(), 7);
     }
 
     #[test]

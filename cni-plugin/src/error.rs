@@ -18,7 +18,8 @@ pub mod code {
     pub const INTERNAL: u32 = 100;
     /// No free address left in a pod CIDR.
     pub const RANGE_EXHAUSTED: u32 = 101;
-    /// ADD for an interface name the container already has.
+    /// ADD for an interface name the container already has, here or (its
+    /// veth still live) in another network namespace.
     pub const INTERFACE_EXISTS: u32 = 102;
     /// A netlink operation failed.
     pub const NETLINK: u32 = 103;
@@ -61,6 +62,14 @@ pub enum CniError {
     RangeExhausted { cidr: String, in_use: usize },
     #[error("interface {ifname} already exists in {netns}: DEL the earlier attachment first")]
     InterfaceExists { ifname: String, netns: String },
+    #[error("container {container_id} already has {ifname} attached in network namespace {other_netns} (host end {host_ifname}): DEL that attachment (CNI_NETNS={other_netns}) before adding one in {netns}")]
+    AttachedElsewhere {
+        container_id: String,
+        ifname: String,
+        host_ifname: String,
+        other_netns: String,
+        netns: String,
+    },
     #[error("netlink: {0}")]
     Netlink(String),
     #[error("CHECK failed: {0}")]
@@ -90,7 +99,9 @@ impl CniError {
             CniError::TryAgain(_) => code::TRY_AGAIN_LATER,
             CniError::NotAvailable(_) => code::NOT_AVAILABLE,
             CniError::RangeExhausted { .. } => code::RANGE_EXHAUSTED,
-            CniError::InterfaceExists { .. } => code::INTERFACE_EXISTS,
+            CniError::InterfaceExists { .. } | CniError::AttachedElsewhere { .. } => {
+                code::INTERFACE_EXISTS
+            }
             CniError::Netlink(_) => code::NETLINK,
             CniError::CheckMismatch(_) => code::CHECK_MISMATCH,
             CniError::Cleanup(_) => code::CLEANUP,
@@ -111,7 +122,9 @@ impl CniError {
             CniError::TryAgain(_) => "try again later",
             CniError::NotAvailable(_) => "plugin not available",
             CniError::RangeExhausted { .. } => "pod CIDR exhausted",
-            CniError::InterfaceExists { .. } => "interface already exists",
+            CniError::InterfaceExists { .. } | CniError::AttachedElsewhere { .. } => {
+                "interface already exists"
+            }
             CniError::Netlink(_) => "netlink operation failed",
             CniError::CheckMismatch(_) => "attachment differs from prevResult",
             CniError::Cleanup(_) => "cleanup incomplete",
@@ -212,6 +225,13 @@ mod tests {
             CniError::InterfaceExists {
                 ifname: "eth0".into(),
                 netns: "/x".into(),
+            },
+            CniError::AttachedElsewhere {
+                container_id: "c1".into(),
+                ifname: "eth0".into(),
+                host_ifname: "tr0123456789ab".into(),
+                other_netns: "/run/netns/a".into(),
+                netns: "/run/netns/b".into(),
             },
             CniError::Netlink("x".into()),
             CniError::CheckMismatch("x".into()),

@@ -13,11 +13,14 @@ pub mod error;
 pub mod ipam;
 pub mod log;
 pub mod netlink;
+pub mod netns;
 pub mod plugin;
 pub mod podnet;
 pub mod result;
 pub mod version;
 
+#[cfg(test)]
+mod add_guard_tests;
 #[cfg(test)]
 mod plugin_tests;
 
@@ -38,7 +41,7 @@ pub fn run<N: PodNetwork>(
     stdin: &[u8],
     make_net: impl FnOnce() -> Result<N, CniError>,
 ) -> Outcome {
-    let log = log::Log::from_config(stdin);
+    let log = log::Log::new(stdin, lookup("CNI_ARGS").as_deref());
     let result = env::Invocation::from_env(&lookup).and_then(|inv| {
         log.line(
             "info",

@@ -2,27 +2,21 @@
 //! shell around [`trellis_cni::run`]: read stdin, run, print, exit. A panic
 //! (a bug) still ends in a CNI error object, never in a bare crash.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
 use trellis_cni::error::CniError;
 
-/// The most configuration the plugin reads from stdin.
-const MAX_STDIN: u64 = 4 << 20;
-
 fn main() -> ExitCode {
-    let mut stdin = Vec::new();
-    let read = std::io::stdin().take(MAX_STDIN).read_to_end(&mut stdin);
+    let stdin = trellis_cni::config::read_config(std::io::stdin().lock());
     std::panic::set_hook(Box::new(|_| {}));
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match read {
-        Ok(_) => trellis_cni::run(
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &stdin {
+        Ok(stdin) => trellis_cni::run(
             |k| std::env::var(k).ok(),
-            &stdin,
+            stdin,
             trellis_cni::netlink::Netlink::new,
         ),
-        Err(e) => error_outcome(&CniError::io(
-            "reading the network configuration from stdin",
-        )(e)),
+        Err(e) => error_outcome(e),
     }))
     .unwrap_or_else(|panic| {
         let what = panic
@@ -42,7 +36,12 @@ fn main() -> ExitCode {
     }
 }
 
+/// The error object of a failure outside [`trellis_cni::run`] (stdin could
+/// not be read, or a panic), in the latest version; the error goes to
+/// stderr too, as the configuration's log file is unknown.
 fn error_outcome(e: &CniError) -> trellis_cni::Outcome {
+    let cni_args = std::env::var("CNI_ARGS").ok();
+    trellis_cni::log::Log::new(b"", cni_args.as_deref()).line("error", &e.to_string());
     trellis_cni::Outcome {
         stdout: format!(
             "{}\n",

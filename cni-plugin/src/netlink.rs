@@ -6,19 +6,24 @@
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::Path;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
 };
+use netlink_packet_route::RouteNetlinkMessage;
 use nix::sched::{setns, CloneFlags};
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::error::CniError;
+use crate::netns::{self, NetnsId};
 use crate::podnet::{self, AttachmentSpec, LinkState, Observed, PodNetwork, Wired};
 
 const ENODEV: i32 = 19;
@@ -30,6 +35,7 @@ const ESRCH: i32 = 3;
 pub struct Netlink {
     rt: tokio::runtime::Runtime,
     host_ns: File,
+    host_ns_id: NetnsId,
     host: Handle,
 }
 
@@ -132,6 +138,33 @@ fn route_entry(route: &RouteMessage, index: u32) -> Option<(IpNet, Option<IpAddr
     Some((net, gw))
 }
 
+/// The id the namespace of `ns` has in the handle's namespace (RTM_GETNSID;
+/// `None`: it has none, so no link there has a peer in it).
+async fn nsid_of(handle: &Handle, ns: &File) -> Result<Option<i32>, rtnetlink::Error> {
+    let mut message = NsidMessage::default();
+    message
+        .attributes
+        .push(NsidAttribute::Fd(ns.as_raw_fd() as u32));
+    let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetNsId(message));
+    request.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    let mut responses = handle.clone().request(request)?;
+    while let Some(response) = responses.next().await {
+        match response.payload {
+            NetlinkPayload::Error(e) if e.code.is_some() => {
+                return Err(rtnetlink::Error::NetlinkError(e))
+            }
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(reply)) => {
+                return Ok(reply.attributes.iter().find_map(|a| match a {
+                    NsidAttribute::Id(id) if *id >= 0 => Some(*id),
+                    _ => None,
+                }));
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
 /// Writes a sysctl under /proc/sys/net (in the calling thread's namespace).
 fn write_sysctl(path: &str, value: &str) -> Result<(), CniError> {
     std::fs::write(path, value).map_err(CniError::io(format!("writing {path}")))
@@ -146,6 +179,8 @@ impl Netlink {
             .map_err(CniError::io("starting the netlink runtime"))?;
         let host_ns = File::open("/proc/thread-self/ns/net")
             .map_err(CniError::io("opening the host network namespace"))?;
+        let host_ns_id = NetnsId::of_file(&host_ns)
+            .map_err(CniError::io("reading the host network namespace"))?;
         let host = {
             let _guard = rt.enter();
             let (connection, handle, _) =
@@ -153,7 +188,12 @@ impl Netlink {
             rt.spawn(connection);
             handle
         };
-        Ok(Netlink { rt, host_ns, host })
+        Ok(Netlink {
+            rt,
+            host_ns,
+            host_ns_id,
+            host,
+        })
     }
 
     fn open_netns(netns: &Path) -> Result<File, CniError> {
@@ -199,7 +239,8 @@ impl Netlink {
     ) -> Result<Wired, CniError> {
         let host = &self.host;
         let has_v6 = spec.addresses.iter().any(IpAddr::is_ipv6);
-        // A stale host end from a crashed ADD would block the name.
+        // A stale host end (a crashed ADD, a namespace nothing names any
+        // more) would block the name; ADD refused a live one already.
         if let Some(stale) = link_by_name(host, &spec.host_ifname).await? {
             host.link()
                 .del(stale.header.index)
@@ -381,10 +422,42 @@ impl Netlink {
 }
 
 impl PodNetwork for Netlink {
+    fn is_own_netns(&mut self, netns: &Path) -> bool {
+        NetnsId::of_path(netns).is_ok_and(|id| id == self.host_ns_id)
+    }
+
     fn pod_interface_exists(&mut self, netns: &Path, ifname: &str) -> Result<bool, CniError> {
         let ns = Self::open_netns(netns)?;
         let pod = self.handle_in(&ns, netns)?;
         Ok(self.rt.block_on(link_by_name(&pod, ifname))?.is_some())
+    }
+
+    fn attached_elsewhere(
+        &mut self,
+        host_ifname: &str,
+        netns: &Path,
+    ) -> Result<Option<PathBuf>, CniError> {
+        let Some(link) = self.rt.block_on(link_by_name(&self.host, host_ifname))? else {
+            return Ok(None);
+        };
+        // The kernel names the namespace of a veth's peer, when it is not
+        // the link's own, by its id here.
+        let Some(peer_nsid) = link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::LinkNetNsId(id) => Some(*id),
+            _ => None,
+        }) else {
+            return Ok(None);
+        };
+        let skip: Vec<NetnsId> = NetnsId::of_path(netns).into_iter().collect();
+        for (path, ns) in netns::named_namespaces(self.host_ns_id, &skip) {
+            // A namespace that cannot be asked about is not the peer's.
+            if let Ok(Some(id)) = self.rt.block_on(nsid_of(&self.host, &ns)) {
+                if id == peer_nsid {
+                    return Ok(Some(path));
+                }
+            }
+        }
+        Ok(None)
     }
 
     fn wire(&mut self, spec: &AttachmentSpec) -> Result<Wired, CniError> {

@@ -3,6 +3,7 @@
 //! [`PodNetwork`]. Returns what to print on success.
 
 use std::net::IpAddr;
+use std::path::Path;
 
 use serde_json::Value;
 
@@ -58,6 +59,21 @@ fn owner(inv: &Invocation) -> Owner {
     Owner::new(inv.container_id(), inv.ifname())
 }
 
+/// CNI_NETNS must name a container's namespace: wiring the plugin's own
+/// would put a pod's addresses and default route on the host.
+fn refuse_own_netns(net: &mut impl PodNetwork, netns: &Path) -> Result<(), CniError> {
+    if net.is_own_netns(netns) {
+        return Err(CniError::InvalidEnvironment {
+            var: "CNI_NETNS",
+            reason: format!(
+                "{} is the plugin's own network namespace (the host's), not a container's: pass the pod's network namespace",
+                netns.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn add(inv: &Invocation, conf: &NetConf, net: &mut impl PodNetwork) -> Result<Value, CniError> {
     if conf.pod_cidrs.is_empty() {
         return Err(CniError::InvalidConfig(
@@ -71,6 +87,7 @@ fn add(inv: &Invocation, conf: &NetConf, net: &mut impl PodNetwork) -> Result<Va
         .map(CniResult::from_prev_result)
         .transpose()?;
     let netns = inv.netns.clone().expect("validated: ADD has CNI_NETNS");
+    refuse_own_netns(net, &netns)?;
     // The spec: ADD for an interface name the container has must fail.
     if net.pod_interface_exists(&netns, inv.ifname())? {
         return Err(CniError::InterfaceExists {
@@ -78,11 +95,24 @@ fn add(inv: &Invocation, conf: &NetConf, net: &mut impl PodNetwork) -> Result<Va
             netns: netns.display().to_string(),
         });
     }
+    // The same container and interface in another namespace whose veth is
+    // live: replacing that host end would take the other pod's interface
+    // (and hand this one the same addresses).
+    let host_ifname = podnet::host_ifname(inv.container_id(), inv.ifname());
+    if let Some(other) = net.attached_elsewhere(&host_ifname, &netns)? {
+        return Err(CniError::AttachedElsewhere {
+            container_id: inv.container_id().to_string(),
+            ifname: inv.ifname().to_string(),
+            host_ifname,
+            other_netns: other.display().to_string(),
+            netns: netns.display().to_string(),
+        });
+    }
     let owner = owner(inv);
     // The lock is held only while allocating; the allocation is on disk.
     let addresses = Store::open(&conf.data_dir, &conf.name)?.allocate(&owner, &conf.pod_cidrs)?;
     let spec = AttachmentSpec {
-        host_ifname: podnet::host_ifname(inv.container_id(), inv.ifname()),
+        host_ifname,
         pod_ifname: inv.ifname().to_string(),
         netns: netns.clone(),
         mtu: conf.mtu,
@@ -157,7 +187,12 @@ fn del(inv: &Invocation, conf: &NetConf, net: &mut impl PodNetwork) -> Result<()
     let mut errors = Vec::new();
     let host = podnet::host_ifname(inv.container_id(), inv.ifname());
     // A namespace that is gone took its veth end, and so the pair, with it.
-    let netns = inv.netns.as_deref().filter(|p| p.exists());
+    // The plugin's own namespace holds no pod end: an interface there named
+    // CNI_IFNAME is the host's, and stays (the host end takes its pair).
+    let netns = inv
+        .netns
+        .as_deref()
+        .filter(|p| p.exists() && !net.is_own_netns(p));
     if let Err(e) = net.unwire(&host, netns, inv.ifname()) {
         errors.push(e);
     }
@@ -174,12 +209,13 @@ fn del(inv: &Invocation, conf: &NetConf, net: &mut impl PodNetwork) -> Result<()
 
 fn check(inv: &Invocation, conf: &NetConf, net: &mut impl PodNetwork) -> Result<(), CniError> {
     require_version(conf, "CHECK", conf.version.has_check(), "0.4.0")?;
+    let netns = inv.netns.clone().expect("validated: CHECK has CNI_NETNS");
+    refuse_own_netns(net, &netns)?;
     let prev_value = conf.prev_result.as_ref().ok_or_else(|| CniError::Decode {
         what: "prevResult",
         reason: "CHECK needs the prevResult of the ADD; the runtime passed none".into(),
     })?;
     let prev = CniResult::from_prev_result(prev_value)?;
-    let netns = inv.netns.clone().expect("validated: CHECK has CNI_NETNS");
     let host = podnet::host_ifname(inv.container_id(), inv.ifname());
     let seen = net.observe(&netns, inv.ifname(), &host)?;
     let mut problems = Vec::new();

@@ -9,13 +9,13 @@ use serde_json::{json, Value};
 use crate::podnet::{self, FakePodNetwork};
 use crate::{run, Outcome};
 
-struct Fixture {
-    dir: PathBuf,
-    net: FakePodNetwork,
+pub(crate) struct Fixture {
+    pub(crate) dir: PathBuf,
+    pub(crate) net: FakePodNetwork,
 }
 
 impl Fixture {
-    fn new(tag: &str) -> Self {
+    pub(crate) fn new(tag: &str) -> Self {
         let n = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -33,7 +33,7 @@ impl Fixture {
         Fixture { dir, net }
     }
 
-    fn conf(&self, version: &str, extra: Value) -> Vec<u8> {
+    pub(crate) fn conf(&self, version: &str, extra: Value) -> Vec<u8> {
         let mut conf = json!({
             "cniVersion": version, "name": "trellis", "type": "trellis-cni", "mtu": 1400,
             "podCIDRs": ["10.244.1.0/24", "fd00:10:244:1::/64"],
@@ -45,7 +45,7 @@ impl Fixture {
         serde_json::to_vec(&conf).unwrap()
     }
 
-    fn call(&mut self, vars: &[(&str, &str)], stdin: &[u8]) -> Outcome {
+    pub(crate) fn call(&mut self, vars: &[(&str, &str)], stdin: &[u8]) -> Outcome {
         let map: BTreeMap<String, String> = vars
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -54,7 +54,7 @@ impl Fixture {
         run(|k| map.get(k).cloned(), stdin, || Ok(net))
     }
 
-    fn allocations(&self) -> usize {
+    pub(crate) fn allocations(&self) -> usize {
         let dir = self.dir.join("ipam/trellis");
         std::fs::read_dir(dir)
             .map(|d| {
@@ -77,7 +77,7 @@ impl Drop for Fixture {
     }
 }
 
-fn vars<'a>(cmd: &'a str, cid: &'a str, netns: &'a str) -> Vec<(&'a str, &'a str)> {
+pub(crate) fn vars<'a>(cmd: &'a str, cid: &'a str, netns: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![
         ("CNI_COMMAND", cmd),
         ("CNI_CONTAINERID", cid),
@@ -87,12 +87,12 @@ fn vars<'a>(cmd: &'a str, cid: &'a str, netns: &'a str) -> Vec<(&'a str, &'a str
     ]
 }
 
-fn json_of(o: &Outcome) -> Value {
+pub(crate) fn json_of(o: &Outcome) -> Value {
     serde_json::from_str(&o.stdout)
         .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", o.stdout))
 }
 
-fn error_code(o: &Outcome) -> u64 {
+pub(crate) fn error_code(o: &Outcome) -> u64 {
     assert!(!o.success, "expected failure, got {}", o.stdout);
     json_of(o)["code"].as_u64().unwrap()
 }

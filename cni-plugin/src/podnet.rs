@@ -1,6 +1,6 @@
 //! The kernel side of an attachment behind one trait, so the plugin's logic
 //! is unit tested against a recording fake and only [`crate::netlink`]
-//! touches the kernel.
+//! (with [`crate::netns`]) touches the kernel.
 //!
 //! Wiring is point-to-point, with no bridge: a veth pair, the pod end named
 //! CNI_IFNAME inside the pod's namespace holding the pod's /32 and /128; in
@@ -26,6 +26,10 @@ pub const HOST_MAC: [u8; 6] = [0xee; 6];
 pub const HOST_IFNAME_PREFIX: &str = "tr";
 /// Prefix of the alias that marks host-side links as ours.
 pub const ALIAS_PREFIX: &str = "trellis-cni:";
+/// The longest alias the kernel takes from rtnetlink, which sends it with a
+/// terminating NUL: IFALIASZ (256) counts that NUL, and 255 bytes plus the
+/// NUL fail with ERANGE.
+pub const MAX_ALIAS_BYTES: usize = 254;
 
 /// The gateway of a pod address's family.
 pub fn gateway_for(addr: IpAddr) -> IpAddr {
@@ -58,10 +62,16 @@ pub fn is_host_ifname(name: &str) -> bool {
     })
 }
 
-/// The alias marking a host-side link as an attachment of `network`.
+/// The alias marking a host-side link as an attachment of `network`, cut
+/// to [`MAX_ALIAS_BYTES`] on a character boundary (CNI_IFNAME may hold
+/// multi-byte characters).
 pub fn link_alias(network: &str, container_id: &str, ifname: &str) -> String {
-    let mut alias = format!("{}{network}:{container_id}/{ifname}", ALIAS_PREFIX);
-    alias.truncate(255);
+    let mut alias = format!("{ALIAS_PREFIX}{network}:{container_id}/{ifname}");
+    let mut end = alias.len().min(MAX_ALIAS_BYTES);
+    while !alias.is_char_boundary(end) {
+        end -= 1;
+    }
+    alias.truncate(end);
     alias
 }
 
@@ -109,9 +119,24 @@ pub struct LinkState {
 
 /// The kernel operations the plugin needs.
 pub trait PodNetwork {
+    /// Whether `netns` names the plugin's own network namespace (the
+    /// host's), by the namespace's identity whatever the path: a path that
+    /// does not exist names none.
+    fn is_own_netns(&mut self, netns: &Path) -> bool;
     /// Whether `ifname` exists in the namespace (an error with code 3 when
     /// the namespace itself does not exist).
     fn pod_interface_exists(&mut self, netns: &Path, ifname: &str) -> Result<bool, CniError>;
+    /// Where the peer of host link `host_ifname` lives when that is a
+    /// network namespace other than `netns` which a path still names (a
+    /// runtime's bind mount or a process's `/proc/PID/ns/net`): that path.
+    /// `None` when there is no such link, or its peer is in `netns` or on
+    /// the host, or in a namespace nothing names any more: a stale host
+    /// end, which `wire` replaces.
+    fn attached_elsewhere(
+        &mut self,
+        host_ifname: &str,
+        netns: &Path,
+    ) -> Result<Option<PathBuf>, CniError>;
     /// Creates and configures the veth pair, addresses, routes, neighbours
     /// and sysctls. On error it leaves nothing behind.
     fn wire(&mut self, spec: &AttachmentSpec) -> Result<Wired, CniError>;
@@ -141,8 +166,18 @@ pub trait PodNetwork {
 
 /// A borrowed [`PodNetwork`] is one too (tests keep the fake to inspect it).
 impl<T: PodNetwork + ?Sized> PodNetwork for &mut T {
+    fn is_own_netns(&mut self, netns: &Path) -> bool {
+        (**self).is_own_netns(netns)
+    }
     fn pod_interface_exists(&mut self, netns: &Path, ifname: &str) -> Result<bool, CniError> {
         (**self).pod_interface_exists(netns, ifname)
+    }
+    fn attached_elsewhere(
+        &mut self,
+        host_ifname: &str,
+        netns: &Path,
+    ) -> Result<Option<PathBuf>, CniError> {
+        (**self).attached_elsewhere(host_ifname, netns)
     }
     fn wire(&mut self, spec: &AttachmentSpec) -> Result<Wired, CniError> {
         (**self).wire(spec)
@@ -183,6 +218,8 @@ pub struct FakePodNetwork {
     pub wired: Vec<AttachmentSpec>,
     /// Other host links: (name, alias, up).
     pub host_links: Vec<(String, String, bool)>,
+    /// Paths that name the plugin's own (the host's) network namespace.
+    pub own_netns: Vec<PathBuf>,
     /// Every call, in order.
     pub calls: Vec<String>,
     /// Makes the next `wire` fail with this message.
@@ -205,6 +242,11 @@ impl FakePodNetwork {
 }
 
 impl PodNetwork for FakePodNetwork {
+    fn is_own_netns(&mut self, netns: &Path) -> bool {
+        self.calls.push(format!("own? {}", netns.display()));
+        self.own_netns.iter().any(|n| n == netns)
+    }
+
     fn pod_interface_exists(&mut self, netns: &Path, ifname: &str) -> Result<bool, CniError> {
         self.calls
             .push(format!("exists {} {ifname}", netns.display()));
@@ -215,6 +257,24 @@ impl PodNetwork for FakePodNetwork {
             .any(|w| w.netns == netns && w.pod_ifname == ifname))
     }
 
+    fn attached_elsewhere(
+        &mut self,
+        host_ifname: &str,
+        netns: &Path,
+    ) -> Result<Option<PathBuf>, CniError> {
+        self.calls
+            .push(format!("attached? {host_ifname} {}", netns.display()));
+        Ok(self
+            .wired
+            .iter()
+            .find(|w| {
+                w.host_ifname == host_ifname
+                    && w.netns != netns
+                    && self.namespaces.contains(&w.netns)
+            })
+            .map(|w| w.netns.clone()))
+    }
+
     fn wire(&mut self, spec: &AttachmentSpec) -> Result<Wired, CniError> {
         self.calls
             .push(format!("wire {} {}", spec.host_ifname, spec.pod_ifname));
@@ -222,6 +282,14 @@ impl PodNetwork for FakePodNetwork {
         if let Some(msg) = self.fail_wire.take() {
             return Err(CniError::Netlink(msg));
         }
+        if spec.alias.len() > MAX_ALIAS_BYTES {
+            return Err(CniError::Netlink(format!(
+                "bringing the host end up: alias of {} bytes: Numerical result out of range (os error 34)",
+                spec.alias.len()
+            )));
+        }
+        // As the kernel side does: a host end of that name is stale, and goes.
+        self.wired.retain(|w| w.host_ifname != spec.host_ifname);
         self.wired.push(spec.clone());
         Ok(Wired {
             host_mac: "ee:ee:ee:ee:ee:ee".into(),
@@ -235,12 +303,13 @@ impl PodNetwork for FakePodNetwork {
         netns: Option<&Path>,
         pod_ifname: &str,
     ) -> Result<(), CniError> {
-        self.calls
-            .push(format!("unwire {host_ifname} {pod_ifname}"));
+        self.calls.push(format!(
+            "unwire {host_ifname} {} {pod_ifname}",
+            netns.map_or("-".into(), |n| n.display().to_string())
+        ));
         if let Some(msg) = &self.fail_unwire {
             return Err(CniError::Netlink(msg.clone()));
         }
-        let _ = netns;
         self.wired.retain(|w| w.host_ifname != host_ifname);
         self.host_links.retain(|(n, _, _)| n != host_ifname);
         Ok(())
@@ -354,9 +423,19 @@ mod tests {
     fn aliases_fit_the_kernel_limit_and_carry_the_network() {
         let long = "c".repeat(400);
         let alias = link_alias("trellis", &long, "eth0");
-        assert!(alias.len() <= 255);
+        assert_eq!(alias.len(), MAX_ALIAS_BYTES);
         assert!(alias.starts_with(&network_alias_prefix("trellis")));
         assert!(!link_alias("other", "c", "eth0").starts_with(&network_alias_prefix("trellis")));
+        assert_eq!(link_alias("n", "c1", "eth0"), "trellis-cni:n:c1/eth0");
+        // "trellis-cni:trellis:" is 20 bytes: with a 232-byte ID and '/', a
+        // two-byte character starts at byte 253 and would end past 254.
+        let alias = link_alias("trellis", &"a".repeat(232), "\u{e9}0");
+        assert_eq!(alias.len(), 253, "{alias}");
+        assert!(alias.ends_with('/'));
+        // Exactly at the limit nothing is cut.
+        let alias = link_alias("trellis", &"a".repeat(230), "\u{e9}0");
+        assert_eq!(alias.len(), MAX_ALIAS_BYTES);
+        assert!(alias.ends_with("/\u{e9}0"));
     }
 
     #[test]

@@ -495,3 +495,223 @@ fn results_have_the_shape_of_each_supported_version() {
         assert_eq!(json(&version_out)["cniVersion"], *version);
     }
 }
+
+fn details(output: &std::process::Output) -> String {
+    json(output)["details"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn assert_success(what: &str, output: &std::process::Output) {
+    assert!(
+        output.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
+
+/// The alias the kernel holds for a host link of the node.
+fn alias_of(node: &Node, link: &str) -> String {
+    let out = cmd::ip(Some(&node.name), &["-j", "link", "show", "dev", link]).unwrap();
+    let links: serde_json::Value = serde_json::from_str(&out).unwrap();
+    links[0]["ifalias"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_long_container_id_gets_its_alias_cut_at_the_kernels_limit() {
+    let mut node = Node::new("alias");
+    let path = node.cni_path();
+    let conf = serde_json::to_vec(&node.plugin_conf("1.1.0")).unwrap();
+    let prefix = "trellis-cni:trellis:";
+    let long_id = "0123456789abcdef".repeat(19);
+    // 20 + 232 + 1 bytes, then a two-byte 'é' across byte 254: it goes whole.
+    let straddling_id = "a".repeat(232);
+    let cases = [
+        (
+            long_id.as_str(),
+            "eth0",
+            format!("{prefix}{long_id}")[..254].to_string(),
+        ),
+        (
+            straddling_id.as_str(),
+            "é0",
+            format!("{prefix}{straddling_id}/"),
+        ),
+    ];
+    for (i, (cid, ifname, expected)) in cases.iter().enumerate() {
+        let ns = node.pod(&format!("a{i}")).display().to_string();
+        let mut env = add_env(&path, cid, &ns);
+        env[3].1 = *ifname;
+        let out = node.plugin(&env, &conf);
+        assert_success(
+            &format!(
+                "ADD of a {}-byte alias",
+                prefix.len() + cid.len() + 1 + ifname.len()
+            ),
+            &out,
+        );
+        let host = trellis_cni::podnet::host_ifname(cid, ifname);
+        let alias = alias_of(&node, &host);
+        assert_eq!(
+            &alias, expected,
+            "the alias is cut at 254 bytes, on a character"
+        );
+        assert!(cmd::ip(
+            Some(&node.pod_netns(&format!("a{i}"))),
+            &["link", "show", ifname]
+        )
+        .is_ok());
+        env[0].1 = "DEL";
+        assert_success("DEL", &node.plugin(&env, &conf));
+        assert!(!node.host_links().contains(&host));
+    }
+    assert!(node.allocations().is_empty());
+}
+
+#[test]
+#[ignore = "needs root"]
+fn the_same_container_and_ifname_in_a_second_namespace_is_refused_while_the_first_lives() {
+    let mut node = Node::new("twice");
+    let path = node.cni_path();
+    let conf = serde_json::to_vec(&node.plugin_conf("1.1.0")).unwrap();
+    let p1 = node.pod("p1").display().to_string();
+    let p2 = node.pod("p2").display().to_string();
+    let (ns1, ns2) = (node.pod_netns("p1"), node.pod_netns("p2"));
+    let first = node.plugin(&add_env(&path, "twice", &p1), &conf);
+    assert_success("first ADD", &first);
+    let first = json(&first);
+    let (v4, v6) = (addr_of(&first, true), addr_of(&first, false));
+    let held = node.allocations();
+    let first_pod_intact = |node: &Node, what: &str| {
+        let addrs = cmd::ip(Some(&ns1), &["addr", "show", "dev", "eth0"])
+            .unwrap_or_else(|e| panic!("{what}: the first pod lost eth0: {e}"));
+        assert!(
+            addrs.contains(&v4) && addrs.contains(&v6),
+            "{what}: {addrs}"
+        );
+        assert!(ping(&node.name, &v4), "{what}: the first pod unreachable");
+        assert_eq!(node.allocations(), held, "{what}: the IPAM store changed");
+        assert!(
+            cmd::ip(Some(&ns2), &["link", "show", "eth0"]).is_err(),
+            "{what}: the second namespace got an eth0"
+        );
+    };
+
+    // Named by a bind mount, as containerd and CRI-O name pod namespaces.
+    let again = node.plugin(&add_env(&path, "twice", &p2), &conf);
+    assert_eq!(json(&again)["code"], 102, "{}", json(&again));
+    let text = details(&again);
+    assert!(text.contains(&p1) && text.contains("DEL"), "{text}");
+    first_pod_intact(&node, "bind mount");
+
+    // Named only by a process in it, as /proc/PID/ns/net (cri-dockerd).
+    let mut holder = trellis_e2e::netns::Placement::netns(&ns1)
+        .command("sleep")
+        .unwrap()
+        .arg("120")
+        .spawn()
+        .unwrap();
+    netns::delete(&ns1).unwrap();
+    let again = node.plugin(&add_env(&path, "twice", &p2), &conf);
+    let text = details(&again);
+    let by_pid = format!("/proc/{}/ns/net", holder.id());
+    let named = json(&again)["code"] == 102 && text.contains(&by_pid);
+    let still_there = cmd::ip(
+        Some(&node.name),
+        &[
+            "link",
+            "show",
+            &trellis_cni::podnet::host_ifname("twice", "eth0"),
+        ],
+    )
+    .is_ok();
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert!(named, "{}", json(&again));
+    assert!(still_there, "the first pod's veth was deleted");
+    assert!(
+        cmd::ip(Some(&ns2), &["link", "show", "eth0"]).is_err(),
+        "the second namespace got an eth0"
+    );
+
+    // Held by nothing that names it (an open file only): the host end is
+    // stale, and ADD replaces it.
+    let p3 = node.pod("p3").display().to_string();
+    let p4 = node.pod("p4").display().to_string();
+    assert_success(
+        "ADD to p3",
+        &node.plugin(&add_env(&path, "stale", &p3), &conf),
+    );
+    let pinned = std::fs::File::open(&p3).unwrap();
+    netns::delete(&node.pod_netns("p3")).unwrap();
+    let stale = trellis_cni::podnet::host_ifname("stale", "eth0");
+    let stale_before = node.host_links().contains(&stale);
+    let out = node.plugin(&add_env(&path, "stale", &p4), &conf);
+    drop(pinned);
+    assert!(stale_before, "the host end went with the unnamed namespace");
+    assert_success("ADD over a stale host end", &out);
+    assert!(cmd::ip(Some(&node.pod_netns("p4")), &["link", "show", "eth0"]).is_ok());
+    assert_eq!(node.host_links().iter().filter(|l| **l == stale).count(), 1);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn the_plugins_own_namespace_is_refused_as_cni_netns() {
+    let node = Node::new("own");
+    let path = node.cni_path();
+    let conf = serde_json::to_vec(&node.plugin_conf("1.1.0")).unwrap();
+    let mut holder = node
+        .placement
+        .command("sleep")
+        .unwrap()
+        .arg("120")
+        .spawn()
+        .unwrap();
+    let paths = [
+        "/proc/self/ns/net".to_string(),
+        netns::netns_path(&node.name).display().to_string(),
+        format!("/proc/{}/ns/net", holder.id()),
+    ];
+    let mut failures = Vec::new();
+    for own in &paths {
+        let add = node.plugin(&add_env(&path, "own", own), &conf);
+        if json(&add)["code"] != 4 || !details(&add).contains("CNI_NETNS") {
+            failures.push(format!("ADD {own}: {}", json(&add)));
+        }
+        let mut check_conf = node.plugin_conf("1.1.0");
+        check_conf["prevResult"] =
+            json!({"cniVersion": "1.1.0", "interfaces": [], "ips": [], "routes": [], "dns": {}});
+        let mut env = add_env(&path, "own", own);
+        env[0].1 = "CHECK";
+        let check = node.plugin(&env, &serde_json::to_vec(&check_conf).unwrap());
+        if json(&check)["code"] != 4 {
+            failures.push(format!("CHECK {own}: {}", json(&check)));
+        }
+    }
+    // DEL cleans up what is ours but leaves the node's own interfaces.
+    let mut env = add_env(&path, "own", "/proc/self/ns/net");
+    env[0].1 = "DEL";
+    env[3].1 = "node0";
+    let del = node.plugin(&env, &conf);
+    let node_addrs = cmd::ip(Some(&node.name), &["addr"]).unwrap();
+    let node_routes = cmd::ip(Some(&node.name), &["route"]).unwrap();
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert_success("DEL", &del);
+    assert!(
+        node_addrs.contains("node0"),
+        "DEL deleted the node's node0: {node_addrs}"
+    );
+    assert!(
+        !node_addrs.contains("10.244.7."),
+        "pod addresses on the node: {node_addrs}"
+    );
+    assert!(
+        !node_routes.contains("169.254.1.1"),
+        "a pod default route on the node: {node_routes}"
+    );
+    assert!(node.allocations().is_empty(), "{:?}", node.allocations());
+}
