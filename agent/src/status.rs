@@ -1,11 +1,17 @@
-//! The node's report for `/status`: built after each reconcile from the
-//! desired state and what the device showed (pure), and held for the HTTP
-//! endpoint.
+//! The node's report for `/status`: built from the desired state and what
+//! the device shows (pure), and held for the HTTP endpoint. The agent
+//! remembers each peer's tx counter between looks at the device (after
+//! every reconcile and at every request), so a report tells a pair whose
+//! traffic goes unanswered from an idle one.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use trellis_api::status::{LeftOut, LinkedClusterReport, NodeReport, PathState, PeerReport};
+use trellis_api::status::{
+    EarlierLook, LeftOut, LinkedClusterReport, NodeReport, PathEvidence, PathState, PeerReport,
+    HANDSHAKE_RETRY_SECONDS,
+};
 use trellis_mesh::{Desired, PublicKey};
 
 use crate::kube_io::reason_name;
@@ -17,12 +23,90 @@ fn epoch_seconds(t: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-/// The report of node `node` (key `public_key`) at `now`.
+/// A look is compared with one at least this old: two handshake retries,
+/// so that between the two a pair whose handshakes fail has tried again.
+pub const LOOK_WINDOW_SECONDS: i64 = 2 * HANDSHAKE_RETRY_SECONDS;
+
+/// Whether anything was sent between two readings of a tx counter. A
+/// counter lower than before started again (the peer was re-created):
+/// whatever it shows was sent since.
+pub fn sent_between(before: u64, after: u64) -> bool {
+    after != before && after > 0
+}
+
+/// A peer's tx counter at one look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Look {
+    at: i64,
+    tx_bytes: u64,
+}
+
+/// A peer's looks: the one later looks are compared with, and the newest,
+/// which takes its place once it is [`LOOK_WINDOW_SECONDS`] old.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Looks {
+    base: Option<Look>,
+    newest: Look,
+}
+
+/// The agent's memory of its peers' tx counters.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TxMemory {
+    peers: BTreeMap<PublicKey, Looks>,
+}
+
+impl TxMemory {
+    /// What the latest look at least [`LOOK_WINDOW_SECONDS`] before `now`
+    /// says about peer `key`, whose counter shows `tx_bytes` now.
+    pub fn earlier(&self, key: &PublicKey, tx_bytes: u64, now: i64) -> Option<EarlierLook> {
+        let looks = self.peers.get(key)?;
+        let base = [Some(looks.newest), looks.base]
+            .into_iter()
+            .flatten()
+            .find(|look| now - look.at >= LOOK_WINDOW_SECONDS)?;
+        Some(EarlierLook {
+            at: base.at,
+            sent_since: sent_between(base.tx_bytes, tx_bytes),
+        })
+    }
+
+    /// Records a look at the device at `now`; the peers it no longer has
+    /// are forgotten.
+    pub fn record(&mut self, device: &DeviceState, now: i64) {
+        self.peers.retain(|key, _| device.peers.contains_key(key));
+        for (key, peer) in &device.peers {
+            let look = Look {
+                at: now,
+                tx_bytes: peer.tx_bytes,
+            };
+            match self.peers.get_mut(key) {
+                None => {
+                    self.peers.insert(
+                        *key,
+                        Looks {
+                            base: None,
+                            newest: look,
+                        },
+                    );
+                }
+                Some(looks) if now - looks.newest.at >= LOOK_WINDOW_SECONDS => {
+                    looks.base = Some(looks.newest);
+                    looks.newest = look;
+                }
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+/// The report of node `node` (key `public_key`) at `now`, the device's
+/// counters compared with the earlier looks in `memory`.
 pub fn node_report(
     node: &str,
     public_key: &PublicKey,
     desired: &Desired,
     device: &DeviceState,
+    memory: &TxMemory,
     now: SystemTime,
 ) -> NodeReport {
     let now_s = epoch_seconds(now);
@@ -36,6 +120,12 @@ pub fn node_report(
             let current = seen.and_then(|s| s.endpoint);
             let relayed = desired.relayed.get(key);
             let allowed_ips = relayed.map_or(&want.allowed_ips, |r| &r.allowed_ips);
+            let evidence = PathEvidence {
+                last_handshake,
+                tx_bytes,
+                keepalive: seen.and_then(|s| s.persistent_keepalive),
+                earlier: memory.earlier(key, tx_bytes, now_s),
+            };
             PeerReport {
                 name: want.name.to_string(),
                 public_key: key.to_string(),
@@ -49,7 +139,7 @@ pub fn node_report(
                 tx_bytes,
                 path: match relayed {
                     Some(_) => PathState::Relayed,
-                    None => PathState::of(last_handshake, tx_bytes, now_s),
+                    None => PathState::of(&evidence, now_s),
                 },
                 relay: relayed.map(|r| r.via_name.to_string()),
             }
@@ -87,12 +177,14 @@ pub type DeviceReader = Arc<dyn Fn() -> Result<DeviceState, crate::wg::WgError> 
 
 type Wanted = (String, PublicKey, Desired, Vec<LinkedClusterReport>);
 
-/// What the last reconcile wanted, and a way to read the device: each
-/// `/status` request reports live handshakes and counters.
+/// What the last reconcile wanted, a way to read the device (each
+/// `/status` request reports live handshakes and counters) and the earlier
+/// looks at it.
 #[derive(Clone)]
 pub struct StatusBoard {
     wanted: Arc<Mutex<Option<Wanted>>>,
     reader: DeviceReader,
+    memory: Arc<Mutex<TxMemory>>,
 }
 
 impl std::fmt::Debug for StatusBoard {
@@ -106,9 +198,13 @@ impl StatusBoard {
         StatusBoard {
             wanted: Arc::default(),
             reader,
+            memory: Arc::default(),
         }
     }
 
+    /// Records what a reconcile wanted, and takes a look at the device:
+    /// with a look after every reconcile, a request always finds one to
+    /// compare with.
     pub fn set(
         &self,
         node: &str,
@@ -118,14 +214,29 @@ impl StatusBoard {
     ) {
         *self.wanted.lock().expect("status lock") =
             Some((node.to_string(), public_key, desired, links));
+        if let Ok(device) = (self.reader)() {
+            let now = epoch_seconds(SystemTime::now());
+            self.memory
+                .lock()
+                .expect("memory lock")
+                .record(&device, now);
+        }
     }
 
     /// The report now; None before the first successful reconcile. A
     /// device that cannot be read shows every peer without a session.
     pub fn report(&self) -> Option<NodeReport> {
         let (node, key, desired, links) = self.wanted.lock().expect("status lock").clone()?;
-        let device = (self.reader)().unwrap_or_default();
-        let mut report = node_report(&node, &key, &desired, &device, SystemTime::now());
+        let (device, readable) = match (self.reader)() {
+            Ok(device) => (device, true),
+            Err(_) => (DeviceState::default(), false),
+        };
+        let now = SystemTime::now();
+        let mut memory = self.memory.lock().expect("memory lock");
+        let mut report = node_report(&node, &key, &desired, &device, &memory, now);
+        if readable {
+            memory.record(&device, epoch_seconds(now));
+        }
         report.linked_clusters = links;
         Some(report)
     }
@@ -163,7 +274,8 @@ mod tests {
                 },
             );
         }
-        // n1: up, seen from a NAT's address; n2: sent, never answered; n3: idle.
+        // n1: up, seen from a NAT's address; n2: sent, never answered; n3:
+        // never used.
         device.peers.insert(
             PublicKey([1; 32]),
             PeerState {
@@ -199,7 +311,14 @@ mod tests {
             reason: RejectReason::InvalidPeerSpec,
             message: "spec.publicKey: ...".into(),
         });
-        let r = node_report("n0", &PublicKey([9; 32]), &d, &device, now);
+        let r = node_report(
+            "n0",
+            &PublicKey([9; 32]),
+            &d,
+            &device,
+            &TxMemory::default(),
+            now,
+        );
         assert_eq!(r.observed_at, 10_000);
         let by = |n: &str| r.peers.iter().find(|p| p.name == n).unwrap();
         assert_eq!(by("n1").path, PathState::Direct);
@@ -222,11 +341,114 @@ mod tests {
             None,
             "the configured endpoint is not news"
         );
-        assert_eq!(by("n3").path, PathState::Idle);
+        assert_eq!(by("n3").path, PathState::Unused);
         assert_eq!(r.left_out[0].name, "peer/bad");
         assert_eq!(r.left_out[0].reason, "PeerInvalidSpec");
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["peers"][0]["path"], "direct");
         assert_eq!(json["leftOut"][0]["reason"], "PeerInvalidSpec");
+    }
+
+    fn device_with(peers: &[(u8, u64)]) -> DeviceState {
+        let mut device = DeviceState::default();
+        for &(i, tx_bytes) in peers {
+            device.peers.insert(
+                PublicKey([i; 32]),
+                PeerState {
+                    tx_bytes,
+                    ..Default::default()
+                },
+            );
+        }
+        device
+    }
+
+    #[test]
+    fn a_counter_moved_or_started_again() {
+        assert!(!sent_between(0, 0));
+        assert!(!sent_between(4096, 4096));
+        assert!(sent_between(4096, 4244));
+        assert!(sent_between(4096, 148), "re-created peer, sent since");
+        assert!(!sent_between(4096, 0), "re-created peer, nothing sent");
+    }
+
+    #[test]
+    fn looks_are_compared_with_one_at_least_a_window_old() {
+        let key = PublicKey([1; 32]);
+        let mut memory = TxMemory::default();
+        assert_eq!(memory.earlier(&key, 0, 1000), None, "never looked");
+        memory.record(&device_with(&[(1, 100)]), 1000);
+        assert_eq!(memory.earlier(&key, 100, 1005), None, "too recent");
+        let at_1000 = |sent_since| {
+            Some(EarlierLook {
+                at: 1000,
+                sent_since,
+            })
+        };
+        assert_eq!(memory.earlier(&key, 100, 1010), at_1000(false));
+        assert_eq!(memory.earlier(&key, 248, 1010), at_1000(true));
+        // Looks in quick succession do not replace the one compared with.
+        memory.record(&device_with(&[(1, 248)]), 1030);
+        memory.record(&device_with(&[(1, 396)]), 1032);
+        assert_eq!(memory.earlier(&key, 396, 1035), at_1000(true));
+        assert_eq!(
+            memory.earlier(&key, 396, 1040),
+            Some(EarlierLook {
+                at: 1030,
+                sent_since: true
+            })
+        );
+        // A peer gone from the device is forgotten.
+        memory.record(&device_with(&[(2, 0)]), 1050);
+        assert_eq!(memory.earlier(&key, 396, 2000), None);
+    }
+
+    #[test]
+    fn idle_pairs_and_unanswered_traffic_are_told_apart() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(100_000);
+        let mut d = Desired::default();
+        let mut device = DeviceState::default();
+        for i in [1u8, 2, 3] {
+            let key = PublicKey([i; 32]);
+            d.peers.insert(
+                key,
+                DesiredPeer {
+                    name: PeerName::Node(format!("n{i}")),
+                    public_key: key,
+                    endpoint: None,
+                    allowed_ips: vec![],
+                    persistent_keepalive: None,
+                    preshared_key: None,
+                },
+            );
+            // An hour since the last handshake with each.
+            device.peers.insert(
+                key,
+                PeerState {
+                    last_handshake: Some(start - Duration::from_secs(3600)),
+                    tx_bytes: 4096,
+                    persistent_keepalive: (i == 3).then_some(25),
+                    ..Default::default()
+                },
+            );
+        }
+        let mut memory = TxMemory::default();
+        let first = node_report("n0", &PublicKey([9; 32]), &d, &device, &memory, start);
+        let paths = |r: &NodeReport| r.peers.iter().map(|p| p.path).collect::<Vec<_>>();
+        assert_eq!(
+            paths(&first),
+            [PathState::Idle, PathState::Idle, PathState::Down],
+            "kept alive, n3's keepalives go unanswered"
+        );
+        assert_eq!(first.peers[0].last_handshake, Some(100_000 - 3600));
+        memory.record(&device, epoch_seconds(start));
+        // 30 s later, n2's handshake attempts have been counted.
+        device.peers.get_mut(&PublicKey([2; 32])).unwrap().tx_bytes += 3 * 148;
+        let later = start + Duration::from_secs(30);
+        let second = node_report("n0", &PublicKey([9; 32]), &d, &device, &memory, later);
+        assert_eq!(
+            paths(&second),
+            [PathState::Idle, PathState::Down, PathState::Down]
+        );
     }
 }

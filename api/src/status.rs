@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 /// (REJECT_AFTER_TIME): a handshake younger than this means the path works.
 pub const SESSION_SECONDS: i64 = 180;
 
+/// WireGuard retries an unanswered handshake this often (REKEY_TIMEOUT).
+pub const HANDSHAKE_RETRY_SECONDS: i64 = 5;
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeReport {
@@ -70,27 +73,94 @@ pub struct LinkedClusterReport {
     pub message: Option<String>,
 }
 
-/// The state of the path to a peer.
+/// The state of the path to a peer, as one end sees it (see
+/// [`PathState::of`] for the rules).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub enum PathState {
     /// A handshake within the session lifetime: traffic flows directly.
     Direct,
-    /// Nothing was ever sent: no handshake needed yet.
-    #[default]
+    /// Had a session, which expired: nothing is trying to talk to the peer
+    /// now, and nothing says it is not reachable. Not a problem.
     Idle,
-    /// Traffic was sent but no session is up.
+    /// Broken: traffic or keepalives go to the peer and no handshake
+    /// completes.
     Down,
     /// No direct handshake completes: traffic goes through a relay node.
     Relayed,
+    /// Never connected: no handshake ever, nothing sent (a peer nobody
+    /// talked to yet). Not a problem.
+    #[default]
+    Unused,
+}
+
+/// What the agent sees of the path to a peer, for [`PathState::of`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PathEvidence {
+    /// The last handshake (seconds since the epoch), however old.
+    pub last_handshake: Option<i64>,
+    /// Bytes sent to the peer (on the kernel, handshake attempts count).
+    pub tx_bytes: u64,
+    /// The persistent keepalive interval (seconds), when the pair is kept
+    /// alive.
+    pub keepalive: Option<u16>,
+    /// An earlier look at the peer, when the agent has one (at least a
+    /// couple of handshake retries old).
+    pub earlier: Option<EarlierLook>,
+}
+
+/// An earlier look at a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EarlierLook {
+    /// When it was taken (seconds since the epoch).
+    pub at: i64,
+    /// Whether the tx counter moved since.
+    pub sent_since: bool,
 }
 
 impl PathState {
-    pub fn of(last_handshake: Option<i64>, tx_bytes: u64, now: i64) -> Self {
-        match last_handshake {
-            Some(t) if now - t < SESSION_SECONDS => PathState::Direct,
-            None if tx_bytes == 0 => PathState::Idle,
-            _ => PathState::Down,
+    /// The state of a path that is not relayed, at `now`:
+    ///
+    /// - direct: a handshake within the session lifetime;
+    /// - down: a kept-alive pair whose handshake is older than a session
+    ///   plus a keepalive interval and a retry (its keepalives need a
+    ///   session: a working pair never gets there), or that never had one
+    ///   since the agent's earlier look; traffic sent and never a handshake;
+    ///   traffic sent since the earlier look while there was no session
+    ///   then, and still none (it all went to handshake attempts);
+    /// - idle: a handshake once, nothing of the above;
+    /// - unused: never a handshake, nothing sent.
+    ///
+    /// Traffic that started after a session expired shows as down from the
+    /// second look on (or at once on a pair never connected): a single look
+    /// cannot tell failed handshake attempts from traffic the expired
+    /// session carried. boringtun counts neither handshakes nor keepalives
+    /// in `tx_bytes`: on trellis-wg only keepalives reveal a broken pair.
+    pub fn of(evidence: &PathEvidence, now: i64) -> Self {
+        let PathEvidence {
+            last_handshake,
+            tx_bytes,
+            keepalive,
+            earlier,
+        } = *evidence;
+        let age = last_handshake.map(|t| now - t);
+        if age.is_some_and(|age| age < SESSION_SECONDS) {
+            return PathState::Direct;
+        }
+        let keepalives_unanswered = keepalive.is_some_and(|interval| match age {
+            Some(age) => age >= SESSION_SECONDS + i64::from(interval) + HANDSHAKE_RETRY_SECONDS,
+            None => earlier.is_some(),
+        });
+        let sent_without_session = earlier.is_some_and(|e| {
+            e.sent_since && last_handshake.is_none_or(|t| t + SESSION_SECONDS <= e.at)
+        });
+        let never_answered = last_handshake.is_none() && tx_bytes > 0;
+        if keepalives_unanswered || sent_without_session || never_answered {
+            PathState::Down
+        } else if last_handshake.is_some() {
+            PathState::Idle
+        } else {
+            PathState::Unused
         }
     }
 
@@ -100,6 +170,7 @@ impl PathState {
             PathState::Idle => "idle",
             PathState::Down => "down",
             PathState::Relayed => "relayed",
+            PathState::Unused => "unused",
         }
     }
 }
@@ -140,14 +211,96 @@ pub struct LeftOut {
 mod tests {
     use super::*;
 
+    const NOW: i64 = 100_000;
+
+    fn path(
+        last_handshake: Option<i64>,
+        tx_bytes: u64,
+        keepalive: Option<u16>,
+        earlier: Option<EarlierLook>,
+    ) -> PathState {
+        PathState::of(
+            &PathEvidence {
+                last_handshake,
+                tx_bytes,
+                keepalive,
+                earlier,
+            },
+            NOW,
+        )
+    }
+
+    fn look(ago: i64, sent_since: bool) -> Option<EarlierLook> {
+        Some(EarlierLook {
+            at: NOW - ago,
+            sent_since,
+        })
+    }
+
     #[test]
-    fn the_path_follows_the_handshake_and_the_traffic() {
-        assert_eq!(PathState::of(Some(1000), 5, 1100), PathState::Direct);
+    fn a_handshake_within_the_session_is_direct() {
+        assert_eq!(path(Some(NOW - 5), 5, None, None), PathState::Direct);
         assert_eq!(
-            PathState::of(Some(1000), 5, 1000 + SESSION_SECONDS),
+            path(Some(NOW - SESSION_SECONDS + 1), 5, Some(25), look(20, true)),
+            PathState::Direct
+        );
+    }
+
+    #[test]
+    fn a_pair_nobody_talked_to_is_unused() {
+        assert_eq!(path(None, 0, None, None), PathState::Unused);
+        assert_eq!(path(None, 0, None, look(20, false)), PathState::Unused);
+        // Kept alive, but the agent has not watched it for long yet.
+        assert_eq!(path(None, 0, Some(25), None), PathState::Unused);
+    }
+
+    #[test]
+    fn an_expired_session_with_nothing_trying_is_idle() {
+        let hour_ago = Some(NOW - 3600);
+        assert_eq!(path(hour_ago, 4096, None, None), PathState::Idle);
+        assert_eq!(path(hour_ago, 4096, None, look(20, false)), PathState::Idle);
+        // Sent since a look taken while the session lived: maybe in it.
+        let expired_just_now = Some(NOW - SESSION_SECONDS - 5);
+        assert_eq!(
+            path(expired_just_now, 4096, None, look(20, true)),
+            PathState::Idle
+        );
+    }
+
+    #[test]
+    fn traffic_without_a_handshake_is_down() {
+        // On the kernel, handshake attempts count as sent.
+        assert_eq!(path(None, 148, None, None), PathState::Down);
+        // Sent since a look taken after the session had expired.
+        assert_eq!(
+            path(Some(NOW - 3600), 4244, None, look(20, true)),
             PathState::Down
         );
-        assert_eq!(PathState::of(None, 0, 1000), PathState::Idle);
-        assert_eq!(PathState::of(None, 148, 1000), PathState::Down);
+        assert_eq!(
+            path(Some(NOW - SESSION_SECONDS - 20), 4244, None, look(20, true)),
+            PathState::Down,
+            "the session ended exactly at the earlier look"
+        );
+    }
+
+    #[test]
+    fn a_kept_alive_pair_with_a_stale_handshake_is_down() {
+        let grace = SESSION_SECONDS + 25 + HANDSHAKE_RETRY_SECONDS;
+        assert_eq!(path(Some(NOW - grace), 92, Some(25), None), PathState::Down);
+        assert_eq!(
+            path(Some(NOW - grace + 1), 92, Some(25), None),
+            PathState::Idle,
+            "its next keepalive may be on its way"
+        );
+        assert_eq!(path(None, 0, Some(25), look(10, false)), PathState::Down);
+    }
+
+    #[test]
+    fn reports_of_older_agents_still_read() {
+        let old = r#"{"name":"n2","publicKey":"k","allowedIps":[],"rxBytes":0,"txBytes":0,"path":"idle"}"#;
+        let peer: PeerReport = serde_json::from_str(old).unwrap();
+        assert_eq!(peer.path, PathState::Idle);
+        let json = serde_json::to_value(PathState::Unused).unwrap();
+        assert_eq!(json, "unused");
     }
 }

@@ -1,8 +1,11 @@
 //! `graph`: the mesh as Graphviz DOT or as SVG (drawn here: nodes on a
 //! circle, no external program). An edge joins two peers and is marked
-//! direct, relayed, idle or down from what both ends report (an edge is direct when
-//! either end has a live session); a node whose agent could not be read
-//! makes no claims.
+//! direct, relayed, down, idle or unused from what both ends report, the
+//! most telling first: direct when either end has a live session, down when
+//! either end sees its traffic go unanswered (idle at the other end only
+//! means nothing tries there). A node whose agent could not be read makes
+//! no claims. Idle and unused edges are grey (dashed, dotted): nothing is
+//! wrong with them; down ones are bold red.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -19,14 +22,27 @@ pub struct Mesh {
     pub unreachable: BTreeSet<String>,
 }
 
+/// How telling a state is, when the two ends of an edge disagree.
 fn rank(p: PathState) -> u8 {
     match p {
-        PathState::Direct => 3,
-        PathState::Relayed => 2,
-        PathState::Down => 1,
-        PathState::Idle => 0,
+        PathState::Direct => 4,
+        PathState::Relayed => 3,
+        PathState::Down => 2,
+        PathState::Idle => 1,
+        PathState::Unused => 0,
     }
 }
+
+/// The states in the order of the legend.
+const LEGEND: [PathState; 5] = [
+    PathState::Direct,
+    PathState::Relayed,
+    PathState::Idle,
+    PathState::Unused,
+    PathState::Down,
+];
+/// Room for one entry of the legend: its line and its label.
+const LEGEND_STEP: f64 = 95.0;
 
 impl Mesh {
     pub fn from_reports(fetched: &[Fetched]) -> Self {
@@ -55,12 +71,24 @@ impl Mesh {
     }
 }
 
+/// The line (a Graphviz style) and colour of an edge.
 fn style(p: PathState) -> (&'static str, &'static str) {
     match p {
         PathState::Direct => ("solid", "#2e7d32"),
-        PathState::Idle => ("dashed", "#9e9e9e"),
-        PathState::Down => ("dotted", "#c62828"),
         PathState::Relayed => ("dashed", "#ef6c00"),
+        PathState::Idle => ("dashed", "#9e9e9e"),
+        PathState::Unused => ("dotted", "#bdbdbd"),
+        PathState::Down => ("bold", "#c62828"),
+    }
+}
+
+/// The SVG attributes that draw a Graphviz style.
+fn svg_stroke(line: &str) -> &'static str {
+    match line {
+        "dashed" => " stroke-width=\"2\" stroke-dasharray=\"8 5\"",
+        "dotted" => " stroke-width=\"2\" stroke-dasharray=\"2 4\"",
+        "bold" => " stroke-width=\"3.5\"",
+        _ => " stroke-width=\"2\"",
     }
 }
 
@@ -108,7 +136,8 @@ pub fn svg(m: &Mesh) -> String {
     let n = m.vertices.len().max(1) as f64;
     let radius = 60.0 + 30.0 * n;
     let (cx, cy) = (radius + 120.0, radius + 60.0);
-    let (w, h) = (2.0 * cx, 2.0 * cy + 40.0);
+    let legend_width = 20.0 + LEGEND_STEP * LEGEND.len() as f64;
+    let (w, h) = ((2.0 * cx).max(legend_width), 2.0 * cy + 40.0);
     let pos: BTreeMap<&str, (f64, f64)> = m
         .vertices
         .keys()
@@ -127,14 +156,10 @@ pub fn svg(m: &Mesh) -> String {
     for ((a, b), p) in &m.edges {
         let ((x1, y1), (x2, y2)) = (pos[a.as_str()], pos[b.as_str()]);
         let (line, color) = style(*p);
-        let dash = match line {
-            "dashed" => " stroke-dasharray=\"8 5\"",
-            "dotted" => " stroke-dasharray=\"2 4\"",
-            _ => "",
-        };
+        let stroke = svg_stroke(line);
         let _ = writeln!(
             out,
-            "<line class=\"edge {}\" x1=\"{x1:.1}\" y1=\"{y1:.1}\" x2=\"{x2:.1}\" y2=\"{y2:.1}\" stroke=\"{color}\" stroke-width=\"2\"{dash}><title>{} – {}: {}</title></line>",
+            "<line class=\"edge {}\" x1=\"{x1:.1}\" y1=\"{y1:.1}\" x2=\"{x2:.1}\" y2=\"{y2:.1}\" stroke=\"{color}\"{stroke}><title>{} – {}: {}</title></line>",
             p.as_str(),
             xml(a),
             xml(b),
@@ -162,28 +187,19 @@ pub fn svg(m: &Mesh) -> String {
         );
     }
     let mut lx = 20.0;
-    for p in [
-        PathState::Direct,
-        PathState::Relayed,
-        PathState::Idle,
-        PathState::Down,
-    ] {
+    for p in LEGEND {
         let (line, color) = style(p);
-        let dash = match line {
-            "dashed" => " stroke-dasharray=\"8 5\"",
-            "dotted" => " stroke-dasharray=\"2 4\"",
-            _ => "",
-        };
+        let stroke = svg_stroke(line);
         let y = h - 20.0;
         let _ = writeln!(
             out,
-            "<g class=\"legend\"><line x1=\"{lx:.0}\" y1=\"{y:.0}\" x2=\"{:.0}\" y2=\"{y:.0}\" stroke=\"{color}\" stroke-width=\"2\"{dash}/><text x=\"{:.0}\" y=\"{:.0}\">{}</text></g>",
+            "<g class=\"legend\"><line x1=\"{lx:.0}\" y1=\"{y:.0}\" x2=\"{:.0}\" y2=\"{y:.0}\" stroke=\"{color}\"{stroke}/><text x=\"{:.0}\" y=\"{:.0}\">{}</text></g>",
             lx + 30.0,
             lx + 36.0,
             y + 4.0,
             p.as_str()
         );
-        lx += 110.0;
+        lx += LEGEND_STEP;
     }
     out.push_str("</svg>\n");
     out
@@ -202,7 +218,7 @@ mod tests {
                     "n1",
                     &[
                         ("n2", PathState::Direct, Some(1)),
-                        ("n3", PathState::Idle, None),
+                        ("n3", PathState::Unused, None),
                         ("peer/l<a>", PathState::Down, None),
                     ],
                 )),
@@ -212,24 +228,40 @@ mod tests {
                 Ok(report(
                     "n2",
                     &[
-                        ("n1", PathState::Idle, None),
+                        ("n1", PathState::Idle, Some(1)),
                         ("n3", PathState::Relayed, None),
+                        ("n4", PathState::Idle, Some(1)),
+                        ("peer/l<a>", PathState::Idle, Some(1)),
                     ],
                 )),
             ),
             ("n3".into(), Err("timeout".into())),
+            (
+                "n4".into(),
+                Ok(report("n4", &[("n2", PathState::Down, Some(1))])),
+            ),
         ]
     }
 
+    fn edge(m: &Mesh, a: &str, b: &str) -> PathState {
+        m.edges[&(a.to_string(), b.to_string())]
+    }
+
     #[test]
-    fn edges_take_the_best_news_from_either_end() {
+    fn edges_take_the_most_telling_news_from_either_end() {
         let m = Mesh::from_reports(&fetched());
-        assert_eq!(m.vertices.len(), 4);
+        assert_eq!(m.vertices.len(), 5);
         assert!(!m.vertices["peer/l<a>"], "a Peer is not a node");
-        assert_eq!(m.edges[&("n1".into(), "n2".into())], PathState::Direct);
-        assert_eq!(m.edges[&("n1".into(), "n3".into())], PathState::Idle);
-        assert_eq!(m.edges[&("n2".into(), "n3".into())], PathState::Relayed);
-        assert_eq!(m.edges[&("n1".into(), "peer/l<a>".into())], PathState::Down);
+        assert_eq!(edge(&m, "n1", "n2"), PathState::Direct);
+        assert_eq!(edge(&m, "n1", "n3"), PathState::Unused);
+        assert_eq!(edge(&m, "n2", "n3"), PathState::Relayed);
+        assert_eq!(edge(&m, "n1", "peer/l<a>"), PathState::Down);
+        assert_eq!(edge(&m, "n2", "peer/l<a>"), PathState::Idle);
+        assert_eq!(
+            edge(&m, "n2", "n4"),
+            PathState::Down,
+            "n4's traffic goes unanswered; n2 just sends nothing"
+        );
         assert!(m.unreachable.contains("n3"));
     }
 
@@ -246,7 +278,6 @@ mod tests {
             d.contains("\"n2\" -- \"n3\" [style=dashed, color=\"#ef6c00\""),
             "{d}"
         );
-        assert!(d.contains("\"n1\" -- \"peer/l<a>\" [style=dotted"), "{d}");
         assert!(d.contains("\"n3\" [shape=box, style=dashed"), "{d}");
         assert!(d.contains("\"peer/l<a>\" [shape=ellipse]"), "{d}");
         let s = svg(&m);
@@ -255,7 +286,7 @@ mod tests {
             "{s}"
         );
         assert_eq!(s.matches("<line class=\"edge").count(), m.edges.len());
-        assert_eq!(s.matches("<g class=\"vertex\">").count(), 4);
+        assert_eq!(s.matches("<g class=\"vertex\">").count(), 5);
         assert_eq!(s.matches("class=\"edge direct\"").count(), 1);
         assert_eq!(s.matches("class=\"edge relayed\"").count(), 1);
         assert!(
@@ -263,5 +294,45 @@ mod tests {
             "names are escaped"
         );
         assert_eq!(s.matches("<svg").count(), s.matches("</svg>").count());
+    }
+
+    #[test]
+    fn idle_unused_and_down_edges_look_different_and_the_legend_says_so() {
+        let m = Mesh::from_reports(&fetched());
+        let d = dot(&m);
+        assert!(
+            d.contains("\"n2\" -- \"peer/l<a>\" [style=dashed, color=\"#9e9e9e\", label=\"idle\"]"),
+            "{d}"
+        );
+        assert!(
+            d.contains("\"n1\" -- \"n3\" [style=dotted, color=\"#bdbdbd\", label=\"unused\"]"),
+            "{d}"
+        );
+        assert!(
+            d.contains("\"n1\" -- \"peer/l<a>\" [style=bold, color=\"#c62828\", label=\"down\"]"),
+            "{d}"
+        );
+        let s = svg(&m);
+        let line_of = |class: &str| {
+            let start = s.find(&format!("<line class=\"edge {class}\"")).unwrap();
+            let end = start + s[start..].find("><title>").unwrap();
+            let attributes = &s[start..end];
+            attributes[attributes.find(" stroke=").unwrap()..].to_string()
+        };
+        let (idle, unused, down) = (line_of("idle"), line_of("unused"), line_of("down"));
+        assert!(idle != down && unused != down && idle != unused);
+        let legend: Vec<&str> = s
+            .lines()
+            .filter(|l| l.starts_with("<g class=\"legend\">"))
+            .collect();
+        assert_eq!(legend.len(), 5, "{s}");
+        for (class, stroke) in [("idle", &idle), ("unused", &unused), ("down", &down)] {
+            assert!(
+                legend
+                    .iter()
+                    .any(|l| l.contains(stroke.as_str()) && l.contains(&format!(">{class}</text>"))),
+                "{class} in the legend, drawn as its edges: {s}"
+            );
+        }
     }
 }

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use trellis_api::status::{NodeReport, PathState};
+use trellis_api::status::{NodeReport, PathState, PeerReport};
 
 use crate::cluster::Snapshot;
 
@@ -73,7 +73,22 @@ pub fn ago(seconds: i64) -> String {
     }
 }
 
-/// The table `status` prints.
+/// What is wrong with the path to a peer; empty when nothing is (idle and
+/// unused paths are not problems: nothing is trying to use them).
+fn problem(p: &PeerReport, now: i64) -> String {
+    match (p.path, p.last_handshake) {
+        (PathState::Down, Some(t)) => format!(
+            "handshakes fail (last one {}): is the peer reachable?",
+            ago(now - t)
+        ),
+        (PathState::Down, None) => "no handshake yet: is the peer reachable?".into(),
+        (PathState::Relayed, _) => "no direct handshake completes (NAT?)".into(),
+        (PathState::Direct | PathState::Idle | PathState::Unused, _) => String::new(),
+    }
+}
+
+/// The table `status` prints: the HANDSHAKE column has the age of the last
+/// handshake whatever the path (an idle pair had one), "never" without.
 pub fn table(fetched: &[Fetched], now: i64) -> String {
     let mut rows: Vec<[String; 9]> = vec![[
         "NODE",
@@ -122,14 +137,7 @@ pub fn table(fetched: &[Fetched], now: i64) -> String {
             ]);
         }
         for p in &report.peers {
-            let problem = match p.path {
-                PathState::Down => match p.last_handshake {
-                    Some(t) => format!("no session: last handshake {}", ago(now - t)),
-                    None => "no handshake yet: is the peer reachable?".into(),
-                },
-                PathState::Relayed => "no direct handshake completes (NAT?)".into(),
-                _ => String::new(),
-            };
+            let problem = problem(p, now);
             let path = match &p.relay {
                 Some(via) => format!("{} via {via}", p.path.as_str()),
                 None => p.path.as_str().into(),

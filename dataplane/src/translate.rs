@@ -4,6 +4,10 @@
 //! - boringtun answers `get` with `own_public_key` instead of `private_key`,
 //!   and with the time *since* the last handshake where the protocol wants
 //!   the time *of* it: `wg show` would print "56 years ago";
+//! - boringtun reports a handshake only while its session lives: 180 s
+//!   (REJECT_AFTER_TIME) after it, an idle peer looks as if it never had
+//!   one. [`Handshakes`] keeps the last one, as the kernel does, until the
+//!   peer is removed;
 //! - boringtun panics, then hangs, when a `set` changes a peer that exists:
 //!   such a change becomes "remove the peer, add it again with its merged
 //!   configuration" in the same request. A peer re-created that way has
@@ -14,7 +18,7 @@
 //!
 //! Pure functions over key/value lines, tested without a device.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 /// One `key=value` line.
@@ -78,41 +82,133 @@ pub(crate) fn peers_of(get: &[Pair]) -> BTreeMap<String, PeerConfig> {
     out
 }
 
+/// The last handshake of every peer that had one, kept as the kernel keeps
+/// it: boringtun stops reporting a peer's handshake when its session
+/// expires, `wg show` and the agent want it until the peer is removed.
+///
+/// What removes a peer, and so forgets its handshake:
+/// - a `set` whose last word on the peer is `remove=true`;
+/// - a `set` with `replace_peers=true` (`wg setconf`): every peer, those it
+///   lists again included — a new configuration starts from none, as on
+///   the kernel;
+/// - anything else that makes the peer vanish from boringtun's answer.
+///
+/// A `set` that removes a peer and adds it again in the same request
+/// changes the peer and keeps its handshake: that is how the agent writes
+/// its updates to a userspace device, and on the kernel, which the agent
+/// changes in place, the same update keeps the handshake. A peer that [`rewrite_set`] re-creates for an in-place
+/// change keeps it too. A peer removed by one request and added by a later
+/// one starts from none.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Handshakes(BTreeMap<String, SystemTime>);
+
+impl Handshakes {
+    /// Takes in boringtun's (successful) `get` answer at `now`: the
+    /// handshakes it reports, made absolute; the peers it no longer lists
+    /// are forgotten.
+    pub(crate) fn observe(&mut self, answer: &[Pair], now: SystemTime) {
+        let mut listed = BTreeSet::new();
+        let mut key: Option<&str> = None;
+        let mut since: Option<Duration> = None;
+        for (k, v) in answer {
+            match k.as_str() {
+                "public_key" => {
+                    key = Some(v);
+                    since = None;
+                    listed.insert(v.as_str());
+                }
+                "last_handshake_time_sec" => since = v.parse().ok().map(Duration::from_secs),
+                "last_handshake_time_nsec" => {
+                    let ns = v.parse().ok().map(Duration::from_nanos).unwrap_or_default();
+                    let at = since.take().and_then(|s| now.checked_sub(s + ns));
+                    if let (Some(key), Some(at)) = (key, at) {
+                        self.0.insert(key.to_string(), at);
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.0.retain(|k, _| listed.contains(k.as_str()));
+    }
+
+    /// Forgets the peers a `set` request (the lines after `set=1`, as the
+    /// client sent them) removes; see the type's documentation.
+    pub(crate) fn forget_removed(&mut self, request: &[Pair]) {
+        let mut removed: BTreeMap<&str, bool> = BTreeMap::new();
+        let mut key: Option<&str> = None;
+        for (k, v) in request {
+            match (k.as_str(), v.as_str(), key) {
+                ("replace_peers", "true", None) => self.0.clear(),
+                ("public_key", _, _) => {
+                    key = Some(v);
+                    removed.insert(v, false);
+                }
+                ("remove", "true", Some(key)) => {
+                    removed.insert(key, true);
+                }
+                _ => {}
+            }
+        }
+        for (key, _) in removed.into_iter().filter(|(_, gone)| *gone) {
+            self.0.remove(key);
+        }
+    }
+
+    /// The last handshake with the peer of hex public key `key`.
+    pub(crate) fn of(&self, key: &str) -> Option<SystemTime> {
+        self.0.get(key).copied()
+    }
+}
+
+/// Appends a handshake time in the standard form (seconds and nanoseconds
+/// since the epoch).
+fn push_handshake(out: &mut Vec<Pair>, at: Option<SystemTime>) {
+    let Some(at) = at else { return };
+    let epoch = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    out.push((
+        "last_handshake_time_sec".into(),
+        epoch.as_secs().to_string(),
+    ));
+    out.push((
+        "last_handshake_time_nsec".into(),
+        epoch.subsec_nanos().to_string(),
+    ));
+}
+
 /// Rewrites boringtun's `get` answer into the standard one: the private
-/// key when known (it was set through us), absolute handshake times.
+/// key when known (it was set through us), and each peer's last handshake
+/// from `handshakes` (which took in this answer before) as an absolute
+/// time, where boringtun writes its own: before the counters.
 pub(crate) fn translate_get(
     answer: &[Pair],
     private_key: Option<&str>,
-    now: SystemTime,
+    handshakes: &Handshakes,
 ) -> Vec<Pair> {
-    let mut out = Vec::with_capacity(answer.len() + 1);
+    let mut out = Vec::with_capacity(answer.len() + 3);
     if let Some(key) = private_key {
         out.push(("private_key".to_string(), key.to_string()));
     }
-    let mut since: Option<Duration> = None;
+    // The handshake of the peer being written, until its place comes.
+    let mut pending: Option<SystemTime> = None;
     for (k, v) in answer {
         match k.as_str() {
             "own_public_key" if private_key.is_some() => {}
-            "last_handshake_time_sec" => since = v.parse().ok().map(Duration::from_secs),
-            "last_handshake_time_nsec" => {
-                let ns = v.parse().ok().map(Duration::from_nanos).unwrap_or_default();
-                if let Some(at) = since.take().and_then(|s| now.checked_sub(s + ns)) {
-                    let epoch = at
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .unwrap_or_default();
-                    out.push((
-                        "last_handshake_time_sec".into(),
-                        epoch.as_secs().to_string(),
-                    ));
-                    out.push((
-                        "last_handshake_time_nsec".into(),
-                        epoch.subsec_nanos().to_string(),
-                    ));
-                }
+            "last_handshake_time_sec" | "last_handshake_time_nsec" => {}
+            "public_key" => {
+                push_handshake(&mut out, pending.take());
+                pending = handshakes.of(v);
+                out.push((k.clone(), v.clone()));
+            }
+            "rx_bytes" | "tx_bytes" => {
+                push_handshake(&mut out, pending.take());
+                out.push((k.clone(), v.clone()));
             }
             _ => out.push((k.clone(), v.clone())),
         }
     }
+    push_handshake(&mut out, pending);
     out
 }
 
@@ -264,90 +360,4 @@ pub(crate) fn rewrite_set(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pairs(text: &str) -> Vec<Pair> {
-        parse_pairs(text)
-    }
-
-    #[test]
-    fn handshake_times_become_absolute_and_the_private_key_is_reported() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let answer = pairs("own_public_key=aa\nlisten_port=51820\npublic_key=bb\nlast_handshake_time_sec=5\nlast_handshake_time_nsec=0\nrx_bytes=1\n");
-        let out = translate_get(&answer, Some("cc"), now);
-        assert_eq!(out[0], ("private_key".into(), "cc".into()));
-        assert!(!out.iter().any(|(k, _)| k == "own_public_key"));
-        assert!(out.contains(&("last_handshake_time_sec".into(), "1799999995".into())));
-        assert!(out.contains(&("rx_bytes".into(), "1".into())));
-        let unknown = translate_get(&answer, None, now);
-        assert!(
-            unknown.iter().any(|(k, _)| k == "own_public_key"),
-            "kept when the private key is unknown"
-        );
-    }
-
-    #[test]
-    fn a_peer_without_handshake_has_no_handshake_time() {
-        let out = translate_get(
-            &pairs("public_key=bb\nrx_bytes=0\n"),
-            None,
-            SystemTime::now(),
-        );
-        assert!(!out.iter().any(|(k, _)| k.starts_with("last_handshake")));
-    }
-
-    fn texts(requests: &[Vec<Pair>]) -> Vec<String> {
-        requests.iter().map(|r| render(r)).collect()
-    }
-
-    #[test]
-    fn changing_an_existing_peer_becomes_remove_and_merged_add() {
-        let existing = peers_of(&pairs("public_key=bb\nendpoint=192.0.2.1:51820\npersistent_keepalive_interval=25\nallowed_ip=10.0.1.0/24\nallowed_ip=fd00:1::/64\n"));
-        let (out, key) = rewrite_set(&pairs("private_key=kk\nlisten_port=51820\npublic_key=bb\nendpoint=192.0.2.9:51820\npublic_key=dd\nallowed_ip=10.0.2.0/24\n"), &existing);
-        assert_eq!(key.as_deref(), Some("kk"));
-        assert_eq!(
-            texts(&out),
-            vec![
-                "private_key=kk\nlisten_port=51820\n".to_string(),
-                "public_key=bb\nremove=true\npublic_key=bb\nremove=false\nendpoint=192.0.2.9:51820\npersistent_keepalive_interval=25\nreplace_allowed_ips=true\nallowed_ip=10.0.1.0/24\nallowed_ip=fd00:1::/64\n".to_string(),
-                "public_key=dd\nremove=false\npersistent_keepalive_interval=0\nreplace_allowed_ips=true\nallowed_ip=10.0.2.0/24\n".to_string(),
-            ]
-        );
-    }
-
-    #[test]
-    fn a_re_created_peer_that_had_a_session_is_poked_at_its_first_range() {
-        let existing = peers_of(&pairs("public_key=bb\nlast_handshake_time_sec=3\nallowed_ip=10.0.1.0/24\npublic_key=cc\nallowed_ip=10.0.3.0/24\npublic_key=ee\nlast_handshake_time_sec=1\nallowed_ip=fd00:5::/64\n"));
-        // bb changes in place (had a session), cc too (never handshook),
-        // dd is new, ee is re-added by the agent's remove-then-add.
-        let (out, _) = rewrite_set(&pairs("public_key=bb\nendpoint=192.0.2.9:51820\npublic_key=cc\nendpoint=192.0.2.7:51820\npublic_key=dd\nallowed_ip=10.0.2.0/24\npublic_key=ee\nremove=true\npublic_key=ee\nallowed_ip=fd00:6::/64\n"), &existing);
-        let pokes: Vec<String> = sessions_to_restart(&out, &existing)
-            .iter()
-            .map(|a| a.to_string())
-            .collect();
-        assert_eq!(pokes, ["10.0.1.1", "fd00:6::1"]);
-    }
-
-    #[test]
-    fn removals_never_leak_into_the_next_peer() {
-        let existing = peers_of(&pairs(
-            "public_key=bb\nallowed_ip=10.0.1.0/24\npublic_key=ee\nallowed_ip=10.0.5.0/24\n",
-        ));
-        let (out, _) = rewrite_set(&pairs("public_key=ee\nremove=true\npublic_key=ff\nendpoint=1.2.3.4:5\nallowed_ip=10.0.6.0/24\n"), &existing);
-        let t = texts(&out);
-        assert_eq!(t[0], "public_key=ee\nremove=true\n");
-        assert!(t[1].starts_with("public_key=ff\nremove=false\n"), "{t:?}");
-    }
-
-    #[test]
-    fn the_agents_remove_then_add_is_one_unit_with_a_fresh_peer() {
-        let existing = peers_of(&pairs(
-            "public_key=bb\nendpoint=9.9.9.9:9\nallowed_ip=10.0.1.0/24\n",
-        ));
-        let (out, _) = rewrite_set(&pairs("public_key=bb\nremove=true\npublic_key=bb\nendpoint=1.2.3.4:5\npersistent_keepalive_interval=0\nreplace_allowed_ips=true\nallowed_ip=10.0.9.0/24\n"), &existing);
-        let t = texts(&out);
-        assert_eq!(t[0], "public_key=bb\nremove=true\n");
-        assert_eq!(t[1], "public_key=bb\nremove=false\nendpoint=1.2.3.4:5\npersistent_keepalive_interval=0\nreplace_allowed_ips=true\nallowed_ip=10.0.9.0/24\n", "nothing of the old peer is merged in");
-    }
-}
+mod tests;

@@ -10,8 +10,9 @@ use std::time::{Duration, SystemTime};
 
 use crate::translate::{self, Pair};
 
-/// The front socket's state: where boringtun listens, and the private key
-/// last set through us (boringtun never reports it).
+/// The front socket's state: where boringtun listens, the private key
+/// last set through us (boringtun never reports it) and the last handshake
+/// of each peer (boringtun forgets it when the session expires).
 #[derive(Debug, Clone)]
 pub(crate) struct Proxy {
     pub(crate) inner: PathBuf,
@@ -19,6 +20,7 @@ pub(crate) struct Proxy {
     /// through it).
     interface: String,
     private_key: Arc<Mutex<Option<String>>>,
+    handshakes: Arc<Mutex<translate::Handshakes>>,
     /// One request at a time reaches the device (a set reads the peers
     /// first, then writes: nothing may come in between).
     serial: Arc<Mutex<()>>,
@@ -79,8 +81,19 @@ impl Proxy {
             inner,
             interface: interface.to_string(),
             private_key: Arc::default(),
+            handshakes: Arc::default(),
             serial: Arc::default(),
         }
+    }
+
+    /// Takes in boringtun's answer to `get` (when it succeeded) and returns
+    /// the handshakes kept.
+    fn observe(&self, answer: &[Pair], errno: &str) -> translate::Handshakes {
+        let mut handshakes = self.handshakes.lock().expect("handshakes lock");
+        if errno == "0" {
+            handshakes.observe(answer, SystemTime::now());
+        }
+        handshakes.clone()
     }
 
     /// Answers one request.
@@ -90,12 +103,16 @@ impl Proxy {
         let result = match first {
             "get=1" => exchange(&self.inner, "get=1\n\n").map(|answer| {
                 let (pairs, errno) = split_errno(&answer);
+                let handshakes = self.observe(&pairs, &errno);
                 let key = self.private_key.lock().expect("key lock").clone();
-                let out = translate::translate_get(&pairs, key.as_deref(), SystemTime::now());
+                let out = translate::translate_get(&pairs, key.as_deref(), &handshakes);
                 format!("{}errno={errno}\n\n", translate::render(&out))
             }),
             "set=1" => exchange(&self.inner, "get=1\n\n").and_then(|current| {
-                let (pairs, _) = split_errno(&current);
+                let (pairs, errno) = split_errno(&current);
+                // Before peers are re-created and boringtun forgets their
+                // handshakes.
+                self.observe(&pairs, &errno);
                 let body: Vec<Pair> = translate::parse_pairs(request)
                     .into_iter()
                     .skip(1)
@@ -116,6 +133,12 @@ impl Proxy {
                 if let Some(k) = key {
                     *self.private_key.lock().expect("key lock") = Some(k);
                 }
+                // A request that failed half-way forgets nothing: the peers
+                // it did remove vanish from the next answer.
+                self.handshakes
+                    .lock()
+                    .expect("handshakes lock")
+                    .forget_removed(&body);
                 for address in restart {
                     restart_session(&self.interface, address);
                 }

@@ -85,6 +85,43 @@ fn the_table_shows_paths_problems_and_unreachable_agents() {
 }
 
 #[test]
+fn idle_and_unused_pairs_are_no_problem_broken_ones_are() {
+    let n1 = report(
+        "n1",
+        &[
+            ("n2", PathState::Idle, Some(1000 - 3600)),
+            ("n3", PathState::Down, Some(1000 - 3600)),
+            ("n4", PathState::Unused, None),
+        ],
+    );
+    let t = table(&[("n1".to_string(), Ok(n1))], 1000);
+    let lines: Vec<&str> = t.lines().collect();
+    let problems = lines[0].find("PROBLEMS").unwrap();
+    let path = lines[0].find("PATH").unwrap();
+    let handshake = lines[0].find("HANDSHAKE").unwrap();
+    let cell = |line: &str, at: usize| line[at..].split("   ").next().unwrap().to_string();
+    // The idle pair had a session an hour ago: its age shows, no problem.
+    assert_eq!(cell(lines[1], handshake), "60m ago", "{t}");
+    assert_eq!(cell(lines[1], path), "idle", "{t}");
+    assert!(
+        lines[1].len() <= problems,
+        "no problem for an idle pair: {t}"
+    );
+    // The broken one: the same age, and a problem.
+    assert_eq!(cell(lines[2], handshake), "60m ago", "{t}");
+    assert_eq!(cell(lines[2], path), "down", "{t}");
+    assert_eq!(
+        cell(lines[2], problems),
+        "handshakes fail (last one 60m ago): is the peer reachable?",
+        "{t}"
+    );
+    // Never used: no handshake, no problem.
+    assert_eq!(cell(lines[3], handshake), "never", "{t}");
+    assert_eq!(cell(lines[3], path), "unused", "{t}");
+    assert!(lines[3].len() <= problems, "{t}");
+}
+
+#[test]
 fn figures_are_short() {
     assert_eq!(bytes(0), "0B");
     assert_eq!(bytes(1023), "1023B");
