@@ -231,7 +231,16 @@ pub fn external_config_for(
         listen_port: DEFAULT_LISTEN_PORT,
         mtu: 1420,
     };
-    let d = desired_mesh(&local, &inputs(snapshot, &infos, &[]), &resolve)
+    // The machine's own ranges stand in for a node's pod CIDRs in this
+    // view: whether the cluster's declaration admits them is `refusal`'s
+    // question, answered below.
+    let mut view = snapshot.clone();
+    view.declared.pods.extend(
+        peer.allowed_ips
+            .iter()
+            .filter_map(|c| c.parse::<IpNet>().ok()),
+    );
+    let d = desired_mesh(&local, &inputs(&view, &infos, &[]), &resolve)
         .map_err(|e| WgConfError::Mesh(e.to_string()))?;
     let mut out = format!(
         "# WireGuard configuration for Trellis Peer {} (wg-quick format).\n",

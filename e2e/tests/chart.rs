@@ -253,7 +253,10 @@ fn wrong_values_are_refused_naming_the_value() {
         ("podRanges={0.0.0.0/0}", "/podRanges/0"),
         ("podRanges={10.244.0.0/16,::/0}", "/podRanges/1"),
         ("externalPeerRanges={10.99.0.0/33}", "/externalPeerRanges/0"),
-        ("externalPeerRanges=null", "missing property 'externalPeerRanges'"),
+        (
+            "externalPeerRanges=null",
+            "missing property 'externalPeerRanges'",
+        ),
     ] {
         let out = Command::new(helm())
             .args(["template", "t"])

@@ -124,6 +124,47 @@ async fn linked_clusters_mesh_directly_refuse_overlaps_and_unlink() {
         "{table}"
     );
 
+    // A node of the linked cluster claiming a range its cluster never
+    // declared (the lab declares each cluster's CIDRs): every node of the
+    // first cluster leaves that one node out, the rest of far stays.
+    let far_nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(lab.client(FAR).await.unwrap());
+    let (_, rogue_key) = kubectl_trellis::keys::generate();
+    let rogue: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "rogue", "annotations": {"trellis.dev/public-key": rogue_key, "trellis.dev/endpoint": "198.51.100.97:51820"}},
+        "spec": {"podCIDR": "10.250.7.0/24", "podCIDRs": ["10.250.7.0/24"]}
+    }))
+    .unwrap();
+    far_nodes.create(&Default::default(), &rogue).await.unwrap();
+    for node in nodes_of(&lab, LAB) {
+        wait_until(
+            "the first cluster's nodes leave far's rogue node out",
+            Duration::from_secs(30),
+            || {
+                lab.agent_status(&node).is_ok_and(|r| {
+                    r.left_out.iter().any(|l| {
+                        l.name == format!("{FAR}:rogue")
+                            && l.reason == "PeerUndeclaredRange"
+                            && l.message.contains(&format!(
+                                "pod CIDR 10.250.7.0/24 lies outside the pod ranges cluster {FAR} declared when it was linked"
+                            ))
+                    })
+                })
+            },
+        );
+        assert_eq!(peer_count(&lab, &node), 3, "{node}: rogue is not a peer");
+        let routes = trellis_e2e::mesh::mesh_routes_in(&lab.node(&node).unwrap().netns).unwrap();
+        assert!(
+            !routes.iter().any(|r| r.starts_with("10.250.7.0/24")),
+            "{node}: {routes:?}"
+        );
+    }
+    let failures = cross_pings(&pods, LAB, FAR);
+    assert!(failures.is_empty(), "{failures:?}");
+    far_nodes
+        .delete("rogue", &Default::default())
+        .await
+        .unwrap();
+
     // An overlapping cluster: the plugin refuses and creates nothing.
     let err = kubectl_trellis(&lab, &["cluster", "link", "--from", LAB, "--to", CLASH])
         .expect_err("overlapping clusters are refused");

@@ -355,6 +355,28 @@ async fn bad_nodes_are_left_out_and_the_rest_keeps_working() {
         .create(&Default::default(), &overlapping)
         .await
         .unwrap();
+    // And Nodes claiming what the cluster never declared: a public range
+    // (someone else's traffic) and a default route. The lab declares its
+    // cluster CIDRs (10.x/16, fd00:..::/56) as the pod ranges.
+    for (name, key, cidr) in [
+        (
+            "hijacker",
+            "8CunncfPcB5leDxYgmhEZheHNUnKop6r0YQNff7Iu9U=",
+            "8.8.8.0/24",
+        ),
+        (
+            "everything",
+            "xfwLRApxfx99Gq9vvJRxsdsH45GHEVU2VbtWrYBPFDw=",
+            "0.0.0.0/0",
+        ),
+    ] {
+        let claim: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "annotations": {"trellis.dev/public-key": key, "trellis.dev/endpoint": "198.51.100.98:51820"}},
+            "spec": {"podCIDR": cidr, "podCIDRs": [cidr]}
+        }))
+        .unwrap();
+        nodes.create(&Default::default(), &claim).await.unwrap();
+    }
 
     trellis_e2e::mesh::wait_for(
         Duration::from_secs(30),
@@ -388,10 +410,33 @@ async fn bad_nodes_are_left_out_and_the_rest_keeps_working() {
             metrics = lab.agent_metrics("mbad-n2").unwrap_or_default();
             metrics.contains("trellis_rejected_peers{reason=\"invalid_annotation\"} 1")
                 && metrics.contains("trellis_rejected_peers{reason=\"overlapping_pod_cidr\"} 1")
+                && metrics.contains("trellis_rejected_peers{reason=\"undeclared_range\"} 2")
         },
-        || "n2's metrics do not count both rejections".into(),
+        || "n2's metrics do not count every rejection".into(),
     )
     .unwrap_or_else(|e| panic!("{e}\n{metrics}"));
+    // No node routes the undeclared ranges into the mesh, nor anywhere
+    // else: the host's own default route is untouched.
+    for node in ["mbad-n1", "mbad-n2"] {
+        let netns = &lab.node(node).unwrap().netns;
+        let routes = trellis_e2e::mesh::mesh_routes_in(netns).unwrap();
+        assert!(
+            !routes.iter().any(|r| r.starts_with("8.8.8.0/24")
+                || r.starts_with("default")
+                || r.starts_with("0.0.0.0/0")),
+            "{node}: {routes:?}"
+        );
+        let wg = lab.wg_dump(node).unwrap();
+        assert!(
+            !wg.iter().any(|p| p
+                .allowed_ips
+                .iter()
+                .any(|a| a == "8.8.8.0/24" || a == "0.0.0.0/0")),
+            "{node}: {wg:?}"
+        );
+    }
+    ping_from(&pods[0].netns, &pods[1].v4).expect("n1 to n2 still works");
+    ping_from(&pods[1].netns, &pods[0].v6).expect("n2 to n1 still works");
     let events: kube::Api<k8s_openapi::api::events::v1::Event> = kube::Api::all(client);
     let mut notes: Vec<String> = Vec::new();
     for _ in 0..100 {
@@ -405,6 +450,8 @@ async fn bad_nodes_are_left_out_and_the_rest_keeps_working() {
             .collect();
         if notes.iter().any(|n| n.contains("intruder"))
             && notes.iter().any(|n| n.contains("mbad-n3"))
+            && notes.iter().any(|n| n.contains("hijacker"))
+            && notes.iter().any(|n| n.contains("everything"))
         {
             break;
         }
@@ -420,6 +467,18 @@ async fn bad_nodes_are_left_out_and_the_rest_keeps_working() {
         notes
             .iter()
             .any(|n| n.contains("intruder") && n.contains("overlaps")),
+        "{notes:#?}"
+    );
+    assert!(
+        notes.iter().any(|n| n.contains("hijacker")
+            && n.contains("pod CIDR 8.8.8.0/24 lies outside the pod ranges this cluster declares")
+            && n.contains("10.")),
+        "{notes:#?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("everything") && n.contains("0.0.0.0/0 is a default route")),
         "{notes:#?}"
     );
     assert!(trellis_e2e::down("mbad").is_clean());

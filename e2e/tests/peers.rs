@@ -63,6 +63,21 @@ async fn an_external_machine_reaches_every_pod_with_the_printed_config() {
         err.contains("would refuse Peer thief") && err.contains("overlaps"),
         "{err}"
     );
+    // Nor one claiming what this cluster never declared for external peers.
+    for (range, why) in [
+        ("0.0.0.0/1", "is never routed into the mesh"),
+        (
+            "8.8.8.0/24",
+            "lies outside the external-peer ranges this cluster declares",
+        ),
+    ] {
+        let err = kubectl_trellis(
+            &lab,
+            &["peer", "add", "wide", "--allowed-ips", range, "--generate"],
+        )
+        .expect_err("an undeclared range is refused");
+        assert!(err.contains(range) && err.contains(why), "{range}: {err}");
+    }
 
     let (config, stderr) = kubectl_trellis(
         &lab,
@@ -182,52 +197,72 @@ async fn an_external_machine_reaches_every_pod_with_the_printed_config() {
         "{showconf}"
     );
 
-    // A bad Peer made with kubectl directly: every node refuses it and says
-    // why on the Peer; the machine keeps working.
+    // Bad Peers made with kubectl directly: every node refuses each and
+    // says why on the Peer, routes nothing to it; the machine keeps working.
     let client = lab
         .client(&lab.state.clusters[0].name.clone())
         .await
         .unwrap();
     let peers: Api<Peer> = Api::all(client);
-    let (_, other_key) = kubectl_trellis::keys::generate();
-    let bad = Peer::new(
-        "overlap",
-        trellis_api::PeerSpec {
-            public_key: other_key,
-            allowed_ips: vec!["10.99.0.0/24".into()],
-            ..Default::default()
-        },
-    );
-    peers.create(&Default::default(), &bad).await.unwrap();
-    let start = Instant::now();
-    loop {
-        let got = peers.get("overlap").await.unwrap();
-        let refused: Vec<_> = nodes
-            .iter()
-            .filter_map(|n| got.condition("Configured", n))
-            .filter(|c| c.status == "False")
-            .collect();
-        if refused.len() == nodes.len() {
-            let c = refused[0];
-            assert_eq!(c.reason.as_deref(), Some("PeerOverlappingAllowedIPs"));
-            assert!(
-                c.message.as_deref().unwrap().contains("peer/laptop"),
-                "{c:?}"
-            );
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "conditions: {:?}",
-            got.status
+    for (name, range, reason, why) in [
+        (
+            "overlap",
+            "10.99.0.0/24",
+            "PeerOverlappingAllowedIPs",
+            "peer/laptop",
+        ),
+        (
+            "half-the-internet",
+            "0.0.0.0/1",
+            "PeerUndeclaredRange",
+            "0.0.0.0/1",
+        ),
+    ] {
+        let (_, other_key) = kubectl_trellis::keys::generate();
+        let bad = Peer::new(
+            name,
+            trellis_api::PeerSpec {
+                public_key: other_key,
+                allowed_ips: vec![range.into()],
+                ..Default::default()
+            },
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        peers.create(&Default::default(), &bad).await.unwrap();
+        let start = Instant::now();
+        loop {
+            let got = peers.get(name).await.unwrap();
+            let refused: Vec<_> = nodes
+                .iter()
+                .filter_map(|n| got.condition("Configured", n))
+                .filter(|c| c.status == "False")
+                .collect();
+            if refused.len() == nodes.len() {
+                let c = refused[0];
+                assert_eq!(c.reason.as_deref(), Some(reason), "{name}");
+                assert!(c.message.as_deref().unwrap().contains(why), "{c:?}");
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{name}: conditions: {:?}",
+                got.status
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for node in &nodes {
+            let netns = &lab.node(node).unwrap().netns;
+            let routes = trellis_e2e::mesh::mesh_routes_in(netns).unwrap();
+            assert!(
+                !routes.iter().any(|r| r.starts_with(range)),
+                "{node} routes {range}: {routes:?}"
+            );
+        }
+        for pod in &pods {
+            ping_from(&machine.netns, &pod.v4).expect("the machine still reaches every pod");
+        }
+        let (table, _) = kubectl_trellis(&lab, &["peer", "rm", name]).unwrap();
+        assert!(table.is_empty());
     }
-    for pod in &pods {
-        ping_from(&machine.netns, &pod.v4).expect("the machine still reaches every pod");
-    }
-    let (table, _) = kubectl_trellis(&lab, &["peer", "rm", "overlap"]).unwrap();
-    assert!(table.is_empty());
 
     // peer rm: gone from every node.
     kubectl_trellis(&lab, &["peer", "rm", "laptop"]).expect("peer rm");
