@@ -103,6 +103,14 @@ build_kube() {
 build_etcd() { (cd "$here/etcd" && go build -trimpath -ldflags "-s -w" -o "$bin_dir/etcd" .); }
 build_helm() { GOBIN="$bin_dir" go install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"; }
 build_cnitool() { GOBIN="$bin_dir" go install -trimpath -ldflags "-s -w" "github.com/containernetworking/cni/cnitool@$CNI_VERSION"; }
+# An older libcni's cnitool, as cnitool-VERSION beside the current one.
+build_cnitool_old() {
+	local gobin
+	gobin="$(mktemp -d)"
+	GOBIN="$gobin" go install -trimpath -ldflags "-s -w" "github.com/containernetworking/cni/cnitool@$CNI_OLD_VERSION"
+	mv "$gobin/cnitool" "$bin_dir/cnitool-$CNI_OLD_VERSION"
+	rmdir "$gobin"
+}
 build_cni_plugins() {
 	local p="github.com/containernetworking/plugins/plugins"
 	GOBIN="$bin_dir/cni" go install -trimpath -ldflags "-s -w" \
@@ -124,6 +132,7 @@ build_once kube "kube-apiserver + kube-controller-manager $KUBERNETES_VERSION (c
 build_once etcd "etcd $ETCD_VERSION" build_etcd
 build_once helm "helm $HELM_VERSION" build_helm
 build_once cnitool "cnitool $CNI_VERSION" build_cnitool
+build_once cnitool-old "cnitool $CNI_OLD_VERSION (an older libcni)" build_cnitool_old
 build_once cni-plugins "CNI reference plugins $CNI_PLUGINS_VERSION" build_cni_plugins
 log "ready in $((SECONDS - start))s"
 echo "$bin_dir"

@@ -178,6 +178,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut watch_paths = false;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let declared = config.declared();
+    let mut leak_collector = (config.ipam_leak_grace_seconds > 0).then(|| {
+        crate::leaks::LeakCollector::new(
+            &config.ipam_dir(),
+            cni_conf::NETWORK,
+            Duration::from_secs(config.ipam_leak_grace_seconds),
+        )
+    });
     tracing::info!(pod_ranges = %trellis_mesh::ranges::format_list(&declared.pods), external_peer_ranges = %trellis_mesh::ranges::format_list(&declared.external_peers), "declared ranges");
     loop {
         let snapshot: Vec<Arc<Node>> = node_store.state();
@@ -243,6 +250,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 Ok(n) => tracing::info!(peers = n, "updated this node's condition on Peers"),
                 Err(e) => tracing::warn!(error = %e, "could not update Peer conditions (retried next reconcile)"),
             }
+            // The configuration is what tells a runtime the node can take
+            // pods (containerd 1.x never asks the plugin's STATUS): only
+            // with the mesh interface up.
+            if !interface_up(&links, &config.interface).await {
+                anyhow::bail!("the mesh interface {} is not up after reconciling: no CNI configuration until it is", config.interface);
+            }
             let conflist = cni_conf::conflist(&outcome.desired.own_pod_cidrs, outcome.desired.mtu, &config.ipam_dir(), &config.interface);
             if cni_conf::write_if_changed(&config.cni_conflist_path(), &conflist).context("writing the CNI configuration")? {
                 tracing::info!(path = %config.cni_conflist_path().display(), "wrote the CNI configuration");
@@ -253,6 +266,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let wait = match result {
             Ok(()) => {
                 readiness.set_ready();
+                collect_leaks(&mut leak_collector, &metrics).await;
                 backoff = Duration::from_secs(1);
                 if watch_paths {
                     config.resync().min(PATH_CHECK)
@@ -262,6 +276,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "reconcile failed; the dataplane keeps its last state");
+                if !interface_up(&links, &config.interface).await {
+                    match cni_conf::remove(&config.cni_conflist_path()) {
+                        Ok(true) => {
+                            tracing::warn!(interface = config.interface, path = %config.cni_conflist_path().display(), "the mesh interface is gone or down: removed the CNI configuration, so the runtime takes no pod this node cannot serve (written again once the interface is back)")
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not remove the CNI configuration")
+                        }
+                    }
+                }
                 readiness.set_not_ready(format!("{e:#}"));
                 let wait = backoff;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -277,4 +302,37 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopping; the WireGuard interface, routes and rules stay in place");
     Ok(())
+}
+
+/// Whether the mesh interface exists and is up (a failed look counts as
+/// not up).
+async fn interface_up(links: &Links, interface: &str) -> bool {
+    matches!(links.state(interface).await, Ok(Some(state)) if state.up)
+}
+
+/// Runs the leak collector when it is due, off the async threads (it
+/// takes the IPAM store's lock), and logs what it released.
+async fn collect_leaks(collector: &mut Option<crate::leaks::LeakCollector>, metrics: &Metrics) {
+    let Some(mut c) = collector.take_if(|c| c.due(std::time::Instant::now())) else {
+        return;
+    };
+    let joined = tokio::task::spawn_blocking(move || {
+        let got = c.collect(crate::leaks::interface_exists);
+        (c, got)
+    })
+    .await;
+    let Ok((c, got)) = joined else {
+        tracing::error!("the IPAM leak collector panicked: it is off until the agent restarts");
+        return;
+    };
+    *collector = Some(c);
+    for (address, owner) in &got.released {
+        tracing::warn!(%address, container = owner.container_id, ifname = owner.ifname, "released a leaked pod address: its pod's interface is gone and no CNI DEL came");
+    }
+    metrics
+        .leaked_addresses_released
+        .inc_by(got.released.len() as u64);
+    for e in &got.errors {
+        tracing::warn!(error = %e, "collecting leaked pod addresses");
+    }
 }

@@ -86,6 +86,11 @@ pub struct Config {
     /// a Peer with an allowed IP outside them is left out.
     #[arg(long, env = "TRELLIS_EXTERNAL_PEER_RANGES", value_parser = parse_ranges, default_value = DEFAULT_RANGES)]
     pub external_peer_ranges: RangeList,
+    /// Release a pod address whose pod's host interface is gone once its
+    /// allocation is this old (runtimes that never call CNI GC, such as
+    /// containerd 1.x, leak the addresses of pods they lose); 0: never.
+    #[arg(long, env = "TRELLIS_IPAM_LEAK_GRACE_SECONDS", default_value_t = 300)]
+    pub ipam_leak_grace_seconds: u64,
     /// Full reconcile at least this often, even with no change.
     #[arg(long, env = "TRELLIS_RESYNC_SECONDS", default_value_t = 30)]
     pub resync_seconds: u64,

@@ -11,6 +11,7 @@ pub mod install_cni;
 pub mod kernel_wg;
 pub mod key;
 pub mod kube_io;
+pub mod leaks;
 pub mod link;
 pub mod metrics;
 pub mod peers;

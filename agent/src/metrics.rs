@@ -43,6 +43,7 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     pub reconcile_errors: Counter,
     pub dataplane_operations: Counter,
+    pub leaked_addresses_released: Counter,
 }
 
 impl Default for Metrics {
@@ -57,6 +58,7 @@ impl Default for Metrics {
             reconcile_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             reconcile_errors: Counter::default(),
             dataplane_operations: Counter::default(),
+            leaked_addresses_released: Counter::default(),
         }
     }
 }
@@ -103,6 +105,11 @@ impl Metrics {
             "reconcile_errors",
             "Reconciles that failed",
             self.reconcile_errors.clone(),
+        );
+        r.register(
+            "leaked_pod_addresses_released",
+            "Pod addresses released because their pod's interface was gone and nothing called CNI DEL",
+            self.leaked_addresses_released.clone(),
         );
         r.register(
             "dataplane_operations",

@@ -15,7 +15,7 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use ipnet::IpNet;
 use nix::fcntl::{Flock, FlockArg};
@@ -164,6 +164,9 @@ impl Store {
         let mut fresh = Vec::new();
         for cidr in cidrs {
             if let Some((addr, _)) = all.iter().find(|(a, o)| o == owner && cidr.contains(a)) {
+                // A retried ADD is about to wire its pod again: its
+                // allocation counts as fresh for the leak collector.
+                self.touch(*addr);
                 result.push(*addr);
                 continue;
             }
@@ -201,6 +204,42 @@ impl Store {
             }
         }
         Ok(result)
+    }
+
+    fn touch(&self, addr: IpAddr) {
+        let path = self.dir.join(addr.to_string());
+        if let Ok(file) = OpenOptions::new().write(true).open(&path) {
+            let _ = file.set_modified(SystemTime::now());
+        }
+    }
+
+    /// Releases the allocations older than `grace` (by when they were made
+    /// or last handed out again) whose owner is not `attached` — for a
+    /// runtime that lost a pod without calling DEL or GC. Younger ones are
+    /// kept whatever `attached` says: an ADD allocates before it wires.
+    /// Keeps going after an error; returns what was released and the
+    /// errors.
+    pub fn release_unattached(
+        &self,
+        grace: Duration,
+        now: SystemTime,
+        attached: impl Fn(&Owner) -> bool,
+    ) -> (Vec<(IpAddr, Owner)>, Vec<CniError>) {
+        let all = match self.allocations() {
+            Ok(all) => all,
+            Err(e) => return (Vec::new(), vec![e]),
+        };
+        let keep: Vec<Owner> = all
+            .iter()
+            .filter(|(addr, owner)| {
+                let made = fs::metadata(self.dir.join(addr.to_string()))
+                    .and_then(|m| m.modified())
+                    .unwrap_or(now);
+                now.duration_since(made).unwrap_or_default() < grace || attached(owner)
+            })
+            .map(|(_, owner)| owner.clone())
+            .collect();
+        self.release_all_but(&keep)
     }
 
     fn undo(&self, addrs: &[IpAddr]) {
@@ -381,6 +420,63 @@ mod tests {
 
     fn nets(list: &[&str]) -> Vec<IpNet> {
         list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn only_old_unattached_allocations_are_released_as_leaked() {
+        let tmp = TempDir::new("leaks");
+        let store = Store::open(&tmp.0, "net").unwrap();
+        let cidrs = nets(&["10.244.1.0/24"]);
+        let (live, lost, young) = (
+            Owner::new("live", "eth0"),
+            Owner::new("lost", "eth0"),
+            Owner::new("young", "eth0"),
+        );
+        let live_addr = store.allocate(&live, &cidrs).unwrap();
+        let lost_addr = store.allocate(&lost, &cidrs).unwrap();
+        store.allocate(&young, &cidrs).unwrap();
+        let grace = Duration::from_secs(120);
+        let later = SystemTime::now() + Duration::from_secs(600);
+        // Everything young: nothing goes, whatever is attached.
+        let (released, errors) = store.release_unattached(grace, SystemTime::now(), |_| false);
+        assert!(released.is_empty() && errors.is_empty());
+        // Ten minutes on, "young" was handed out again (a retried ADD).
+        let young_file = tmp
+            .0
+            .join("net")
+            .join(store.addresses_of(&young).unwrap()[0].to_string());
+        fs::File::options()
+            .write(true)
+            .open(&young_file)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        let (released, errors) = store.release_unattached(grace, later, |o| o == &live);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(released, vec![(lost_addr[0], lost.clone())]);
+        assert_eq!(store.addresses_of(&live).unwrap(), live_addr);
+        assert!(store.addresses_of(&lost).unwrap().is_empty());
+        assert_eq!(store.addresses_of(&young).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_retried_add_refreshes_its_allocation() {
+        let tmp = TempDir::new("touch");
+        let store = Store::open(&tmp.0, "net").unwrap();
+        let cidrs = nets(&["10.244.1.0/24"]);
+        let owner = Owner::new("c1", "eth0");
+        let addr = store.allocate(&owner, &cidrs).unwrap()[0];
+        let file = tmp.0.join("net").join(addr.to_string());
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        store.allocate(&owner, &cidrs).unwrap();
+        let modified = fs::metadata(&file).unwrap().modified().unwrap();
+        assert!(modified > old + Duration::from_secs(3000), "{modified:?}");
     }
 
     #[test]

@@ -315,6 +315,85 @@ async fn an_agent_killed_and_restarted_keeps_traffic_flowing() {
     assert!(trellis_e2e::down("mkill").is_clean());
 }
 
+/// A runtime that never asks the plugin's STATUS (containerd 1.x) takes
+/// a CNI configuration as "this node can take pods": it goes while the
+/// mesh interface is gone, and comes back with it.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root"]
+async fn no_cni_configuration_while_the_mesh_interface_is_gone() {
+    trellis_e2e::assert_root();
+    let _one = serial().await;
+    let mut lab = mesh_lab("mcni", 2).await;
+    let conflist = trellis_e2e::node::private_dir(
+        &lab.node("mcni-n1").unwrap().dir,
+        trellis_mesh::names::DEFAULT_CNI_CONF_DIR,
+    )
+    .join("10-trellis.conflist");
+    assert!(conflist.exists(), "written once the mesh is up");
+    assert!(lab.signal_daemon(
+        "mcni-n1",
+        trellis_e2e::mesh::TRELLIS_WG,
+        nix::sys::signal::Signal::SIGKILL
+    ));
+    trellis_e2e::mesh::wait_for(
+        Duration::from_secs(60),
+        || !conflist.exists(),
+        || "the CNI configuration stayed after the mesh interface went".into(),
+    )
+    .unwrap();
+    lab.start_device("mcni-n1", Device::TrellisWg)
+        .await
+        .unwrap();
+    trellis_e2e::mesh::wait_for(
+        Duration::from_secs(60),
+        || conflist.exists(),
+        || "the CNI configuration did not come back with the interface".into(),
+    )
+    .unwrap();
+    lab.wait_mesh(1, Duration::from_secs(60)).unwrap();
+    let pods = add_pods(&mut lab, 1);
+    ping_from(&pods[0].netns, &pods[1].v4).expect("n1 to n2 after the device came back");
+    ping_from(&pods[1].netns, &pods[0].v6).expect("n2 to n1 after the device came back");
+    assert!(trellis_e2e::down("mcni").is_clean());
+}
+
+/// A pod its runtime lost without CNI DEL (and no GC, as containerd 1.x
+/// never calls it): its network namespace is gone, and with it the veth
+/// pair. The agent releases its addresses after the grace period (20 s
+/// in the lab); the pods that still live keep theirs.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root"]
+async fn addresses_of_pods_lost_without_del_are_released() {
+    trellis_e2e::assert_root();
+    let _one = serial().await;
+    let mut lab = mesh_lab("mleak", 2).await;
+    let pods = add_pods(&mut lab, 2);
+    let store = trellis_e2e::node::private_dir(
+        &lab.node("mleak-n1").unwrap().dir,
+        trellis_mesh::names::DEFAULT_STATE_DIR,
+    )
+    .join("ipam/trellis");
+    let (lost, kept) = (&pods[0], &pods[1]);
+    assert!(lost.name.starts_with("mleak-n1/") && kept.name.starts_with("mleak-n1/"));
+    let allocated = |pod: &Pod| store.join(&pod.v4).exists() && store.join(&pod.v6).exists();
+    assert!(allocated(lost) && allocated(kept), "{}", store.display());
+    netns::delete(&lost.netns).expect("the runtime loses the pod");
+    let took = trellis_e2e::plugin::wait_until(
+        "the lost pod's addresses are released",
+        Duration::from_secs(120),
+        || !store.join(&lost.v4).exists() && !store.join(&lost.v6).exists(),
+    );
+    eprintln!("released {took:?} after the pod was lost");
+    assert!(allocated(kept), "a live pod keeps its addresses");
+    ping_from(&kept.netns, &pods[2].v4).expect("the live pod still reaches n2");
+    let metrics = lab.agent_metrics("mleak-n1").unwrap();
+    assert!(
+        metrics.contains("trellis_leaked_pod_addresses_released_total 2"),
+        "{metrics}"
+    );
+    assert!(trellis_e2e::down("mleak").is_clean());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root"]
 async fn bad_nodes_are_left_out_and_the_rest_keeps_working() {

@@ -131,11 +131,20 @@ impl Node {
 
     /// Runs cnitool on the node: `cnitool VERB trellis NETNS`.
     pub fn cnitool(&self, verb: &str, netns: &Path, cap_args: Option<&str>) -> Output {
+        self.cnitool_named("cnitool", verb, netns, cap_args)
+    }
+
+    /// [`Node::cnitool`] with the tools' cnitool binary called `tool` (an
+    /// older libcni: `cnitool-VERSION`).
+    pub fn cnitool_named(
+        &self,
+        tool: &str,
+        verb: &str,
+        netns: &Path,
+        cap_args: Option<&str>,
+    ) -> Output {
         let tools = Tools::locate().unwrap();
-        let mut command = self
-            .placement
-            .command(tools.path("cnitool").unwrap())
-            .unwrap();
+        let mut command = self.placement.command(tools.path(tool).unwrap()).unwrap();
         command
             .args([verb, "trellis", &netns.to_string_lossy()])
             .env("CNI_PATH", self.dir.join("bin"))
