@@ -282,12 +282,8 @@ pub async fn wait_ready(
         let request = http_get("/readyz");
         let last = match client.request_text(request).await {
             Ok(body) if body.trim() == "ok" => return Ok(client),
-            Ok(body) => body
-                .lines()
-                .filter(|l| l.contains("failed"))
-                .collect::<Vec<_>>()
-                .join("; "),
-            Err(e) => e.to_string(),
+            Ok(body) => failing_checks(&body),
+            Err(e) => failing_checks(&e.to_string()),
         };
         if progress.elapsed() > timeout {
             return Err(ControlPlaneError::NotReady {
@@ -302,8 +298,40 @@ pub async fn wait_ready(
     }
 }
 
+/// The checks a `/readyz` answer (or an error quoting it, with escaped
+/// newlines) says failed, as `a, b`; the text itself when it names none.
+fn failing_checks(text: &str) -> String {
+    let failed: Vec<&str> = text
+        .split("[-]")
+        .skip(1)
+        .filter_map(|part| part.split_once(" failed").map(|(name, _)| name.trim()))
+        .collect();
+    if failed.is_empty() {
+        text.chars().take(300).collect()
+    } else {
+        format!("failing: {}", failed.join(", "))
+    }
+}
+
 fn http_get(path: &str) -> http::Request<Vec<u8>> {
     http::Request::get(path)
         .body(Vec::new())
         .expect("a GET with a literal path is valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readyz_answers_shrink_to_the_failing_checks() {
+        let body = "[+]ping ok\n[-]informer-sync failed: reason withheld\n[+]log ok\n[-]poststarthook/rbac/bootstrap-roles failed: reason withheld\nreadyz check failed";
+        assert_eq!(
+            failing_checks(body),
+            "failing: informer-sync, poststarthook/rbac/bootstrap-roles"
+        );
+        let escaped = body.replace('\n', "\\n");
+        assert_eq!(failing_checks(&escaped), failing_checks(body));
+        assert_eq!(failing_checks("connection refused"), "connection refused");
+    }
 }
