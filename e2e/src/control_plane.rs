@@ -301,11 +301,17 @@ pub async fn wait_ready(
 /// The checks a `/readyz` answer (or an error quoting it, with escaped
 /// newlines) says failed, as `a, b`; the text itself when it names none.
 fn failing_checks(text: &str) -> String {
-    let failed: Vec<&str> = text
+    let mut failed: Vec<&str> = Vec::new();
+    for name in text
         .split("[-]")
         .skip(1)
         .filter_map(|part| part.split_once(" failed").map(|(name, _)| name.trim()))
-        .collect();
+    {
+        // An error quotes the answer more than once.
+        if !failed.contains(&name) {
+            failed.push(name);
+        }
+    }
     if failed.is_empty() {
         text.chars().take(300).collect()
     } else {
@@ -332,6 +338,8 @@ mod tests {
         );
         let escaped = body.replace('\n', "\\n");
         assert_eq!(failing_checks(&escaped), failing_checks(body));
+        let twice = format!("{escaped} (details: {escaped})");
+        assert_eq!(failing_checks(&twice), failing_checks(body));
         assert_eq!(failing_checks("connection refused"), "connection refused");
     }
 }
