@@ -498,14 +498,8 @@ fn validate_node(
         return Err((DuplicatePublicKey, why));
     }
     let cidrs = parse_cidrs(&node.pod_cidrs).map_err(|e| (InvalidPodCidr, e))?;
-    if let Some((c, why)) = cidrs
-        .iter()
-        .find_map(|c| ranges::never_routed(c).map(|why| (c, why)))
-    {
-        return Err((
-            UndeclaredRange,
-            format!("pod CIDR {c} {why}: it is never routed into the mesh"),
-        ));
+    if let Some(why) = ranges::never_routed_claim(&cidrs, "pod CIDR") {
+        return Err((UndeclaredRange, why));
     }
     if let Some((c, o)) = cidrs
         .iter()

@@ -86,14 +86,8 @@ fn validate(
     }
     allowed.sort();
     allowed.dedup();
-    if let Some((net, why)) = allowed
-        .iter()
-        .find_map(|net| ranges::never_routed(net).map(|why| (net, why)))
-    {
-        return Err((
-            UndeclaredRange,
-            format!("allowed IP {net} {why}: it is never routed into the mesh"),
-        ));
+    if let Some(why) = ranges::never_routed_claim(&allowed, "allowed IP") {
+        return Err((UndeclaredRange, why));
     }
     for net in &allowed {
         if let Some(own) = d.own_pod_cidrs.iter().find(|o| overlaps(net, o)) {

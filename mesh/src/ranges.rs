@@ -99,6 +99,14 @@ fn overlap(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
+/// Why the first of `nets` that may never be routed, claimed as `what`
+/// (e.g. "pod CIDR"), is refused; `None` when all may be.
+pub fn never_routed_claim(nets: &[IpNet], what: &str) -> Option<String> {
+    nets.iter().find_map(|net| {
+        never_routed(net).map(|why| format!("{what} {net} {why}: it is never routed into the mesh"))
+    })
+}
+
 /// Parses one declared range: a network address that may be routed.
 pub fn parse_range(text: &str) -> Result<IpNet, RangeError> {
     let net: IpNet = text
@@ -149,10 +157,8 @@ pub fn outside_declared(
     declared: &[IpNet],
     whose: &str,
 ) -> Option<String> {
-    if let Some(why) = never_routed(net) {
-        return Some(format!(
-            "{what} {net} {why}: it is never routed into the mesh"
-        ));
+    if let Some(why) = never_routed_claim(std::slice::from_ref(net), what) {
+        return Some(why);
     }
     if declared.iter().any(|d| d.contains(net)) {
         return None;
