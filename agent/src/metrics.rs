@@ -31,12 +31,23 @@ pub struct PeerLabel {
     pub peer: String,
 }
 
+/// A range a peer claimed outside what its cluster declared.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UndeclaredLabel {
+    pub peer: String,
+    pub range: String,
+    /// The declaration, comma-separated; empty for a range that is never
+    /// routed (a default route, loopback, an underlay address, ...).
+    pub declared: String,
+}
+
 /// Every metric of the agent (cheap to clone: handles to shared values).
 #[derive(Clone, Debug)]
 pub struct Metrics {
     pub peers: Gauge,
     pub relayed: Gauge,
     pub rejected: Family<ReasonLabel, Gauge>,
+    pub undeclared: Family<UndeclaredLabel, Gauge>,
     pub handshake_age: Family<PeerLabel, Gauge<f64, AtomicU64>>,
     pub rx_bytes: Family<PeerLabel, Gauge>,
     pub tx_bytes: Family<PeerLabel, Gauge>,
@@ -52,6 +63,7 @@ impl Default for Metrics {
             peers: Gauge::default(),
             relayed: Gauge::default(),
             rejected: Family::default(),
+            undeclared: Family::default(),
             handshake_age: Family::default(),
             rx_bytes: Family::default(),
             tx_bytes: Family::default(),
@@ -80,6 +92,11 @@ impl Metrics {
             "rejected_peers",
             "Nodes left out of the mesh, by reason",
             self.rejected.clone(),
+        );
+        r.register(
+            "undeclared_ranges",
+            "Ranges peers claimed outside what their cluster declared (1 each), with the declaration",
+            self.undeclared.clone(),
         );
         r.register(
             "peer_last_handshake_age_seconds",
@@ -124,12 +141,22 @@ impl Metrics {
         self.peers.set(desired.peers.len() as i64);
         self.relayed.set(desired.relayed.len() as i64);
         self.rejected.clear();
+        self.undeclared.clear();
         for r in &desired.rejected {
             self.rejected
                 .get_or_create(&ReasonLabel {
                     reason: r.reason.as_str().into(),
                 })
                 .inc();
+            if let Some(u) = &r.undeclared {
+                self.undeclared
+                    .get_or_create(&UndeclaredLabel {
+                        peer: r.object.to_string(),
+                        range: u.range.to_string(),
+                        declared: trellis_mesh::ranges::format_list(&u.declared),
+                    })
+                    .set(1);
+            }
         }
         self.handshake_age.clear();
         self.rx_bytes.clear();
@@ -289,6 +316,39 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing in:\n{text}");
         }
+    }
+
+    #[test]
+    fn an_undeclared_range_is_named_with_its_declaration() {
+        use trellis_mesh::desired::{RejectReason, Rejection};
+        use trellis_mesh::ranges::Undeclared;
+        let m = Metrics::default();
+        let mut d = Desired::default();
+        d.rejected.push(Rejection {
+            object: trellis_mesh::PeerName::Node("hijacker".into()),
+            reason: RejectReason::UndeclaredRange,
+            message: "pod CIDR 8.8.8.0/24 lies outside ...".into(),
+            undeclared: Some(Undeclared {
+                range: "8.8.8.0/24".parse().unwrap(),
+                declared: vec![
+                    "10.244.0.0/16".parse().unwrap(),
+                    "fd00::/8".parse().unwrap(),
+                ],
+                message: String::new(),
+            }),
+        });
+        m.record_state(&d, &DeviceState::default());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &m.registry()).unwrap();
+        assert!(
+            text.contains("trellis_undeclared_ranges{peer=\"hijacker\",range=\"8.8.8.0/24\",declared=\"10.244.0.0/16,fd00::/8\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("trellis_rejected_peers{reason=\"undeclared_range\"} 1"));
+        m.record_state(&Desired::default(), &DeviceState::default());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &m.registry()).unwrap();
+        assert!(!text.contains("hijacker"), "gone once the peer is: {text}");
     }
 
     #[test]

@@ -310,6 +310,7 @@ mod tests {
             object: PeerName::External("bad".into()),
             reason: RejectReason::InvalidPeerSpec,
             message: "spec.publicKey: ...".into(),
+            undeclared: None,
         });
         let r = node_report(
             "n0",

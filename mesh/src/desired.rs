@@ -19,7 +19,7 @@ use crate::external::{add_external_peers, ExternalPeerInfo};
 use crate::key::{PresharedKey, PublicKey};
 use crate::nat::{Sightings, NAT_KEEPALIVE};
 use crate::plan::Route;
-use crate::ranges::{self, DeclaredRanges};
+use crate::ranges::{self, DeclaredRanges, Undeclared};
 use crate::relay::Relayed;
 use crate::remote::{add_remote_clusters, ClusterRejection, RemoteCluster};
 
@@ -163,6 +163,48 @@ pub struct Rejection {
     pub object: PeerName,
     pub reason: RejectReason,
     pub message: String,
+    /// For [`RejectReason::UndeclaredRange`]: the range and the
+    /// declaration it lies outside.
+    pub undeclared: Option<Undeclared>,
+}
+
+/// Why validation refused a peer (becomes a [`Rejection`]).
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub(crate) reason: RejectReason,
+    pub(crate) message: String,
+    pub(crate) undeclared: Option<Undeclared>,
+}
+
+impl Refusal {
+    pub(crate) fn into_rejection(self, object: PeerName) -> Rejection {
+        Rejection {
+            object,
+            reason: self.reason,
+            message: self.message,
+            undeclared: self.undeclared,
+        }
+    }
+}
+
+impl From<(RejectReason, String)> for Refusal {
+    fn from((reason, message): (RejectReason, String)) -> Self {
+        Refusal {
+            reason,
+            message,
+            undeclared: None,
+        }
+    }
+}
+
+impl From<Undeclared> for Refusal {
+    fn from(u: Undeclared) -> Self {
+        Refusal {
+            reason: RejectReason::UndeclaredRange,
+            message: u.message.clone(),
+            undeclared: Some(u),
+        }
+    }
 }
 
 /// One WireGuard peer as it should be.
@@ -323,7 +365,7 @@ pub(crate) struct Declaration<'a> {
 
 impl Declaration<'_> {
     /// Why `net`, claimed by a node as a pod CIDR, is out of bounds.
-    pub(crate) fn pod_cidr_outside(&self, net: &IpNet) -> Option<String> {
+    pub(crate) fn pod_cidr_outside(&self, net: &IpNet) -> Option<Undeclared> {
         let whose = match self.cluster {
             None => "the pod ranges this cluster declares".to_string(),
             Some(c) => format!("the pod ranges cluster {c} declared when it was linked"),
@@ -332,7 +374,7 @@ impl Declaration<'_> {
     }
 
     /// Why `net`, claimed by a Peer as an allowed IP, is out of bounds.
-    pub(crate) fn allowed_ip_outside(&self, net: &IpNet) -> Option<String> {
+    pub(crate) fn allowed_ip_outside(&self, net: &IpNet) -> Option<Undeclared> {
         let whose = match self.cluster {
             None => "the external-peer ranges this cluster declares".to_string(),
             Some(c) => format!("the external-peer ranges cluster {c} declared when it was linked"),
@@ -368,7 +410,7 @@ pub fn desired_mesh(
     if let Some(why) = own.iter().find_map(|c| declaration.pod_cidr_outside(c)) {
         return Err(LocalError::UndeclaredPodCidr {
             node: local.name.clone(),
-            why,
+            why: why.message,
         });
     }
     let mut d = Desired {
@@ -451,11 +493,7 @@ pub(crate) fn add_nodes(
                 d.peers.insert(peer.public_key, peer);
             }
             Ok(None) => d.pending.push(name.to_string()),
-            Err((reason, message)) => d.rejected.push(Rejection {
-                object: name,
-                reason,
-                message,
-            }),
+            Err(refusal) => d.rejected.push(refusal.into_rejection(name)),
         }
     }
 }
@@ -484,7 +522,7 @@ fn validate_node(
     declaration: Declaration<'_>,
     taken: &Taken,
     resolve: &dyn Fn(&str, u16) -> Option<SocketAddr>,
-) -> Result<Option<(DesiredPeer, bool)>, (RejectReason, String)> {
+) -> Result<Option<(DesiredPeer, bool)>, Refusal> {
     use RejectReason::*;
     let annotations = NodeAnnotations::parse(&node.annotations)
         .map_err(|e| (InvalidAnnotation, e.to_string()))?;
@@ -495,11 +533,11 @@ fn validate_node(
         return Ok(None);
     }
     if let Some(why) = key_taken(d, local, &key) {
-        return Err((DuplicatePublicKey, why));
+        return Err((DuplicatePublicKey, why).into());
     }
     let cidrs = parse_cidrs(&node.pod_cidrs).map_err(|e| (InvalidPodCidr, e))?;
     if let Some(why) = ranges::never_routed_claim(&cidrs, "pod CIDR") {
-        return Err((UndeclaredRange, why));
+        return Err(why.into());
     }
     if let Some((c, o)) = cidrs
         .iter()
@@ -509,7 +547,8 @@ fn validate_node(
         return Err((
             OverlappingPodCidr,
             format!("pod CIDR {c} overlaps this node's pod CIDR {o}"),
-        ));
+        )
+            .into());
     }
     if let Some((c, (o, owner))) = cidrs
         .iter()
@@ -519,19 +558,22 @@ fn validate_node(
         return Err((
             OverlappingPodCidr,
             format!("pod CIDR {c} overlaps {o} of {}", owner.describe()),
-        ));
+        )
+            .into());
     }
     if let Some(why) = cidrs.iter().find_map(|c| declaration.pod_cidr_outside(c)) {
-        return Err((UndeclaredRange, why));
+        return Err(why.into());
     }
     if let Some((c, ip)) = cidrs
         .iter()
         .find_map(|c| ranges::contains_any(c, &taken.underlay).map(|ip| (c, ip)))
     {
-        return Err((
-            UndeclaredRange,
-            format!("pod CIDR {c} contains {ip}, an address the mesh's tunnels run over"),
-        ));
+        return Err(Undeclared {
+            range: *c,
+            declared: Vec::new(),
+            message: format!("pod CIDR {c} contains {ip}, an address the mesh's tunnels run over"),
+        }
+        .into());
     }
     let forced = annotations.force_endpoint.is_some();
     let own_endpoint = annotations.endpoint.as_ref().and_then(Endpoint::addr);

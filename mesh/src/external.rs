@@ -11,8 +11,8 @@ use ipnet::IpNet;
 
 use crate::annotations::{parse_endpoint, Endpoint};
 use crate::desired::{
-    key_taken, overlaps, Declaration, Desired, DesiredPeer, LocalNode, PeerName, RejectReason,
-    Rejection, Taken,
+    key_taken, overlaps, Declaration, Desired, DesiredPeer, LocalNode, PeerName, Refusal,
+    RejectReason, Taken,
 };
 use crate::key::{PresharedKey, PublicKey};
 use crate::ranges;
@@ -50,20 +50,21 @@ fn validate(
     declaration: Declaration<'_>,
     taken: &Taken,
     resolve: &dyn Fn(&str, u16) -> Option<SocketAddr>,
-) -> Result<DesiredPeer, (RejectReason, String)> {
+) -> Result<DesiredPeer, Refusal> {
     use RejectReason::*;
     let key: PublicKey = peer
         .public_key
         .parse()
         .map_err(|e: crate::key::KeyError| (InvalidPeerSpec, format!("spec.publicKey: {e}")))?;
     if let Some(why) = key_taken(d, local, &key) {
-        return Err((DuplicatePublicKey, why));
+        return Err((DuplicatePublicKey, why).into());
     }
     if peer.allowed_ips.is_empty() {
         return Err((
             InvalidPeerSpec,
             "spec.allowedIPs is empty: list the addresses routed to the peer".into(),
-        ));
+        )
+            .into());
     }
     let mut allowed: Vec<IpNet> = Vec::new();
     for text in &peer.allowed_ips {
@@ -80,14 +81,15 @@ fn validate(
                     "spec.allowedIPs: {text} has host bits set (write {})",
                     net.trunc()
                 ),
-            ));
+            )
+                .into());
         }
         allowed.push(net);
     }
     allowed.sort();
     allowed.dedup();
     if let Some(why) = ranges::never_routed_claim(&allowed, "allowed IP") {
-        return Err((UndeclaredRange, why));
+        return Err(why.into());
     }
     for net in &allowed {
         if let Some(own) = d.own_pod_cidrs.iter().find(|o| overlaps(net, o)) {
@@ -97,7 +99,8 @@ fn validate(
                     "allowed IP {net} overlaps node {}'s pod CIDR {own}",
                     local.name
                 ),
-            ));
+            )
+                .into());
         }
         if let Some((o, owner)) = taken.owners.iter().find(|(o, _)| overlaps(net, o)) {
             let what = if owner.is_node() {
@@ -108,20 +111,22 @@ fn validate(
             return Err((
                 OverlappingAllowedIps,
                 format!("allowed IP {net} overlaps {what}"),
-            ));
+            )
+                .into());
         }
         if let Some(ip) = taken.underlay.iter().find(|ip| net.contains(*ip)) {
             return Err((
                 OverlappingAllowedIps,
                 format!("allowed IP {net} contains {ip}, an address the mesh's tunnels run over"),
-            ));
+            )
+                .into());
         }
     }
     if let Some(why) = allowed
         .iter()
         .find_map(|net| declaration.allowed_ip_outside(net))
     {
-        return Err((UndeclaredRange, why));
+        return Err(why.into());
     }
     let endpoint = match &peer.endpoint {
         None => None,
@@ -152,7 +157,9 @@ fn validate(
     let preshared_key = match &peer.preshared_key {
         PresharedKeySource::None => None,
         PresharedKeySource::Key(k) => Some(*k),
-        PresharedKeySource::Unavailable(why) => return Err((PresharedKeyUnavailable, why.clone())),
+        PresharedKeySource::Unavailable(why) => {
+            return Err((PresharedKeyUnavailable, why.clone()).into())
+        }
     };
     Ok(DesiredPeer {
         name,
@@ -189,11 +196,7 @@ pub(crate) fn add_external_peers(
                 d.mesh_cidrs.extend(p.allowed_ips.iter().copied());
                 d.peers.insert(p.public_key, p);
             }
-            Err((reason, message)) => d.rejected.push(Rejection {
-                object: name,
-                reason,
-                message,
-            }),
+            Err(refusal) => d.rejected.push(refusal.into_rejection(name)),
         }
     }
 }

@@ -99,11 +99,30 @@ fn overlap(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
-/// Why the first of `nets` that may never be routed, claimed as `what`
-/// (e.g. "pod CIDR"), is refused; `None` when all may be.
-pub fn never_routed_claim(nets: &[IpNet], what: &str) -> Option<String> {
+/// A claim the trust boundary refuses: the range, what its cluster
+/// declared (empty for a range that is never routed), and why.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Undeclared {
+    pub range: IpNet,
+    pub declared: Vec<IpNet>,
+    pub message: String,
+}
+
+impl std::fmt::Display for Undeclared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The first of `nets` that may never be routed, claimed as `what` (e.g.
+/// "pod CIDR"), and why; `None` when all may be.
+pub fn never_routed_claim(nets: &[IpNet], what: &str) -> Option<Undeclared> {
     nets.iter().find_map(|net| {
-        never_routed(net).map(|why| format!("{what} {net} {why}: it is never routed into the mesh"))
+        never_routed(net).map(|why| Undeclared {
+            range: *net,
+            declared: Vec::new(),
+            message: format!("{what} {net} {why}: it is never routed into the mesh"),
+        })
     })
 }
 
@@ -156,14 +175,14 @@ pub fn outside_declared(
     what: &str,
     declared: &[IpNet],
     whose: &str,
-) -> Option<String> {
-    if let Some(why) = never_routed_claim(std::slice::from_ref(net), what) {
-        return Some(why);
+) -> Option<Undeclared> {
+    if let Some(refused) = never_routed_claim(std::slice::from_ref(net), what) {
+        return Some(refused);
     }
     if declared.iter().any(|d| d.contains(net)) {
         return None;
     }
-    Some(format!(
+    let message = format!(
         "{what} {net} lies outside {whose} ({}): declare the range (chart value {}) or fix the object",
         if declared.is_empty() {
             "none".to_string()
@@ -179,7 +198,12 @@ pub fn outside_declared(
         } else {
             "externalPeerRanges"
         }
-    ))
+    );
+    Some(Undeclared {
+        range: *net,
+        declared: declared.to_vec(),
+        message,
+    })
 }
 
 /// The first of `addresses` that `net` contains.
@@ -271,10 +295,16 @@ mod tests {
             None
         );
         let why = outside_declared(&net("8.8.8.0/24"), "pod CIDR", &declared, whose).unwrap();
-        assert_eq!(why, "pod CIDR 8.8.8.0/24 lies outside the pod ranges this cluster declares (10.244.0.0/16, fd00:10:244::/56): declare the range (chart value podRanges) or fix the object");
+        assert_eq!(why.range, net("8.8.8.0/24"));
+        assert_eq!(why.declared, declared);
+        assert_eq!(why.to_string(), "pod CIDR 8.8.8.0/24 lies outside the pod ranges this cluster declares (10.244.0.0/16, fd00:10:244::/56): declare the range (chart value podRanges) or fix the object");
         // A range wider than the declaration is outside it too.
         assert!(outside_declared(&net("10.0.0.0/8"), "pod CIDR", &declared, whose).is_some());
         let why = outside_declared(&net("0.0.0.0/1"), "allowed IP", &declared, "x").unwrap();
-        assert!(why.contains("is never routed"), "{why}");
+        assert!(why.message.contains("is never routed"), "{why}");
+        assert!(
+            why.declared.is_empty(),
+            "never routed, whatever is declared"
+        );
     }
 }

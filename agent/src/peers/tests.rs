@@ -91,6 +91,7 @@ fn desired_with(configured: &[&str], rejected: &[(&str, RejectReason, &str)]) ->
             object: PeerName::External(name.to_string()),
             reason: *reason,
             message: message.to_string(),
+            undeclared: None,
         });
     }
     d
