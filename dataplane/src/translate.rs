@@ -7,7 +7,7 @@
 //! - boringtun reports a handshake only while its session lives: 180 s
 //!   (REJECT_AFTER_TIME) after it, an idle peer looks as if it never had
 //!   one. [`Handshakes`] keeps the last one, as the kernel does, until the
-//!   peer is removed;
+//!   peer is removed — or re-created, which costs boringtun the session;
 //! - boringtun panics, then hangs, when a `set` changes a peer that exists:
 //!   such a change becomes "remove the peer, add it again with its merged
 //!   configuration" in the same request. A peer re-created that way has
@@ -86,19 +86,18 @@ pub(crate) fn peers_of(get: &[Pair]) -> BTreeMap<String, PeerConfig> {
 /// it: boringtun stops reporting a peer's handshake when its session
 /// expires, `wg show` and the agent want it until the peer is removed.
 ///
-/// What removes a peer, and so forgets its handshake:
-/// - a `set` whose last word on the peer is `remove=true`;
-/// - a `set` with `replace_peers=true` (`wg setconf`): every peer, those it
-///   lists again included — a new configuration starts from none, as on
+/// What forgets a peer's handshake:
+/// - a request boringtun gets (after [`rewrite_set`]) that removes the
+///   peer, whether or not it adds it again: boringtun drops the session
+///   with the peer, so the handshake no longer stands for one — the
+///   agent's remove-then-add updates and the re-creations of in-place
+///   changes alike. (Kept, it would make a re-created peer look live: a
+///   node given a wrong endpoint would seem to have a session there, and
+///   publish it as where it sees that peer.) On the kernel, which changes
+///   a peer in place, the session and its handshake both stay;
+/// - a `set` with `replace_peers=true` (`wg setconf`): every peer, as on
 ///   the kernel;
 /// - anything else that makes the peer vanish from boringtun's answer.
-///
-/// A `set` that removes a peer and adds it again in the same request
-/// changes the peer and keeps its handshake: that is how the agent writes
-/// its updates to a userspace device, and on the kernel, which the agent
-/// changes in place, the same update keeps the handshake. A peer that [`rewrite_set`] re-creates for an in-place
-/// change keeps it too. A peer removed by one request and added by a later
-/// one starts from none.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Handshakes(BTreeMap<String, SystemTime>);
 
@@ -131,8 +130,8 @@ impl Handshakes {
         self.0.retain(|k, _| listed.contains(k.as_str()));
     }
 
-    /// Forgets the peers a `set` request (the lines after `set=1`, as the
-    /// client sent them) removes; see the type's documentation.
+    /// Forgets the peers a `set` request (the lines after `set=1`, as
+    /// boringtun gets them) removes; see the type's documentation.
     pub(crate) fn forget_removed(&mut self, request: &[Pair]) {
         let mut removed: BTreeMap<&str, bool> = BTreeMap::new();
         let mut key: Option<&str> = None;
@@ -141,7 +140,7 @@ impl Handshakes {
                 ("replace_peers", "true", None) => self.0.clear(),
                 ("public_key", _, _) => {
                     key = Some(v);
-                    removed.insert(v, false);
+                    removed.entry(v).or_insert(false);
                 }
                 ("remove", "true", Some(key)) => {
                     removed.insert(key, true);

@@ -129,16 +129,16 @@ impl Proxy {
                     if errno != "0" {
                         return Ok(format!("errno={errno}\n\n"));
                     }
+                    // Each part boringtun took has dropped the sessions of
+                    // the peers it removed (re-added or not).
+                    self.handshakes
+                        .lock()
+                        .expect("handshakes lock")
+                        .forget_removed(&part);
                 }
                 if let Some(k) = key {
                     *self.private_key.lock().expect("key lock") = Some(k);
                 }
-                // A request that failed half-way forgets nothing: the peers
-                // it did remove vanish from the next answer.
-                self.handshakes
-                    .lock()
-                    .expect("handshakes lock")
-                    .forget_removed(&body);
                 for address in restart {
                     restart_session(&self.interface, address);
                 }
