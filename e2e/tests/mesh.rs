@@ -357,6 +357,88 @@ async fn no_cni_configuration_while_the_mesh_interface_is_gone() {
     assert!(trellis_e2e::down("mcni").is_clean());
 }
 
+/// Idle is not down: a mesh nobody talks over for longer than a
+/// WireGuard session lives (180 s) shows every pair idle with the age of
+/// its last handshake and no problem, in `kubectl trellis status` and
+/// `graph`; one ping later the pair is direct again. Not serialized with
+/// the other tests of this file (its own lab): it mostly waits.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root"]
+async fn an_idle_mesh_reports_idle_not_down() {
+    trellis_e2e::assert_root();
+    let mut lab = mesh_lab("midle", 2).await;
+    let pods = add_pods(&mut lab, 1);
+    ping_from(&pods[0].netns, &pods[1].v4).expect("n1 to n2 makes a session");
+    let kubeconfig = lab.kubeconfig("midle").unwrap().display().to_string();
+    let kubectl_trellis = |args: &[&str]| {
+        trellis_e2e::plugin::kubectl_trellis(&kubeconfig, args)
+            .expect("kubectl trellis")
+            .0
+    };
+    let peer_rows = |table: &str| -> Vec<String> {
+        table
+            .lines()
+            .filter(|l| l.starts_with("midle-n") && l.contains("midle-n"))
+            .filter(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|p| p.starts_with("midle-n"))
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    trellis_e2e::plugin::wait_until(
+        "both ends report the pair direct",
+        Duration::from_secs(30),
+        || {
+            let rows = peer_rows(&kubectl_trellis(&["status"]));
+            rows.len() == 2 && rows.iter().all(|r| r.contains("direct"))
+        },
+    );
+    eprintln!(
+        "waiting for the sessions to expire (WireGuard drops them 180 s after the handshake)"
+    );
+    let took = trellis_e2e::plugin::wait_until(
+        "both ends report the pair idle",
+        Duration::from_secs(300),
+        || {
+            let rows = peer_rows(&kubectl_trellis(&["status"]));
+            rows.len() == 2 && rows.iter().all(|r| r.contains(" idle"))
+        },
+    );
+    let table = kubectl_trellis(&["status"]);
+    eprintln!("{table}(idle after {took:?})");
+    for row in peer_rows(&table) {
+        assert!(
+            row.contains("m ago"),
+            "the last handshake's age shows: {row}"
+        );
+        assert!(
+            !row.contains("never") && !row.contains("down") && !row.contains("reachable"),
+            "no problem for an idle pair: {row}"
+        );
+    }
+    let dot = kubectl_trellis(&["graph"]);
+    assert!(
+        dot.contains("\"midle-n1\" -- \"midle-n2\" [style=dashed")
+            && dot.contains("label=\"idle\""),
+        "{dot}"
+    );
+    for node in ["midle-n1", "midle-n2"] {
+        let wg = lab.wg_dump(node).unwrap();
+        assert!(
+            wg.iter().all(|p| p.latest_handshake > 0),
+            "{node}: wg show keeps the latest handshake: {wg:?}"
+        );
+    }
+    ping_from(&pods[0].netns, &pods[1].v4).expect("an idle pair answers at once");
+    trellis_e2e::plugin::wait_until("the pair is direct again", Duration::from_secs(30), || {
+        let rows = peer_rows(&kubectl_trellis(&["status"]));
+        rows.len() == 2 && rows.iter().all(|r| r.contains("direct"))
+    });
+    assert!(trellis_e2e::down("midle").is_clean());
+}
+
 /// A pod its runtime lost without CNI DEL (and no GC, as containerd 1.x
 /// never calls it): its network namespace is gone, and with it the veth
 /// pair. The agent releases its addresses after the grace period (20 s
@@ -494,6 +576,12 @@ async fn bad_nodes_are_left_out_and_the_rest_keeps_working() {
         || "n2's metrics do not count every rejection".into(),
     )
     .unwrap_or_else(|e| panic!("{e}\n{metrics}"));
+    assert!(
+        metrics.contains(
+            "trellis_undeclared_ranges{peer=\"hijacker\",range=\"8.8.8.0/24\",declared=\"10.244.0.0/16,fd00:10:244::/56\"} 1"
+        ) && metrics.contains("trellis_undeclared_ranges{peer=\"everything\",range=\"0.0.0.0/0\",declared=\"\"} 1"),
+        "{metrics}"
+    );
     // No node routes the undeclared ranges into the mesh, nor anywhere
     // else: the host's own default route is untouched.
     for node in ["mbad-n1", "mbad-n2"] {
