@@ -76,13 +76,10 @@ async fn run_cluster(cli: &Cli, command: &ClusterCommand) -> anyhow::Result<()> 
                 name: name.clone(),
                 namespace: cli.links_namespace.clone(),
             };
-            let declared =
-                cluster::read_declaration(&side.client, &cli.links_namespace, &name).await?;
-            let mut snapshot = cluster::Snapshot::read(&side.client).await?;
-            snapshot.declared = declared.clone();
-            if let Some(why) = link::undeclared(&name, &snapshot) {
-                anyhow::bail!("cannot export cluster {name}: {why}. The other cluster's agents would leave it out.");
-            }
+            let declared = link::declared_snapshot(&side)
+                .await
+                .map_err(|e| e.context(format!("cannot export cluster {name}")))?
+                .declared;
             let kubeconfig = link::export(&side, reader).await?;
             let secret = link::link_secret(&name, &cli.links_namespace, &kubeconfig, &declared);
             println!("{}", serde_json::to_string_pretty(&secret)?);

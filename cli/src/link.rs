@@ -159,6 +159,27 @@ pub fn undeclared(name: &str, snapshot: &Snapshot) -> Option<String> {
     None
 }
 
+/// The Nodes, Peers and declaration of `side`'s cluster, printed; an
+/// error when a node or Peer lies outside the declaration (the other
+/// cluster's agents would leave it out).
+pub async fn declared_snapshot(side: &Side) -> anyhow::Result<Snapshot> {
+    let mut snapshot = Snapshot::read(&side.client).await?;
+    snapshot.declared = read_declaration(&side.client, &side.namespace, &side.name).await?;
+    eprintln!(
+        "cluster {} declares pod ranges {} and external-peer ranges {}",
+        side.name,
+        format_list(&snapshot.declared.pods),
+        format_list(&snapshot.declared.external_peers)
+    );
+    if let Some(why) = undeclared(&side.name, &snapshot) {
+        bail!(
+            "cluster {}: {why}. The other cluster's agents would leave it out. Nothing was created.",
+            side.name
+        );
+    }
+    Ok(snapshot)
+}
+
 async fn apply<K>(api: &Api<K>, name: &str, body: serde_json::Value) -> anyhow::Result<K>
 where
     K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
@@ -289,23 +310,10 @@ pub async fn link(a: &Side, b: &Side) -> anyhow::Result<()> {
             a.name
         );
     }
-    let (mut sa, mut sb) = (
-        Snapshot::read(&a.client).await?,
-        Snapshot::read(&b.client).await?,
-    );
-    sa.declared = read_declaration(&a.client, &a.namespace, &a.name).await?;
-    sb.declared = read_declaration(&b.client, &b.namespace, &b.name).await?;
-    for (side, snapshot) in [(a, &sa), (b, &sb)] {
-        eprintln!(
-            "cluster {} declares pod ranges {} and external-peer ranges {}",
-            side.name,
-            format_list(&snapshot.declared.pods),
-            format_list(&snapshot.declared.external_peers)
-        );
-        if let Some(why) = undeclared(&side.name, snapshot) {
-            bail!("cannot link clusters {} and {}: {why}. The other cluster's agents would leave it out. Nothing was created.", a.name, b.name);
-        }
-    }
+    let with =
+        |e: anyhow::Error| e.context(format!("cannot link clusters {} and {}", a.name, b.name));
+    let sa = declared_snapshot(a).await.map_err(with)?;
+    let sb = declared_snapshot(b).await.map_err(with)?;
     if let Some(why) = overlap((&a.name, &sa), (&b.name, &sb)) {
         bail!("cannot link clusters {} and {}: {why}; linked clusters need pod CIDRs (kube-controller-manager --cluster-cidr) and Peer ranges that do not overlap. Nothing was created.", a.name, b.name);
     }

@@ -74,14 +74,7 @@ pub fn lab_values(
         ("ipamLeakGraceSeconds", "20".to_string()),
         (
             "podRanges",
-            format!(
-                "{{{}}}",
-                cluster_cidrs
-                    .iter()
-                    .map(IpNet::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ),
+            format!("{{{}}}", trellis_mesh::ranges::format_list(cluster_cidrs)),
         ),
         ("logFormat", "text".to_string()),
         // `--set` splits on commas: escape them.

@@ -113,6 +113,20 @@ pub fn prepare_dirs(node_dir: &Path, cni_plugins: &Path) -> Result<Vec<PathBuf>,
     Ok(created)
 }
 
+/// A Node object as someone with a node credential could register it:
+/// `public_key` and `endpoint` annotations and `pod_cidr` as its only pod
+/// CIDR (tests of what the agents refuse).
+pub fn claiming_node(name: &str, public_key: &str, endpoint: &str, pod_cidr: &str) -> Node {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "annotations": {
+            trellis_mesh::names::ANNOTATION_PUBLIC_KEY: public_key,
+            trellis_mesh::names::ANNOTATION_ENDPOINT: endpoint,
+        }},
+        "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]}
+    }))
+    .expect("a Node from literal fields")
+}
+
 /// Creates the Node object (labels as a kubelet sets them) and its
 /// InternalIP addresses; an existing Node is updated instead.
 pub async fn register(

@@ -129,11 +129,12 @@ async fn linked_clusters_mesh_directly_refuse_overlaps_and_unlink() {
     // first cluster leaves that one node out, the rest of far stays.
     let far_nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(lab.client(FAR).await.unwrap());
     let (_, rogue_key) = kubectl_trellis::keys::generate();
-    let rogue: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "rogue", "annotations": {"trellis.dev/public-key": rogue_key, "trellis.dev/endpoint": "198.51.100.97:51820"}},
-        "spec": {"podCIDR": "10.250.7.0/24", "podCIDRs": ["10.250.7.0/24"]}
-    }))
-    .unwrap();
+    let rogue = trellis_e2e::node::claiming_node(
+        "rogue",
+        &rogue_key,
+        "198.51.100.97:51820",
+        "10.250.7.0/24",
+    );
     far_nodes.create(&Default::default(), &rogue).await.unwrap();
     for node in nodes_of(&lab, LAB) {
         wait_until(
@@ -152,7 +153,7 @@ async fn linked_clusters_mesh_directly_refuse_overlaps_and_unlink() {
             },
         );
         assert_eq!(peer_count(&lab, &node), 3, "{node}: rogue is not a peer");
-        let routes = trellis_e2e::mesh::mesh_routes_in(&lab.node(&node).unwrap().netns).unwrap();
+        let routes = lab.mesh_routes(&node).unwrap();
         assert!(
             !routes.iter().any(|r| r.starts_with("10.250.7.0/24")),
             "{node}: {routes:?}"

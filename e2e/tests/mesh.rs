@@ -375,25 +375,26 @@ async fn an_idle_mesh_reports_idle_not_down() {
             .expect("kubectl trellis")
             .0
     };
+    // The rows of n1's peer n2 and n2's peer n1.
     let peer_rows = |table: &str| -> Vec<String> {
         table
             .lines()
-            .filter(|l| l.starts_with("midle-n") && l.contains("midle-n"))
             .filter(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .is_some_and(|p| p.starts_with("midle-n"))
+                let mut cols = l.split_whitespace();
+                cols.next().is_some_and(|n| n.starts_with("midle-n"))
+                    && cols.next().is_some_and(|p| p.starts_with("midle-n"))
             })
             .map(str::to_string)
             .collect()
     };
+    let both_ends = |what: &str| {
+        let rows = peer_rows(&kubectl_trellis(&["status"]));
+        rows.len() == 2 && rows.iter().all(|r| r.contains(what))
+    };
     trellis_e2e::plugin::wait_until(
         "both ends report the pair direct",
         Duration::from_secs(30),
-        || {
-            let rows = peer_rows(&kubectl_trellis(&["status"]));
-            rows.len() == 2 && rows.iter().all(|r| r.contains("direct"))
-        },
+        || both_ends("direct"),
     );
     eprintln!(
         "waiting for the sessions to expire (WireGuard drops them 180 s after the handshake)"
@@ -401,10 +402,7 @@ async fn an_idle_mesh_reports_idle_not_down() {
     let took = trellis_e2e::plugin::wait_until(
         "both ends report the pair idle",
         Duration::from_secs(300),
-        || {
-            let rows = peer_rows(&kubectl_trellis(&["status"]));
-            rows.len() == 2 && rows.iter().all(|r| r.contains(" idle"))
-        },
+        || both_ends(" idle"),
     );
     let table = kubectl_trellis(&["status"]);
     eprintln!("{table}(idle after {took:?})");
@@ -433,8 +431,7 @@ async fn an_idle_mesh_reports_idle_not_down() {
     }
     ping_from(&pods[0].netns, &pods[1].v4).expect("an idle pair answers at once");
     trellis_e2e::plugin::wait_until("the pair is direct again", Duration::from_secs(30), || {
-        let rows = peer_rows(&kubectl_trellis(&["status"]));
-        rows.len() == 2 && rows.iter().all(|r| r.contains("direct"))
+        both_ends("direct")
     });
     assert!(trellis_e2e::down("midle").is_clean());
 }
@@ -507,11 +504,12 @@ async fn bad_nodes_are_left_out_and_the_rest_keeps_working() {
         .unwrap()
         .pod_cidrs
         .unwrap();
-    let overlapping: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "intruder", "annotations": {"trellis.dev/public-key": "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=", "trellis.dev/endpoint": "198.51.100.99:51820"}},
-        "spec": {"podCIDR": n1_cidrs[0], "podCIDRs": [n1_cidrs[0]]}
-    }))
-    .unwrap();
+    let overlapping = trellis_e2e::node::claiming_node(
+        "intruder",
+        "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=",
+        "198.51.100.99:51820",
+        &n1_cidrs[0],
+    );
     nodes
         .create(&Default::default(), &overlapping)
         .await
@@ -531,11 +529,7 @@ async fn bad_nodes_are_left_out_and_the_rest_keeps_working() {
             "0.0.0.0/0",
         ),
     ] {
-        let claim: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "annotations": {"trellis.dev/public-key": key, "trellis.dev/endpoint": "198.51.100.98:51820"}},
-            "spec": {"podCIDR": cidr, "podCIDRs": [cidr]}
-        }))
-        .unwrap();
+        let claim = trellis_e2e::node::claiming_node(name, key, "198.51.100.98:51820", cidr);
         nodes.create(&Default::default(), &claim).await.unwrap();
     }
 
@@ -585,8 +579,7 @@ async fn bad_nodes_are_left_out_and_the_rest_keeps_working() {
     // No node routes the undeclared ranges into the mesh, nor anywhere
     // else: the host's own default route is untouched.
     for node in ["mbad-n1", "mbad-n2"] {
-        let netns = &lab.node(node).unwrap().netns;
-        let routes = trellis_e2e::mesh::mesh_routes_in(netns).unwrap();
+        let routes = lab.mesh_routes(node).unwrap();
         assert!(
             !routes.iter().any(|r| r.starts_with("8.8.8.0/24")
                 || r.starts_with("default")

@@ -250,8 +250,7 @@ async fn an_external_machine_reaches_every_pod_with_the_printed_config() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         for node in &nodes {
-            let netns = &lab.node(node).unwrap().netns;
-            let routes = trellis_e2e::mesh::mesh_routes_in(netns).unwrap();
+            let routes = lab.mesh_routes(node).unwrap();
             assert!(
                 !routes.iter().any(|r| r.starts_with(range)),
                 "{node} routes {range}: {routes:?}"
