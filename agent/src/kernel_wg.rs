@@ -104,7 +104,7 @@ impl WireGuard for KernelWg {
         for change in &update.peers {
             u = match change {
                 // The kernel changes a peer in place.
-                PeerChange::Add(p) | PeerChange::Update(p) => u.add_peer(builder(p)),
+                PeerChange::Add(p) | PeerChange::Update { peer: p, .. } => u.add_peer(builder(p)),
                 PeerChange::Remove(k) => u.remove_peer_by_key(&Key(k.0)),
             };
         }

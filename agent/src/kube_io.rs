@@ -127,8 +127,8 @@ impl EventSink {
 }
 
 /// The Event reason for a rejection (CamelCase, as Kubernetes reasons are).
-pub fn reason_name(reason: trellis_mesh::desired::RejectReason) -> &'static str {
-    use trellis_mesh::desired::RejectReason::*;
+pub fn reason_name(reason: trellis_mesh::RejectReason) -> &'static str {
+    use trellis_mesh::RejectReason::*;
     match reason {
         InvalidAnnotation => "PeerInvalidAnnotation",
         InvalidPodCidr => "PeerInvalidPodCIDR",

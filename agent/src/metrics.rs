@@ -320,8 +320,8 @@ mod tests {
 
     #[test]
     fn an_undeclared_range_is_named_with_its_declaration() {
-        use trellis_mesh::desired::{RejectReason, Rejection};
         use trellis_mesh::ranges::Undeclared;
+        use trellis_mesh::{RejectReason, Rejection};
         let m = Metrics::default();
         let mut d = Desired::default();
         d.rejected.push(Rejection {

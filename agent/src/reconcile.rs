@@ -6,14 +6,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
-use trellis_mesh::desired::LocalError;
 use trellis_mesh::nat::{discovered_endpoints, Session};
 use trellis_mesh::nft::masquerade_ruleset;
 use trellis_mesh::relay::{is_probed, PathChange, PathTracker};
 use trellis_mesh::roaming::AppliedEndpoints;
+use trellis_mesh::LocalError;
 use trellis_mesh::{
     desired_mesh, ClusterRejection, Desired, ExternalPeerInfo, LocalNode, MeshInputs, NodeInfo,
-    Plan, PublicKey, Rejection,
+    PeerChange, Plan, PublicKey, Rejection,
 };
 
 use crate::dataplane::{Dataplane, DataplaneError, Observation};
@@ -146,19 +146,7 @@ impl<D: Dataplane> Reconciler<D> {
         );
         let plan = trellis_mesh::plan(&desired, &ruleset, &observed);
         if !plan.is_empty() {
-            tracing::info!(
-                peers_added = plan.peers.iter().filter(|c| matches!(c, trellis_mesh::PeerChange::Add(_))).count(),
-                peers_updated = plan.peers.iter().filter(|c| matches!(c, trellis_mesh::PeerChange::Update(_))).count(),
-                peers_removed = plan.peers.iter().filter(|c| matches!(c, trellis_mesh::PeerChange::Remove(_))).count(),
-                routes_added = plan.add_routes.len(),
-                routes_removed = plan.remove_routes.len(),
-                addresses = plan.add_addresses.len() + plan.remove_addresses.len(),
-                mtu = ?plan.set_mtu,
-                listen_port = ?plan.set_listen_port,
-                masquerade = plan.nft_ruleset.is_some(),
-                "applying plan"
-            );
-            tracing::debug!(?plan, "plan");
+            log_plan(&plan);
             self.dataplane.apply(&plan).await?;
             self.applied_endpoints.record(&plan);
             self.metrics
@@ -221,6 +209,32 @@ impl<D: Dataplane> Reconciler<D> {
             new_rejections,
             new_cluster_rejections,
         })
+    }
+}
+
+/// Above this many changes a plan is logged as a summary, and each change
+/// at debug level (a first reconcile of a large mesh).
+const PLAN_LINES_LOGGED: usize = 50;
+
+/// Logs what the plan changes and why, one line per change.
+fn log_plan(plan: &Plan) {
+    let lines = plan.describe();
+    let count = |f: fn(&PeerChange) -> bool| plan.peers.iter().filter(|c| f(c)).count();
+    tracing::info!(
+        changes = lines.len(),
+        peers_added = count(|c| matches!(c, PeerChange::Add(_))),
+        peers_updated = count(|c| matches!(c, PeerChange::Update { .. })),
+        peers_removed = count(|c| matches!(c, PeerChange::Remove(_))),
+        routes_added = plan.add_routes.len(),
+        routes_removed = plan.remove_routes.len(),
+        "applying plan"
+    );
+    for line in &lines {
+        if lines.len() <= PLAN_LINES_LOGGED {
+            tracing::info!(change = %line, "plan");
+        } else {
+            tracing::debug!(change = %line, "plan");
+        }
     }
 }
 

@@ -246,7 +246,7 @@ impl StatusBoard {
 mod tests {
     use std::time::Duration;
 
-    use trellis_mesh::desired::RejectReason;
+    use trellis_mesh::RejectReason;
     use trellis_mesh::{DesiredPeer, PeerName, Rejection};
 
     use super::*;
@@ -298,7 +298,7 @@ mod tests {
         let n2_ips = std::mem::take(&mut d.peers.get_mut(&PublicKey([2; 32])).unwrap().allowed_ips);
         d.relayed.insert(
             PublicKey([2; 32]),
-            trellis_mesh::relay::Relayed {
+            trellis_mesh::model::Relayed {
                 via: PublicKey([1; 32]),
                 via_name: PeerName::Node("n1".into()),
                 allowed_ips: n2_ips,

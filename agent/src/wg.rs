@@ -253,12 +253,12 @@ pub fn set_request(update: &DeviceUpdate) -> String {
     for change in &update.peers {
         match change {
             PeerChange::Add(p) => peer_lines(&mut out, p),
-            PeerChange::Update(p) => {
+            PeerChange::Update { peer, .. } => {
                 out.push_str(&format!(
                     "public_key={}\nremove=true\n",
-                    p.public_key.to_hex()
+                    peer.public_key.to_hex()
                 ));
-                peer_lines(&mut out, p);
+                peer_lines(&mut out, peer);
             }
             PeerChange::Remove(k) => {
                 out.push_str(&format!("public_key={}\nremove=true\n", k.to_hex()))
@@ -304,7 +304,10 @@ mod tests {
             private_key: None,
             listen_port: Some(51820),
             peers: vec![
-                PeerChange::Update(peer(1)),
+                PeerChange::Update {
+                    peer: peer(1),
+                    changed: vec![trellis_mesh::plan::PeerField::PresharedKey],
+                },
                 PeerChange::Remove(key(2)),
                 PeerChange::Add(peer(3)),
             ],

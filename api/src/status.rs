@@ -5,12 +5,13 @@
 
 use serde::{Deserialize, Serialize};
 
-/// WireGuard drops a session this long after its handshake
-/// (REJECT_AFTER_TIME): a handshake younger than this means the path works.
-pub const SESSION_SECONDS: i64 = 180;
+/// How long a session lives after its handshake, in seconds (see
+/// [`trellis_mesh::session`]): a handshake younger than this means the path
+/// works.
+pub const SESSION_SECONDS: i64 = trellis_mesh::session::LIVE.as_secs() as i64;
 
 /// WireGuard retries an unanswered handshake this often (REKEY_TIMEOUT).
-pub const HANDSHAKE_RETRY_SECONDS: i64 = 5;
+pub const HANDSHAKE_RETRY_SECONDS: i64 = trellis_mesh::session::REKEY_TIMEOUT.as_secs() as i64;
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]

@@ -178,7 +178,7 @@ fn machine_addresses(allowed: &[IpNet]) -> Vec<IpNet> {
             if n.prefix_len() == n.max_prefix_len() {
                 *n
             } else {
-                trellis_mesh::desired::mesh_address(n)
+                trellis_mesh::model::mesh_address(n)
             }
         })
         .collect()

@@ -9,36 +9,13 @@ use std::net::SocketAddr;
 
 use ipnet::IpNet;
 
+use crate::admission::{key_taken, overlaps, Declaration, Refusal, Taken};
 use crate::annotations::{parse_endpoint, Endpoint};
-use crate::desired::{
-    key_taken, overlaps, Declaration, Desired, DesiredPeer, LocalNode, PeerName, Refusal,
-    RejectReason, Taken,
+use crate::key::PublicKey;
+use crate::model::{
+    Desired, DesiredPeer, ExternalPeerInfo, LocalNode, PeerName, PresharedKeySource, RejectReason,
 };
-use crate::key::{PresharedKey, PublicKey};
 use crate::ranges;
-
-/// The preshared key a Peer asks for, as the agent could read it.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum PresharedKeySource {
-    #[default]
-    None,
-    Key(PresharedKey),
-    /// The Secret or its key is missing or malformed: the message says which.
-    Unavailable(String),
-}
-
-/// What the mesh needs of one `Peer` object (raw strings: validated here).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ExternalPeerInfo {
-    pub name: String,
-    /// Creation time, seconds since the epoch (older wins conflicts).
-    pub created: i64,
-    pub public_key: String,
-    pub endpoint: Option<String>,
-    pub allowed_ips: Vec<String>,
-    pub persistent_keepalive: Option<u32>,
-    pub preshared_key: PresharedKeySource,
-}
 
 /// Validates `peer` against what `d` already holds; the peer as it should
 /// be configured, or why it is left out.

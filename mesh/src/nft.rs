@@ -6,7 +6,7 @@
 
 use ipnet::IpNet;
 
-use crate::desired::Desired;
+use crate::model::Desired;
 
 fn elements(cidrs: &[IpNet], v4: bool) -> Vec<String> {
     cidrs

@@ -2,21 +2,17 @@
 //! should have. A plain value (innernet's `DeviceUpdate` idea): the agent
 //! logs it and applies it; nothing here touches the kernel. An empty plan
 //! means "in sync"; one node changing touches only that peer and its routes.
+//! Each peer update says which fields differ and how ([`PeerField`], as
+//! innernet's `PeerDiff` does), and [`Plan::describe`] gives one line per
+//! change for the log.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use ipnet::IpNet;
 
-use crate::desired::{Desired, DesiredPeer};
 use crate::key::{PresharedKey, PublicKey};
-
-/// A route over the WireGuard interface, with the preferred source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Route {
-    pub dst: IpNet,
-    pub src: Option<IpAddr>,
-}
+use crate::model::{Desired, DesiredPeer, Route};
 
 /// A peer as the device has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,20 +71,115 @@ fn observed_peer(p: &DesiredPeer) -> ObservedPeer {
     }
 }
 
+/// A field of a peer that the device has otherwise than desired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerField {
+    Endpoint {
+        from: Option<SocketAddr>,
+        to: Option<SocketAddr>,
+    },
+    AllowedIps {
+        added: Vec<IpNet>,
+        removed: Vec<IpNet>,
+    },
+    PersistentKeepalive {
+        from: Option<u16>,
+        to: Option<u16>,
+    },
+    /// Set, changed or removed (never printed).
+    PresharedKey,
+}
+
+fn or_none<T: std::fmt::Display>(value: &Option<T>) -> String {
+    value
+        .as_ref()
+        .map_or_else(|| "none".to_string(), |v| v.to_string())
+}
+
+fn list(nets: &[IpNet]) -> String {
+    let all: Vec<String> = nets.iter().map(IpNet::to_string).collect();
+    all.join(",")
+}
+
+impl std::fmt::Display for PeerField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerField::Endpoint { from, to } => {
+                write!(f, "endpoint {} -> {}", or_none(from), or_none(to))
+            }
+            PeerField::AllowedIps { added, removed } => {
+                f.write_str("allowed IPs")?;
+                if !added.is_empty() {
+                    write!(f, " +{}", list(added))?;
+                }
+                if !removed.is_empty() {
+                    write!(f, " -{}", list(removed))?;
+                }
+                Ok(())
+            }
+            PeerField::PersistentKeepalive { from, to } => {
+                write!(f, "keepalive {} -> {}", or_none(from), or_none(to))
+            }
+            PeerField::PresharedKey => f.write_str("preshared key"),
+        }
+    }
+}
+
 /// One change to the device's peers. An update is applied as "remove and
 /// add in one transaction" where the device cannot change a peer in place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerChange {
     Add(DesiredPeer),
-    Update(DesiredPeer),
+    /// `changed` says what differs (never empty).
+    Update {
+        peer: DesiredPeer,
+        changed: Vec<PeerField>,
+    },
+    /// A peer the device has and the desired state does not.
     Remove(PublicKey),
 }
 
 impl PeerChange {
     pub fn key(&self) -> PublicKey {
         match self {
-            PeerChange::Add(p) | PeerChange::Update(p) => p.public_key,
+            PeerChange::Add(p) | PeerChange::Update { peer: p, .. } => p.public_key,
             PeerChange::Remove(k) => *k,
+        }
+    }
+
+    /// The peer as it should be, unless it is removed.
+    pub fn peer(&self) -> Option<&DesiredPeer> {
+        match self {
+            PeerChange::Add(p) | PeerChange::Update { peer: p, .. } => Some(p),
+            PeerChange::Remove(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for PeerChange {
+    /// `add node n1 (allowed IPs 10.244.1.0/24, endpoint 192.0.2.11:51820)`,
+    /// `update node n1: endpoint 192.0.2.11:51820 -> 203.0.113.7:4500`,
+    /// `remove peer KEY: not in the desired state`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerChange::Add(p) => {
+                write!(
+                    f,
+                    "add {} (allowed IPs {}, endpoint {}",
+                    p.name.describe(),
+                    list(&p.allowed_ips),
+                    or_none(&p.endpoint)
+                )?;
+                if let Some(k) = p.persistent_keepalive {
+                    write!(f, ", keepalive {k} s")?;
+                }
+                f.write_str(")")
+            }
+            PeerChange::Update { peer, changed } => {
+                let why: Vec<String> = changed.iter().map(PeerField::to_string).collect();
+                write!(f, "update {}: {}", peer.name.describe(), why.join("; "))
+            }
+            PeerChange::Remove(k) => write!(f, "remove peer {k}: not in the desired state"),
         }
     }
 }
@@ -140,12 +231,12 @@ impl Plan {
         o.addresses.extend(self.add_addresses.iter().copied());
         o.addresses.sort();
         for change in &self.peers {
-            match change {
-                PeerChange::Add(p) | PeerChange::Update(p) => {
+            match change.peer() {
+                Some(p) => {
                     o.peers.insert(p.public_key, observed_peer(p));
                 }
-                PeerChange::Remove(k) => {
-                    o.peers.remove(k);
+                None => {
+                    o.peers.remove(&change.key());
                 }
             }
         }
@@ -158,16 +249,74 @@ impl Plan {
         }
         o
     }
+
+    /// One line per change, in the order they are applied.
+    pub fn describe(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.set_up {
+            out.push("bring the interface up".to_string());
+        }
+        if let Some(mtu) = self.set_mtu {
+            out.push(format!("set the MTU to {mtu}"));
+        }
+        out.extend(
+            self.remove_addresses
+                .iter()
+                .map(|a| format!("remove address {a}")),
+        );
+        out.extend(
+            self.add_addresses
+                .iter()
+                .map(|a| format!("add address {a}")),
+        );
+        if let Some(port) = self.set_listen_port {
+            out.push(format!("listen on port {port}"));
+        }
+        out.extend(self.peers.iter().map(PeerChange::to_string));
+        out.extend(
+            self.remove_routes
+                .iter()
+                .map(|r| format!("remove route {r}")),
+        );
+        out.extend(self.add_routes.iter().map(|r| format!("add route {r}")));
+        if self.nft_ruleset.is_some() {
+            out.push("load the masquerade table (missing, changed or edited)".to_string());
+        }
+        out
+    }
 }
 
-fn peer_matches(want: &DesiredPeer, have: &ObservedPeer) -> bool {
+/// What differs between the peer the device has and the one desired
+/// (nothing: in sync).
+fn differences(want: &DesiredPeer, have: &ObservedPeer) -> Vec<PeerField> {
+    let mut changed = Vec::new();
     // A device learns a peer's endpoint from its packets (roaming): only a
     // configured endpoint that differs is a change.
-    let endpoint_ok = want.endpoint.is_none() || want.endpoint == have.endpoint;
-    endpoint_ok
-        && want.allowed_ips == have.allowed_ips
-        && want.persistent_keepalive == have.persistent_keepalive
-        && want.preshared_key == have.preshared_key
+    if want.endpoint.is_some() && want.endpoint != have.endpoint {
+        changed.push(PeerField::Endpoint {
+            from: have.endpoint,
+            to: want.endpoint,
+        });
+    }
+    if want.allowed_ips != have.allowed_ips {
+        let missing = |a: &[IpNet], b: &[IpNet]| -> Vec<IpNet> {
+            a.iter().filter(|n| !b.contains(n)).copied().collect()
+        };
+        changed.push(PeerField::AllowedIps {
+            added: missing(&want.allowed_ips, &have.allowed_ips),
+            removed: missing(&have.allowed_ips, &want.allowed_ips),
+        });
+    }
+    if want.persistent_keepalive != have.persistent_keepalive {
+        changed.push(PeerField::PersistentKeepalive {
+            from: have.persistent_keepalive,
+            to: want.persistent_keepalive,
+        });
+    }
+    if want.preshared_key != have.preshared_key {
+        changed.push(PeerField::PresharedKey);
+    }
+    changed
 }
 
 /// The changes that turn `observed` into `desired` (with `nft_ruleset` the
@@ -195,10 +344,15 @@ pub fn plan(desired: &Desired, nft_ruleset: &str, observed: &Observed) -> Plan {
     for (key, want) in &desired.peers {
         match observed.peers.get(key) {
             None => p.peers.push(PeerChange::Add(want.clone())),
-            Some(have) if !peer_matches(want, have) => {
-                p.peers.push(PeerChange::Update(want.clone()))
+            Some(have) => {
+                let changed = differences(want, have);
+                if !changed.is_empty() {
+                    p.peers.push(PeerChange::Update {
+                        peer: want.clone(),
+                        changed,
+                    });
+                }
             }
-            Some(_) => {}
         }
     }
     for key in observed.peers.keys() {
@@ -220,4 +374,90 @@ pub fn plan(desired: &Desired, nft_ruleset: &str, observed: &Observed) -> Plan {
         p.nft_ruleset = Some(nft_ruleset.to_string());
     }
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::PresharedKey;
+    use crate::model::PeerName;
+
+    fn peer() -> DesiredPeer {
+        DesiredPeer {
+            name: PeerName::Node("n1".into()),
+            public_key: PublicKey([1; 32]),
+            endpoint: Some("192.0.2.11:51820".parse().unwrap()),
+            allowed_ips: vec!["10.244.1.0/24".parse().unwrap()],
+            persistent_keepalive: None,
+            preshared_key: None,
+        }
+    }
+
+    #[test]
+    fn an_update_names_every_field_that_differs_and_how() {
+        let want = DesiredPeer {
+            allowed_ips: vec![
+                "10.244.1.0/24".parse().unwrap(),
+                "10.244.9.0/24".parse().unwrap(),
+            ],
+            persistent_keepalive: Some(25),
+            preshared_key: Some(PresharedKey([3; 32])),
+            ..peer()
+        };
+        let have = ObservedPeer {
+            endpoint: Some("203.0.113.1:4500".parse().unwrap()),
+            allowed_ips: vec![
+                "10.244.1.0/24".parse().unwrap(),
+                "10.99.0.0/16".parse().unwrap(),
+            ],
+            persistent_keepalive: None,
+            preshared_key: None,
+        };
+        let changed = differences(&want, &have);
+        let text: Vec<String> = changed.iter().map(PeerField::to_string).collect();
+        assert_eq!(
+            text,
+            vec![
+                "endpoint 203.0.113.1:4500 -> 192.0.2.11:51820",
+                "allowed IPs +10.244.9.0/24 -10.99.0.0/16",
+                "keepalive none -> 25",
+                "preshared key",
+            ]
+        );
+        assert!(
+            !format!("{changed:?}").contains("[3, 3"),
+            "the key itself is never shown"
+        );
+        assert!(differences(&peer(), &observed_peer(&peer())).is_empty());
+    }
+
+    #[test]
+    fn each_change_of_a_plan_has_a_line() {
+        let plan = Plan {
+            set_up: true,
+            add_addresses: vec!["10.244.0.1/32".parse().unwrap()],
+            peers: vec![
+                PeerChange::Add(peer()),
+                PeerChange::Remove(PublicKey([2; 32])),
+            ],
+            add_routes: vec![Route {
+                dst: "10.244.1.0/24".parse().unwrap(),
+                src: Some("10.244.0.1".parse().unwrap()),
+            }],
+            nft_ruleset: Some(String::new()),
+            ..Default::default()
+        };
+        let lines = plan.describe();
+        assert_eq!(lines.len(), plan.operations(), "{lines:#?}");
+        assert_eq!(lines[0], "bring the interface up");
+        assert_eq!(
+            lines[2],
+            "add node n1 (allowed IPs 10.244.1.0/24, endpoint 192.0.2.11:51820)"
+        );
+        assert!(
+            lines[3].starts_with("remove peer ") && lines[3].ends_with("not in the desired state")
+        );
+        assert_eq!(lines[4], "add route 10.244.1.0/24 src 10.244.0.1");
+        assert!(Plan::default().describe().is_empty());
+    }
 }

@@ -26,9 +26,9 @@ use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
 
-use crate::desired::{Desired, DesiredPeer, PeerName};
 use crate::key::PublicKey;
-use crate::nat::is_live;
+use crate::model::{Desired, DesiredPeer, PeerName, Relayed};
+use crate::session::is_live;
 
 /// How long a probed peer gets to complete a handshake before its traffic
 /// goes through a relay: three of WireGuard's 5 s handshake retries.
@@ -54,15 +54,6 @@ pub fn probe_address(allowed_ips: &[IpNet]) -> Option<IpAddr> {
         .find(|net| net.addr().is_ipv4())
         .or_else(|| ranges().next())
         .map(IpNet::network)
-}
-
-/// A peer reached through a relay.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Relayed {
-    pub via: PublicKey,
-    pub via_name: PeerName,
-    /// The peer's own AllowedIPs, now on the relay's peer.
-    pub allowed_ips: Vec<IpNet>,
 }
 
 /// A change of path, for the log.

@@ -7,30 +7,10 @@
 
 use std::net::SocketAddr;
 
-use crate::desired::{
-    add_nodes, overlaps, parse_cidrs, Declaration, Desired, LocalNode, NodeInfo, PeerName, Taken,
-};
-use crate::external::{add_external_peers, ExternalPeerInfo};
-use crate::ranges::DeclaredRanges;
-
-/// What the mesh knows of one linked cluster.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct RemoteCluster {
-    /// The name it is linked under (a DNS label).
-    pub name: String,
-    pub nodes: Vec<NodeInfo>,
-    pub external: Vec<ExternalPeerInfo>,
-    /// The ranges it declared when it was linked (from its link Secret):
-    /// its nodes' pod CIDRs and its Peers' allowed IPs must lie inside.
-    pub declared: DeclaredRanges,
-}
-
-/// A linked cluster left out as a whole, and why.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ClusterRejection {
-    pub cluster: String,
-    pub message: String,
-}
+use crate::admission::{overlaps, parse_cidrs, Declaration, Taken};
+use crate::external::add_external_peers;
+use crate::model::{ClusterRejection, Desired, LocalNode, NodeInfo, PeerName, RemoteCluster};
+use crate::nodes::add_nodes;
 
 /// Why `remote` cannot join the mesh as it stands in `d` and `taken`.
 fn conflict(d: &Desired, remote: &RemoteCluster, taken: &Taken) -> Option<String> {

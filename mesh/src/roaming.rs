@@ -8,15 +8,12 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use crate::desired::Desired;
 use crate::key::PublicKey;
-use crate::plan::{Observed, PeerChange, Plan};
-
-/// A session whose latest handshake is older than this is dead (WireGuard's
-/// REJECT_AFTER_TIME): its peer gets the configured endpoint again.
-pub const SESSION_LIFETIME: Duration = Duration::from_secs(180);
+use crate::model::Desired;
+use crate::plan::{Observed, Plan};
+use crate::session::is_live;
 
 /// The endpoint last set on each peer by this process.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -26,12 +23,12 @@ impl AppliedEndpoints {
     /// Records the endpoints a plan set (once it was applied).
     pub fn record(&mut self, plan: &Plan) {
         for change in &plan.peers {
-            match change {
-                PeerChange::Add(p) | PeerChange::Update(p) => {
+            match change.peer() {
+                Some(p) => {
                     self.0.insert(p.public_key, p.endpoint);
                 }
-                PeerChange::Remove(key) => {
-                    self.0.remove(key);
+                None => {
+                    self.0.remove(&change.key());
                 }
             }
         }
@@ -39,7 +36,7 @@ impl AppliedEndpoints {
 
     /// `observed` with every roamed endpoint that should stay counted as
     /// the configured one, so that the plan leaves it alone: the peer's
-    /// latest handshake (from `handshakes`) is within [`SESSION_LIFETIME`]
+    /// latest handshake (from `handshakes`) is live ([`crate::session`])
     /// of `now`, and its configured endpoint is the one last applied (or
     /// unknown, after a restart).
     pub fn keep_roamed(
@@ -56,10 +53,7 @@ impl AppliedEndpoints {
             if want.endpoint.is_none() || have.endpoint == want.endpoint {
                 continue;
             }
-            let live = handshakes
-                .get(key)
-                .and_then(|t| now.duration_since(*t).ok())
-                .is_some_and(|age| age < SESSION_LIFETIME);
+            let live = is_live(handshakes.get(key).copied(), now);
             let unchanged = self
                 .0
                 .get(key)
@@ -74,9 +68,12 @@ impl AppliedEndpoints {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
-    use crate::desired::DesiredPeer;
+    use crate::model::DesiredPeer;
     use crate::plan::ObservedPeer;
+    use crate::plan::PeerChange;
 
     fn addr(s: &str) -> Option<SocketAddr> {
         Some(s.parse().unwrap())

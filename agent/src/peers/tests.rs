@@ -2,7 +2,7 @@
 
 use k8s_openapi::ByteString;
 use trellis_api::PeerSpec;
-use trellis_mesh::desired::RejectReason;
+use trellis_mesh::RejectReason;
 use trellis_mesh::{DesiredPeer, PublicKey, Rejection};
 
 use super::*;

@@ -138,7 +138,7 @@ impl KernelNode {
             .iter()
             .find(|c| c.contains('.') == v4)
             .expect("a CIDR of the family");
-        trellis_mesh::desired::mesh_address(&cidr.parse().expect("cidr"))
+        trellis_mesh::model::mesh_address(&cidr.parse().expect("cidr"))
             .addr()
             .to_string()
     }
@@ -449,7 +449,7 @@ pub(crate) fn recreates_a_deleted_interface() -> Result<(), Failed> {
 fn change_name(c: &PeerChange) -> String {
     match c {
         PeerChange::Add(p) => format!("add {}", p.name),
-        PeerChange::Update(p) => format!("update {}", p.name),
+        PeerChange::Update { peer, .. } => format!("update {}", peer.name),
         PeerChange::Remove(key) => format!("remove {key}"),
     }
 }

@@ -1,51 +1,18 @@
 //! Table tests of `desired` and property tests of `plan` against it.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use proptest::prelude::*;
 
+use ipnet::IpNet;
+
 use super::*;
+use crate::model::*;
 use crate::names::*;
 use crate::nft::masquerade_ruleset;
-use crate::plan::{plan, Observed, ObservedPeer, PeerChange};
-
-pub(crate) fn key(n: u8) -> PublicKey {
-    PublicKey([n; 32])
-}
-
-pub(crate) fn local() -> LocalNode {
-    LocalNode {
-        name: "n0".into(),
-        public_key: key(100),
-        interface: "trellis".into(),
-        listen_port: 51820,
-        mtu: 1420,
-    }
-}
-
-pub(crate) fn node(i: u8, created: i64) -> NodeInfo {
-    let mut annotations = BTreeMap::new();
-    annotations.insert(ANNOTATION_PUBLIC_KEY.to_string(), key(i).to_string());
-    annotations.insert(
-        ANNOTATION_ENDPOINT.to_string(),
-        format!("192.0.2.{}:51820", 10 + i),
-    );
-    NodeInfo {
-        name: format!("n{i}"),
-        created,
-        pod_cidrs: vec![
-            format!("10.244.{i}.0/24"),
-            format!("fd00:10:244:{i:x}::/64"),
-        ],
-        internal_ips: vec![format!("192.0.2.{}", 10 + i).parse().unwrap()],
-        annotations,
-    }
-}
-
-pub(crate) fn no_dns(_: &str, _: u16) -> Option<SocketAddr> {
-    None
-}
+use crate::plan::{plan, Observed, ObservedPeer, PeerChange, PeerField};
+use crate::ranges::DeclaredRanges;
+use crate::testing::{desired_of, key, local, no_dns, node};
 
 fn cluster(n: u8) -> Vec<NodeInfo> {
     (0..n).map(|i| node(i, i64::from(i))).collect()
@@ -53,7 +20,7 @@ fn cluster(n: u8) -> Vec<NodeInfo> {
 
 #[test]
 fn every_valid_node_becomes_a_peer_with_its_pod_cidrs_and_routes() {
-    let d = desired(&local(), &cluster(4), &no_dns).unwrap();
+    let d = desired_of(&local(), &cluster(4), &[], &no_dns).unwrap();
     assert_eq!(d.peers.len(), 3);
     let p1 = &d.peers[&key(1)];
     assert_eq!(p1.name, PeerName::Node("n1".into()));
@@ -90,13 +57,13 @@ fn every_valid_node_becomes_a_peer_with_its_pod_cidrs_and_routes() {
 #[test]
 fn the_local_node_must_be_registered_with_a_pod_cidr() {
     assert_eq!(
-        desired(&local(), &cluster(0), &no_dns).unwrap_err(),
+        desired_of(&local(), &cluster(0), &[], &no_dns).unwrap_err(),
         LocalError::NotRegistered("n0".into())
     );
     let mut nodes = cluster(2);
     nodes[0].pod_cidrs.clear();
     assert_eq!(
-        desired(&local(), &nodes, &no_dns).unwrap_err(),
+        desired_of(&local(), &nodes, &[], &no_dns).unwrap_err(),
         LocalError::NoPodCidr("n0".into())
     );
 }
@@ -106,7 +73,7 @@ fn nodes_without_key_or_pod_cidr_are_pending_not_rejected() {
     let mut nodes = cluster(3);
     nodes[1].annotations.clear();
     nodes[2].pod_cidrs.clear();
-    let d = desired(&local(), &nodes, &no_dns).unwrap();
+    let d = desired_of(&local(), &nodes, &[], &no_dns).unwrap();
     assert!(d.peers.is_empty());
     assert_eq!(d.pending, vec!["n1".to_string(), "n2".to_string()]);
     assert!(d.rejected.is_empty());
@@ -228,7 +195,7 @@ fn bad_input_rejects_one_node_and_keeps_the_others() {
     for (what, mutate, reason, needle) in cases {
         let mut nodes = cluster(4);
         mutate(&mut nodes[3]);
-        let d = desired(&local(), &nodes, &no_dns).unwrap();
+        let d = desired_of(&local(), &nodes, &[], &no_dns).unwrap();
         assert_eq!(d.rejected.len(), 1, "{what}: {:?}", d.rejected);
         assert_eq!(d.rejected[0].object.name(), "n3", "{what}");
         assert_eq!(d.rejected[0].reason, reason, "{what}");
@@ -253,7 +220,7 @@ fn in_a_conflict_the_older_node_wins_whatever_the_order() {
     nodes[2].pod_cidrs = nodes[1].pod_cidrs.clone();
     nodes[2].created = -5; // n2 is older than n1
     nodes.reverse();
-    let d = desired(&local(), &nodes, &no_dns).unwrap();
+    let d = desired_of(&local(), &nodes, &[], &no_dns).unwrap();
     assert_eq!(
         d.peers.values().map(|p| p.name.name()).collect::<Vec<_>>(),
         vec!["n2"]
@@ -274,7 +241,7 @@ fn force_endpoint_wins_and_dns_names_are_resolved() {
     let resolve = |host: &str, port: u16| {
         (host == "gw.example.com").then(|| SocketAddr::new("198.51.100.7".parse().unwrap(), port))
     };
-    let d = desired(&local(), &nodes, &resolve).unwrap();
+    let d = desired_of(&local(), &nodes, &[], &resolve).unwrap();
     let p = &d.peers[&key(1)];
     assert_eq!(p.endpoint, Some("198.51.100.7:4500".parse().unwrap()));
     assert_eq!(p.persistent_keepalive, Some(25));
@@ -284,7 +251,7 @@ fn force_endpoint_wins_and_dns_names_are_resolved() {
 fn a_node_without_endpoint_is_a_peer_without_endpoint() {
     let mut nodes = cluster(2);
     nodes[1].annotations.remove(ANNOTATION_ENDPOINT);
-    let d = desired(&local(), &nodes, &no_dns).unwrap();
+    let d = desired_of(&local(), &nodes, &[], &no_dns).unwrap();
     assert_eq!(d.peers[&key(1)].endpoint, None);
 }
 
@@ -296,8 +263,8 @@ fn ruleset(d: &Desired) -> String {
 
 #[test]
 fn a_node_joining_adds_one_peer_and_its_routes() {
-    let before = desired(&local(), &cluster(3), &no_dns).unwrap();
-    let after = desired(&local(), &cluster(4), &no_dns).unwrap();
+    let before = desired_of(&local(), &cluster(3), &[], &no_dns).unwrap();
+    let after = desired_of(&local(), &cluster(4), &[], &no_dns).unwrap();
     let p = plan(
         &after,
         &ruleset(&after),
@@ -314,13 +281,26 @@ fn a_node_joining_adds_one_peer_and_its_routes() {
 fn a_learned_endpoint_is_not_a_change_but_a_configured_one_is() {
     let mut nodes = cluster(2);
     nodes[1].annotations.remove(ANNOTATION_ENDPOINT);
-    let d = desired(&local(), &nodes, &no_dns).unwrap();
+    let d = desired_of(&local(), &nodes, &[], &no_dns).unwrap();
     let mut o = Observed::of(&d, &ruleset(&d));
     o.peers.get_mut(&key(1)).unwrap().endpoint = Some("203.0.113.5:1234".parse().unwrap());
     assert!(plan(&d, &ruleset(&d), &o).is_empty());
-    let configured = desired(&local(), &cluster(2), &no_dns).unwrap();
+    let configured = desired_of(&local(), &cluster(2), &[], &no_dns).unwrap();
     let p = plan(&configured, &ruleset(&configured), &o);
-    assert!(matches!(&p.peers[..], [PeerChange::Update(_)]), "{p:?}");
+    let [PeerChange::Update { changed, .. }] = &p.peers[..] else {
+        panic!("one update: {p:?}");
+    };
+    assert_eq!(
+        changed,
+        &vec![PeerField::Endpoint {
+            from: Some("203.0.113.5:1234".parse().unwrap()),
+            to: Some("192.0.2.11:51820".parse().unwrap()),
+        }]
+    );
+    assert_eq!(
+        p.describe(),
+        vec!["update node n1: endpoint 203.0.113.5:1234 -> 192.0.2.11:51820".to_string()]
+    );
 }
 
 fn arb_cluster() -> impl Strategy<Value = Vec<NodeInfo>> {
@@ -393,13 +373,13 @@ fn arb_observed() -> impl Strategy<Value = Observed> {
 proptest! {
     #[test]
     fn the_plan_of_a_state_against_itself_is_empty(nodes in arb_cluster()) {
-        let d = desired(&local(), &nodes, &no_dns).unwrap();
+        let d = desired_of(&local(), &nodes, &[], &no_dns).unwrap();
         prop_assert!(plan(&d, &ruleset(&d), &Observed::of(&d, &ruleset(&d))).is_empty());
     }
 
     #[test]
     fn applying_the_plan_yields_the_desired_state(nodes in arb_cluster(), observed in arb_observed()) {
-        let d = desired(&local(), &nodes, &no_dns).unwrap();
+        let d = desired_of(&local(), &nodes, &[], &no_dns).unwrap();
         let p = plan(&d, &ruleset(&d), &observed);
         let after = p.applied_to(&observed);
         // Learned endpoints may stay where nothing is configured.
@@ -414,17 +394,17 @@ proptest! {
 
     #[test]
     fn one_node_changing_touches_only_that_peer(nodes in arb_cluster(), victim in 1usize..12, port in 1024u16..60000) {
-        let before = desired(&local(), &nodes, &no_dns).unwrap();
+        let before = desired_of(&local(), &nodes, &[], &no_dns).unwrap();
         let mut changed = nodes.clone();
         let victim = victim % changed.len();
         prop_assume!(victim != 0);
         let name = changed[victim].name.clone();
         changed[victim].annotations.insert(ANNOTATION_ENDPOINT.into(), format!("198.51.100.1:{port}"));
-        let after = desired(&local(), &changed, &no_dns).unwrap();
+        let after = desired_of(&local(), &changed, &[], &no_dns).unwrap();
         let p = plan(&after, &ruleset(&after), &Observed::of(&before, &ruleset(&before)));
         for change in &p.peers {
             let node = match change {
-                PeerChange::Add(peer) | PeerChange::Update(peer) => peer.name.clone(),
+                PeerChange::Add(peer) | PeerChange::Update { peer, .. } => peer.name.clone(),
                 PeerChange::Remove(k) => before.peers[k].name.clone(),
             };
             prop_assert_eq!(node.name(), name.as_str());
@@ -486,5 +466,50 @@ fn this_node_outside_the_declaration_is_an_error_not_a_mesh() {
     assert!(
         matches!(&err, LocalError::UndeclaredPodCidr { node, why } if node == "n0" && why.contains("10.244.0.0/24 lies outside")),
         "{err}"
+    );
+}
+
+#[test]
+fn every_dns_name_of_an_endpoint_is_listed_for_resolving() {
+    let mut nodes = cluster(3);
+    nodes[1]
+        .annotations
+        .insert(ANNOTATION_ENDPOINT.into(), "n1.example.net:51820".into());
+    nodes[2].annotations.insert(
+        ANNOTATION_FORCE_ENDPOINT.into(),
+        "gw.example.net:4500".into(),
+    );
+    let machine = ExternalPeerInfo {
+        name: "laptop".into(),
+        endpoint: Some("laptop.example.org:51821".into()),
+        ..Default::default()
+    };
+    let remote = RemoteCluster {
+        name: "b".into(),
+        nodes: vec![{
+            let mut n = node(7, 7);
+            n.annotations
+                .insert(ANNOTATION_ENDPOINT.into(), "b7.example.com:51820".into());
+            n
+        }],
+        ..Default::default()
+    };
+    let external = [machine];
+    let remotes = [remote];
+    let inputs = MeshInputs {
+        nodes: &nodes,
+        external: &external,
+        remotes: &remotes,
+        declared: &DeclaredRanges::private(),
+    };
+    let names: Vec<(String, u16)> = hostnames(&inputs).into_iter().collect();
+    assert_eq!(
+        names,
+        vec![
+            ("b7.example.com".to_string(), 51820),
+            ("gw.example.net".to_string(), 4500),
+            ("laptop.example.org".to_string(), 51821),
+            ("n1.example.net".to_string(), 51820),
+        ]
     );
 }

@@ -1,8 +1,9 @@
 //! Table tests of external peers in the desired state.
 
 use super::*;
-use crate::desired::tests::{key, local, no_dns, node};
-use crate::desired::{desired_with_external, NodeInfo};
+use crate::key::PresharedKey;
+use crate::model::NodeInfo;
+use crate::testing::{desired_of, key, local, no_dns, node};
 
 pub(crate) fn peer(name: &str, k: u8, allowed: &[&str]) -> ExternalPeerInfo {
     ExternalPeerInfo {
@@ -18,7 +19,7 @@ pub(crate) fn peer(name: &str, k: u8, allowed: &[&str]) -> ExternalPeerInfo {
 
 fn run(peers: &[ExternalPeerInfo]) -> Desired {
     let nodes: Vec<NodeInfo> = (0..3).map(|i| node(i, i64::from(i))).collect();
-    desired_with_external(&local(), &nodes, peers, &no_dns).unwrap()
+    desired_of(&local(), &nodes, peers, &no_dns).unwrap()
 }
 
 #[test]

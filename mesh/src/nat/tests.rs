@@ -5,9 +5,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use super::*;
-use crate::desired::tests::{key, local, no_dns, node};
-use crate::desired::{desired, DesiredPeer, PeerName};
+use crate::model::{DesiredPeer, NodeInfo, PeerName};
 use crate::names::*;
+use crate::session::LIVE;
+use crate::sightings::{is_private, Sightings};
+use crate::testing::{desired_of, key, local, no_dns, node};
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -106,7 +108,7 @@ fn a_node_seen_behind_nat_is_dialled_at_its_public_mapping_with_a_keepalive() {
         natted(2),
         node(3, 3),
     ];
-    let d = desired(&local(), &nodes, &no_dns).unwrap();
+    let d = desired_of(&local(), &nodes, &[], &no_dns).unwrap();
     let p2 = &d.peers[&key(2)];
     assert_eq!(p2.endpoint, Some(addr("198.51.100.22:51820")));
     assert_eq!(p2.persistent_keepalive, Some(NAT_KEEPALIVE));
@@ -124,7 +126,7 @@ fn a_forced_endpoint_and_an_annotated_keepalive_win_over_what_was_seen() {
     n2.annotations
         .insert(ANNOTATION_PERSISTENT_KEEPALIVE.into(), "10".into());
     let nodes = vec![node(0, 0), reporting(1, &[(2, "198.51.100.22:51820")]), n2];
-    let d = desired(&local(), &nodes, &no_dns).unwrap();
+    let d = desired_of(&local(), &nodes, &[], &no_dns).unwrap();
     let p2 = &d.peers[&key(2)];
     assert_eq!(p2.endpoint, Some(addr("203.0.113.5:4500")));
     assert_eq!(p2.persistent_keepalive, Some(10));
@@ -142,7 +144,7 @@ fn a_node_learns_it_is_behind_nat_and_keeps_every_pair_alive() {
         reporting(1, &[(100, "198.51.100.50:61000")]),
         node(2, 2),
     ];
-    let d = desired(&local(), &nodes, &no_dns).unwrap();
+    let d = desired_of(&local(), &nodes, &[], &no_dns).unwrap();
     assert!(d.behind_nat);
     assert_eq!(d.public_endpoint, Some(addr("198.51.100.50:61000")));
     assert_eq!(d.keepalive, Some(NAT_KEEPALIVE));
@@ -155,7 +157,7 @@ fn a_node_learns_it_is_behind_nat_and_keeps_every_pair_alive() {
     private
         .annotations
         .insert(ANNOTATION_ENDPOINT.into(), "10.0.0.5:51820".into());
-    let d = desired(&local(), &[private, node(1, 1)], &no_dns).unwrap();
+    let d = desired_of(&local(), &[private, node(1, 1)], &[], &no_dns).unwrap();
     assert!(d.behind_nat && d.public_endpoint.is_none());
     assert_eq!(d.peers[&key(1)].persistent_keepalive, Some(NAT_KEEPALIVE));
 }
@@ -211,7 +213,7 @@ fn only_live_sessions_that_matter_to_others_are_published() {
             key(4),
             Session {
                 endpoint: Some(addr("198.51.100.4:51820")),
-                last_handshake: Some(now - SESSION_ALIVE),
+                last_handshake: Some(now - LIVE),
             },
         ),
         (
@@ -234,7 +236,6 @@ fn only_live_sessions_that_matter_to_others_are_published() {
 
 #[test]
 fn behind_nat_a_node_keeps_machines_it_can_dial_alive() {
-    use crate::desired::desired_with_external;
     use crate::external::tests::peer as machine;
     let mut me = node(0, 0);
     me.annotations
@@ -243,7 +244,7 @@ fn behind_nat_a_node_keeps_machines_it_can_dial_alive() {
     dialable.persistent_keepalive = None;
     let mut roaming = machine("phone", 51, &["10.99.0.3/32"]);
     (roaming.endpoint, roaming.persistent_keepalive) = (None, None);
-    let d = desired_with_external(&local(), &[me], &[dialable, roaming], &no_dns).unwrap();
+    let d = desired_of(&local(), &[me], &[dialable, roaming], &no_dns).unwrap();
     assert_eq!(d.peers[&key(50)].persistent_keepalive, Some(NAT_KEEPALIVE));
     assert_eq!(
         d.peers[&key(51)].persistent_keepalive,

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use super::*;
-use crate::desired::tests::key;
-use crate::desired::DesiredPeer;
+use crate::model::DesiredPeer;
+use crate::testing::key;
 
 const ME: u8 = 100;
 

@@ -3,9 +3,11 @@
 use ipnet::IpNet;
 
 use super::*;
-use crate::desired::tests::{key, local, no_dns, node};
-use crate::desired::{desired_mesh, MeshInputs, RejectReason};
+use crate::desired::desired_mesh;
 use crate::external::tests::peer;
+use crate::model::{ExternalPeerInfo, MeshInputs, RejectReason};
+use crate::ranges::DeclaredRanges;
+use crate::testing::{key, local, no_dns, node};
 
 fn here() -> Vec<NodeInfo> {
     (0..3).map(|i| node(i, i64::from(i))).collect()
