@@ -1,7 +1,17 @@
 //! The node's dataplane behind one trait: read everything back into a
 //! `mesh::Observed`, apply a `mesh::Plan`. [`NodeDataplane`] is the real
-//! one (a WireGuard device, rtnetlink, nftables); [`FakeDataplane`] records
-//! plans for unit tests.
+//! one (a WireGuard device, rtnetlink, nftables); a recording fake
+//! (`dataplane::fake`, compiled for tests only) stands in for unit tests.
+//!
+//! nftables is read back from the kernel: after loading the masquerade
+//! table the agent lists it (`nft list table`) and records that listing
+//! with the ruleset it loaded; at each observe it lists the table again. A
+//! table that is missing, or lists otherwise than recorded (a rule edited,
+//! added or deleted inside `inet trellis` by someone else), is loaded
+//! again by the next plan. The `nft` program stays: its text is the only
+//! stable form of a ruleset, and netlink crates that program nftables
+//! without it either bind libnftnl (a C library the static image would
+//! need) or cannot read rules back.
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::Stdio;
@@ -10,7 +20,7 @@ use tokio::io::AsyncWriteExt;
 use trellis_mesh::{Observed, ObservedPeer, Plan};
 
 use crate::key::PrivateKey;
-use crate::link::{LinkError, Links};
+use crate::netlink::{Netlink, NetlinkError};
 use crate::wg::{DeviceState, DeviceUpdate, WgError, WireGuard};
 
 #[derive(Debug, thiserror::Error)]
@@ -18,7 +28,7 @@ pub enum DataplaneError {
     #[error(transparent)]
     WireGuard(#[from] WgError),
     #[error(transparent)]
-    Link(#[from] LinkError),
+    Netlink(#[from] NetlinkError),
     #[error("interface {0} does not exist")]
     NoInterface(String),
     #[error("nftables: {0}")]
@@ -48,7 +58,15 @@ pub trait Dataplane {
     /// [`trellis_mesh::relay::probe_address`]). Best effort: a probe that
     /// cannot be sent is only logged.
     async fn probe(&mut self, addresses: &[IpAddr]);
+    /// Whether the mesh interface exists and is up (a failed look counts
+    /// as not up).
+    async fn interface_up(&mut self) -> bool;
+    /// The MTU of the interface holding `address` (the underlay's).
+    async fn underlay_mtu(&mut self, address: IpAddr) -> Option<u32>;
 }
+
+#[cfg(test)]
+pub mod fake;
 
 /// One empty datagram to the discard port of `address`, out of `interface`.
 fn send_probe(interface: &str, address: IpAddr) -> std::io::Result<()> {
@@ -66,15 +84,15 @@ fn send_probe(interface: &str, address: IpAddr) -> std::io::Result<()> {
 /// The real dataplane of a node.
 pub struct NodeDataplane {
     pub wg: Box<dyn WireGuard>,
-    pub links: Links,
+    pub netlink: Netlink,
     pub interface: String,
     pub private_key: PrivateKey,
     pub nft_table: String,
-    /// The ruleset last loaded (the kernel's text differs in form, so we
-    /// compare with what we wrote). Kept in `nft_record` too, so that a
-    /// restarted agent does not load an unchanged ruleset again.
-    pub last_nft: Option<String>,
-    /// Where the last loaded ruleset is recorded (in the state dir).
+    /// The ruleset last loaded and the kernel's listing of it right after.
+    /// Kept in `nft_record` too, so that a restarted agent does not load
+    /// an unchanged table again.
+    pub last_nft: Option<NftRecord>,
+    /// Where the record is kept (in the state dir).
     pub nft_record: Option<std::path::PathBuf>,
     /// Whether creating the interface is ours to do (kernel) or the
     /// userspace device's.
@@ -121,22 +139,53 @@ async fn run_nft(args: &[&str], stdin: Option<&str>) -> Result<String, Dataplane
     }
 }
 
+/// A masquerade ruleset as loaded, and as the kernel listed it then.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NftRecord {
+    pub loaded: String,
+    pub kernel: String,
+}
+
+impl NftRecord {
+    /// What to plan against, given the kernel's listing now (`None`: no
+    /// table): the loaded ruleset while the kernel still lists it as it
+    /// did, else the listing itself, which no desired ruleset equals.
+    pub fn observed(record: Option<&NftRecord>, listing: Option<String>) -> Option<String> {
+        let listing = listing?;
+        Some(match record {
+            Some(r) if r.kernel == listing => r.loaded.clone(),
+            _ => listing,
+        })
+    }
+}
+
 impl NodeDataplane {
-    /// Reads the ruleset a previous agent recorded (nothing if none).
+    /// Reads the record a previous agent kept (nothing if none or from an
+    /// older agent: the table is then loaded once more).
     pub fn load_nft_record(&mut self) {
         if let Some(path) = &self.nft_record {
-            self.last_nft = std::fs::read_to_string(path).ok();
+            self.last_nft = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|text| serde_json::from_str(&text).ok());
         }
     }
 
-    fn record_nft(&self, rules: &str) {
+    fn record_nft(&self, record: &NftRecord) {
         let Some(path) = &self.nft_record else { return };
         let tmp = path.with_extension("tmp");
-        let written = std::fs::write(&tmp, rules).and_then(|()| std::fs::rename(&tmp, path));
+        let text = serde_json::to_string(record).expect("record serializes");
+        let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
         if let Err(e) = written {
             // Only costs a reload of the same ruleset after a restart.
             tracing::warn!(path = %path.display(), error = %e, "recording the loaded ruleset");
         }
+    }
+
+    /// The kernel's listing of our table (`None`: there is none).
+    async fn nft_listing(&self) -> Option<String> {
+        run_nft(&["list", "table", "inet", &self.nft_table], None)
+            .await
+            .ok()
     }
 
     fn device(&mut self) -> Result<DeviceState, DataplaneError> {
@@ -165,20 +214,24 @@ impl NodeDataplane {
 impl Dataplane for NodeDataplane {
     async fn observe(&mut self) -> Result<Observation, DataplaneError> {
         let device = self.device()?;
-        let link = self
-            .links
+        let iface = self
+            .netlink
             .state(&self.interface)
             .await?
             .ok_or_else(|| DataplaneError::NoInterface(self.interface.clone()))?;
-        let routes = self.links.mesh_routes().await?;
-        let table_exists = run_nft(&["list", "table", "inet", &self.nft_table], None)
-            .await
-            .is_ok();
+        let routes = self.netlink.mesh_routes().await?;
+        let listing = self.nft_listing().await;
+        let nft_ruleset = NftRecord::observed(self.last_nft.as_ref(), listing);
+        if let (Some(seen), Some(record)) = (&nft_ruleset, &self.last_nft) {
+            if *seen != record.loaded {
+                tracing::warn!(table = %self.nft_table, "the nftables table inet {} is not as the agent loaded it (edited outside Trellis?): loading it again", self.nft_table);
+            }
+        }
         let observed = Observed {
             listen_port: device.listen_port,
-            mtu: Some(link.mtu),
-            up: link.up,
-            addresses: link.addresses,
+            mtu: Some(iface.mtu),
+            up: iface.up,
+            addresses: iface.addresses,
             peers: device
                 .peers
                 .iter()
@@ -195,31 +248,27 @@ impl Dataplane for NodeDataplane {
                 })
                 .collect(),
             routes,
-            nft_ruleset: if table_exists {
-                Some(self.last_nft.clone().unwrap_or_default())
-            } else {
-                None
-            },
+            nft_ruleset,
         };
         Ok(Observation { observed, device })
     }
 
     async fn apply(&mut self, plan: &Plan) -> Result<(), DataplaneError> {
-        let link = self
-            .links
+        let iface = self
+            .netlink
             .state(&self.interface)
             .await?
             .ok_or_else(|| DataplaneError::NoInterface(self.interface.clone()))?;
         if plan.set_mtu.is_some() || plan.set_up {
-            self.links
-                .set_mtu_up(link.index, plan.set_mtu, plan.set_up || link.up)
+            self.netlink
+                .set_mtu_up(iface.index, plan.set_mtu, plan.set_up || iface.up)
                 .await?;
         }
         for a in &plan.remove_addresses {
-            self.links.remove_address(link.index, *a).await?;
+            self.netlink.remove_address(iface.index, *a).await?;
         }
         for a in &plan.add_addresses {
-            self.links.add_address(link.index, *a).await?;
+            self.netlink.add_address(iface.index, *a).await?;
         }
         if plan.set_listen_port.is_some() || !plan.peers.is_empty() {
             self.wg.write(&DeviceUpdate {
@@ -229,15 +278,19 @@ impl Dataplane for NodeDataplane {
             })?;
         }
         for r in &plan.remove_routes {
-            self.links.remove_route(r).await?;
+            self.netlink.remove_route(r).await?;
         }
         for r in &plan.add_routes {
-            self.links.add_route(link.index, r).await?;
+            self.netlink.add_route(iface.index, r).await?;
         }
         if let Some(rules) = &plan.nft_ruleset {
             run_nft(&["-f", "-"], Some(rules)).await?;
-            self.last_nft = Some(rules.clone());
-            self.record_nft(rules);
+            let record = NftRecord {
+                loaded: rules.clone(),
+                kernel: self.nft_listing().await.unwrap_or_default(),
+            };
+            self.record_nft(&record);
+            self.last_nft = Some(record);
         }
         Ok(())
     }
@@ -249,37 +302,45 @@ impl Dataplane for NodeDataplane {
             }
         }
     }
-}
 
-/// A recording dataplane for unit tests: an in-memory node.
-#[derive(Debug, Default)]
-pub struct FakeDataplane {
-    pub observed: Observed,
-    pub applied: Vec<Plan>,
-    /// The addresses of each `probe` call.
-    pub probed: Vec<Vec<IpAddr>>,
-    /// Makes the next observe fail with this message (the device is gone).
-    pub fail_observe: Option<String>,
-}
-
-impl Dataplane for FakeDataplane {
-    async fn observe(&mut self) -> Result<Observation, DataplaneError> {
-        if let Some(msg) = self.fail_observe.take() {
-            return Err(DataplaneError::Other(msg));
-        }
-        Ok(Observation {
-            observed: self.observed.clone(),
-            device: DeviceState::default(),
-        })
+    async fn interface_up(&mut self) -> bool {
+        matches!(self.netlink.state(&self.interface).await, Ok(Some(state)) if state.up)
     }
 
-    async fn apply(&mut self, plan: &Plan) -> Result<(), DataplaneError> {
-        self.observed = plan.applied_to(&self.observed);
-        self.applied.push(plan.clone());
-        Ok(())
+    async fn underlay_mtu(&mut self, address: IpAddr) -> Option<u32> {
+        self.netlink
+            .mtu_of_interface_with(address)
+            .await
+            .ok()
+            .flatten()
     }
+}
 
-    async fn probe(&mut self, addresses: &[IpAddr]) {
-        self.probed.push(addresses.to_vec());
+#[cfg(test)]
+mod tests {
+    use super::NftRecord;
+
+    #[test]
+    fn a_table_listed_as_loaded_is_the_ruleset_loaded_and_any_other_listing_is_not() {
+        let record = NftRecord {
+            loaded: "table inet trellis\ndelete table inet trellis\n...".into(),
+            kernel: "table inet trellis {\n\tchain postrouting {...}\n}\n".into(),
+        };
+        assert_eq!(
+            NftRecord::observed(Some(&record), Some(record.kernel.clone())),
+            Some(record.loaded.clone())
+        );
+        let edited = record.kernel.replace("...", "... accept");
+        assert_eq!(
+            NftRecord::observed(Some(&record), Some(edited.clone())),
+            Some(edited),
+            "an edited table is what the plan sees: it differs from every ruleset"
+        );
+        assert_eq!(NftRecord::observed(Some(&record), None), None, "missing");
+        assert_eq!(
+            NftRecord::observed(None, Some(record.kernel.clone())),
+            Some(record.kernel.clone()),
+            "no record (first start, or an older agent's): load once"
+        );
     }
 }

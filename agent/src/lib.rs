@@ -4,6 +4,7 @@
 //! objects add external machines as peers of every node.
 
 pub mod agent;
+pub mod cluster_api;
 pub mod cni_conf;
 pub mod config;
 pub mod dataplane;
@@ -12,12 +13,13 @@ pub mod kernel_wg;
 pub mod key;
 pub mod kube_io;
 pub mod leaks;
-pub mod link;
 pub mod metrics;
+pub mod netlink;
 pub mod peers;
 pub mod reconcile;
 pub mod reflectors;
 pub mod remote;
+pub mod runtime;
 pub mod status;
 pub mod wg;
 

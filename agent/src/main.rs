@@ -49,5 +49,5 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(trellis_agent::agent::run(config))
+    runtime.block_on(trellis_agent::runtime::run(config))
 }

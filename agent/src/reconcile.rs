@@ -12,8 +12,8 @@ use trellis_mesh::relay::{is_probed, PathChange, PathTracker};
 use trellis_mesh::roaming::AppliedEndpoints;
 use trellis_mesh::LocalError;
 use trellis_mesh::{
-    desired_mesh, ClusterRejection, Desired, ExternalPeerInfo, LocalNode, MeshInputs, NodeInfo,
-    PeerChange, Plan, PublicKey, Rejection,
+    desired_mesh, ClusterRejection, Desired, LocalNode, MeshInputs, PeerChange, Plan, PublicKey,
+    Rejection,
 };
 
 use crate::dataplane::{Dataplane, DataplaneError, Observation};
@@ -49,9 +49,10 @@ impl Outcome {
     }
 }
 
+/// One node's reconciles: the dataplane and what the agent remembers
+/// between them (rejections reported, endpoints applied, paths tried).
 #[derive(Debug)]
 pub struct Reconciler<D> {
-    pub local: LocalNode,
     pub nft_table: String,
     pub dataplane: D,
     pub metrics: Metrics,
@@ -61,9 +62,8 @@ pub struct Reconciler<D> {
 }
 
 impl<D: Dataplane> Reconciler<D> {
-    pub fn new(local: LocalNode, nft_table: &str, dataplane: D, metrics: Metrics) -> Self {
+    pub fn new(nft_table: &str, dataplane: D, metrics: Metrics) -> Self {
         Reconciler {
-            local,
             nft_table: nft_table.to_string(),
             dataplane,
             metrics,
@@ -73,31 +73,19 @@ impl<D: Dataplane> Reconciler<D> {
         }
     }
 
-    /// Brings the dataplane to the desired state of `nodes`. On any error
-    /// nothing is torn down: the dataplane keeps its last state.
-    pub async fn reconcile(
-        &mut self,
-        nodes: &[NodeInfo],
-        external: &[ExternalPeerInfo],
-        resolve: &dyn Fn(&str, u16) -> Option<SocketAddr>,
-    ) -> Result<Outcome, ReconcileError> {
-        let inputs = MeshInputs {
-            nodes,
-            external,
-            remotes: &[],
-            declared: &trellis_mesh::DeclaredRanges::private(),
-        };
-        self.reconcile_mesh(&inputs, resolve).await
-    }
-
-    /// [`Reconciler::reconcile`] with linked clusters too.
+    /// Brings the dataplane of `local` to the desired state of `inputs`,
+    /// at wall-clock time `now` (handshake ages). `resolve` answers the DNS
+    /// names of endpoints (already resolved: it must not block). On any
+    /// error nothing is torn down: the dataplane keeps its last state.
     pub async fn reconcile_mesh(
         &mut self,
+        local: &LocalNode,
         inputs: &MeshInputs<'_>,
         resolve: &dyn Fn(&str, u16) -> Option<SocketAddr>,
+        now: SystemTime,
     ) -> Result<Outcome, ReconcileError> {
         let start = Instant::now();
-        let result = self.reconcile_inner(inputs, resolve).await;
+        let result = self.reconcile_inner(local, inputs, resolve, now).await;
         self.metrics
             .reconcile_duration
             .observe(start.elapsed().as_secs_f64());
@@ -109,22 +97,23 @@ impl<D: Dataplane> Reconciler<D> {
 
     async fn reconcile_inner(
         &mut self,
+        local: &LocalNode,
         inputs: &MeshInputs<'_>,
         resolve: &dyn Fn(&str, u16) -> Option<SocketAddr>,
+        now: SystemTime,
     ) -> Result<Outcome, ReconcileError> {
-        let mut desired = desired_mesh(&self.local, inputs, resolve)?;
+        let mut desired = desired_mesh(local, inputs, resolve)?;
         let ruleset = masquerade_ruleset(&desired, &self.nft_table);
         let observation = self.dataplane.observe().await?;
-        let now = SystemTime::now();
         let handshakes = observation
             .device
             .peers
             .iter()
             .filter_map(|(key, peer)| Some((*key, peer.last_handshake?)))
             .collect();
-        for change in
-            self.paths
-                .route_via_relays(&mut desired, &self.local.public_key, &handshakes, now)
+        for change in self
+            .paths
+            .route_via_relays(&mut desired, &local.public_key, &handshakes, now)
         {
             match change {
                 PathChange::Relayed { peer, via } => {
@@ -243,10 +232,10 @@ mod tests {
     use std::collections::BTreeMap;
 
     use trellis_mesh::names::*;
-    use trellis_mesh::PublicKey;
+    use trellis_mesh::{ExternalPeerInfo, NodeInfo, PublicKey};
 
     use super::*;
-    use crate::dataplane::FakeDataplane;
+    use crate::dataplane::fake::FakeDataplane;
 
     fn node(i: u8) -> NodeInfo {
         let mut annotations = BTreeMap::new();
@@ -268,23 +257,38 @@ mod tests {
     }
 
     fn reconciler() -> Reconciler<FakeDataplane> {
-        let local = LocalNode {
-            name: "n0".into(),
-            public_key: PublicKey([0; 32]),
-            interface: "trellis".into(),
-            listen_port: 51820,
-            mtu: 1420,
-        };
-        Reconciler::new(
-            local,
-            "trellis",
-            FakeDataplane::default(),
-            Metrics::default(),
-        )
+        Reconciler::new("trellis", FakeDataplane::default(), Metrics::default())
     }
 
     fn no_dns(_: &str, _: u16) -> Option<SocketAddr> {
         None
+    }
+
+    impl Reconciler<FakeDataplane> {
+        /// A reconcile of node n0 among `nodes` and Peers `external`.
+        async fn reconcile(
+            &mut self,
+            nodes: &[NodeInfo],
+            external: &[ExternalPeerInfo],
+            resolve: &dyn Fn(&str, u16) -> Option<SocketAddr>,
+        ) -> Result<Outcome, ReconcileError> {
+            let local = LocalNode {
+                name: "n0".into(),
+                public_key: PublicKey([0; 32]),
+                interface: "trellis".into(),
+                listen_port: 51820,
+                mtu: 1420,
+            };
+            let declared = trellis_mesh::DeclaredRanges::private();
+            let inputs = MeshInputs {
+                nodes,
+                external,
+                remotes: &[],
+                declared: &declared,
+            };
+            self.reconcile_mesh(&local, &inputs, resolve, SystemTime::now())
+                .await
+        }
     }
 
     #[tokio::test]

@@ -242,3 +242,35 @@ impl RemoteClusters {
             .collect()
     }
 }
+
+/// The linked clusters as the agent's loop uses them: a trait, so that the
+/// loop is unit-tested without remote API servers.
+#[allow(async_fn_in_trait)]
+pub trait LinkedClusters {
+    /// Follows the link Secrets; the links that became unusable, once.
+    async fn follow(&mut self, secrets: &[Arc<Secret>]) -> Vec<(ObjectReference, String)>;
+    /// The linked clusters as the mesh sees them.
+    fn remote_clusters(&self) -> Vec<RemoteCluster>;
+    /// The Secret linking `cluster`.
+    fn secret_of(&self, cluster: &str) -> Option<&ObjectReference>;
+    /// How each linked cluster stands after reconciling to `desired`.
+    fn reports(&self, desired: &Desired) -> Vec<LinkedClusterReport>;
+}
+
+impl LinkedClusters for RemoteClusters {
+    async fn follow(&mut self, secrets: &[Arc<Secret>]) -> Vec<(ObjectReference, String)> {
+        RemoteClusters::follow(self, secrets).await
+    }
+
+    fn remote_clusters(&self) -> Vec<RemoteCluster> {
+        RemoteClusters::remote_clusters(self)
+    }
+
+    fn secret_of(&self, cluster: &str) -> Option<&ObjectReference> {
+        RemoteClusters::secret_of(self, cluster)
+    }
+
+    fn reports(&self, desired: &Desired) -> Vec<LinkedClusterReport> {
+        RemoteClusters::reports(self, desired)
+    }
+}

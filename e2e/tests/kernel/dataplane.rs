@@ -7,17 +7,18 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::mpsc;
+use std::time::SystemTime;
 
 use libtest_mimic::Failed;
 use trellis_agent::dataplane::NodeDataplane;
 use trellis_agent::kernel_wg::KernelWg;
 use trellis_agent::key::PrivateKey;
-use trellis_agent::link::Links;
 use trellis_agent::metrics::Metrics;
+use trellis_agent::netlink::Netlink;
 use trellis_agent::reconcile::{Outcome, Reconciler};
 use trellis_e2e::{cmd, netns};
 use trellis_mesh::names::{ANNOTATION_ENDPOINT, ANNOTATION_PUBLIC_KEY, DEFAULT_LISTEN_PORT};
-use trellis_mesh::{LocalNode, NodeInfo, PeerChange, PublicKey};
+use trellis_mesh::{DeclaredRanges, LocalNode, MeshInputs, NodeInfo, PeerChange, PublicKey};
 
 use crate::{check, INTERFACE};
 
@@ -66,7 +67,7 @@ impl KernelNode {
                 runtime.block_on(async move {
                     let dataplane = NodeDataplane {
                         wg: Box::new(KernelWg::new(INTERFACE).expect("interface name")),
-                        links: Links::connect().expect("netlink"),
+                        netlink: Netlink::connect().expect("netlink"),
                         interface: INTERFACE.to_string(),
                         private_key: key,
                         nft_table: "trellis".to_string(),
@@ -74,12 +75,18 @@ impl KernelNode {
                         nft_record: None,
                         creates_interface: true,
                     };
-                    let mut reconciler =
-                        Reconciler::new(local, "trellis", dataplane, Metrics::default());
+                    let mut reconciler = Reconciler::new("trellis", dataplane, Metrics::default());
                     let no_dns = |_: &str, _: u16| None;
+                    let declared = DeclaredRanges::private();
                     while let Some((nodes, reply)) = rx.recv().await {
+                        let inputs = MeshInputs {
+                            nodes: &nodes,
+                            external: &[],
+                            remotes: &[],
+                            declared: &declared,
+                        };
                         let outcome = reconciler
-                            .reconcile(&nodes, &[], &no_dns)
+                            .reconcile_mesh(&local, &inputs, &no_dns, SystemTime::now())
                             .await
                             .map_err(|e| e.to_string());
                         let _ = reply.send(outcome);
@@ -443,6 +450,69 @@ pub(crate) fn recreates_a_deleted_interface() -> Result<(), Failed> {
         "routes not restored",
     )?;
     pair.ping(&pair.a, &pair.b)?;
+    Ok(())
+}
+
+/// A rule of the masquerade table edited behind the agent's back (here:
+/// the masquerade rule flushed, and a rule of someone else's added) is
+/// noticed from the kernel's own listing and the table loaded again at the
+/// next reconcile, as it was.
+pub(crate) fn repairs_an_edited_masquerade_table() -> Result<(), Failed> {
+    let pair = Pair::new("nft")?;
+    pair.converge()?;
+    let ns = &pair.a.netns;
+    let list = || cmd::in_netns(ns, "nft", &["list", "table", "inet", "trellis"]);
+    let loaded = list()?;
+    check(loaded.contains("masquerade"), loaded.clone())?;
+    cmd::in_netns(
+        ns,
+        "nft",
+        &["flush", "chain", "inet", "trellis", "postrouting"],
+    )?;
+    cmd::in_netns(
+        ns,
+        "nft",
+        &[
+            "add",
+            "rule",
+            "inet",
+            "trellis",
+            "postrouting",
+            "ip",
+            "daddr",
+            "198.51.100.0/24",
+            "accept",
+        ],
+    )?;
+    let edited = list()?;
+    check(
+        !edited.contains("masquerade") && edited.contains("198.51.100.0/24"),
+        edited.clone(),
+    )?;
+    let outcome = pair.a.reconcile(&pair.infos())?;
+    check(
+        outcome.plan.nft_ruleset.is_some() && outcome.plan.peers.is_empty(),
+        format!(
+            "the plan loads the table and nothing else: {:?}",
+            outcome.plan
+        ),
+    )?;
+    let repaired = list()?;
+    check(
+        repaired == loaded,
+        format!("the table is not as loaded:\n{repaired}\nwant:\n{loaded}"),
+    )?;
+    let again = pair.a.reconcile(&pair.infos())?;
+    check(
+        again.plan.is_empty(),
+        format!("a repaired table is planned again: {:?}", again.plan),
+    )?;
+    cmd::in_netns(ns, "nft", &["delete", "table", "inet", "trellis"])?;
+    let outcome = pair.a.reconcile(&pair.infos())?;
+    check(
+        outcome.plan.nft_ruleset.is_some() && list()? == loaded,
+        "a deleted table is loaded again",
+    )?;
     Ok(())
 }
 

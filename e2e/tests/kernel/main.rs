@@ -74,6 +74,10 @@ fn main() -> std::process::ExitCode {
             dataplane::recreates_a_deleted_interface,
         ),
         Trial::test(
+            "dataplane::repairs_an_edited_masquerade_table",
+            dataplane::repairs_an_edited_masquerade_table,
+        ),
+        Trial::test(
             "agent::kernel_and_trellis_wg_nodes_mesh",
             agent::kernel_and_trellis_wg_nodes_mesh,
         ),

@@ -18,14 +18,14 @@ use trellis_mesh::Route;
 
 #[derive(Debug, thiserror::Error)]
 #[error("netlink: {context}: {message}")]
-pub struct LinkError {
+pub struct NetlinkError {
     pub context: String,
     pub message: String,
 }
 
-fn err(context: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> LinkError {
+fn err(context: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
     let context = context.into();
-    move |e| LinkError {
+    move |e| NetlinkError {
         context,
         message: e.to_string(),
     }
@@ -44,7 +44,7 @@ fn code(e: &rtnetlink::Error) -> Option<i32> {
 
 /// The interface's state as the plan needs it.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct LinkState {
+pub struct InterfaceState {
     pub index: u32,
     pub up: bool,
     pub mtu: u32,
@@ -53,19 +53,19 @@ pub struct LinkState {
 
 /// rtnetlink on the agent's runtime.
 #[derive(Debug, Clone)]
-pub struct Links {
+pub struct Netlink {
     handle: Handle,
 }
 
-impl Links {
+impl Netlink {
     /// Opens a netlink connection (on the current tokio runtime).
     pub fn connect() -> std::io::Result<Self> {
         let (connection, handle, _) = rtnetlink::new_connection()?;
         tokio::spawn(connection);
-        Ok(Links { handle })
+        Ok(Netlink { handle })
     }
 
-    pub async fn link(&self, name: &str) -> Result<Option<LinkMessage>, LinkError> {
+    pub async fn link(&self, name: &str) -> Result<Option<LinkMessage>, NetlinkError> {
         match self
             .handle
             .link()
@@ -82,11 +82,11 @@ impl Links {
     }
 
     /// The interface's state, `None` when it does not exist.
-    pub async fn state(&self, name: &str) -> Result<Option<LinkState>, LinkError> {
+    pub async fn state(&self, name: &str) -> Result<Option<InterfaceState>, NetlinkError> {
         let Some(link) = self.link(name).await? else {
             return Ok(None);
         };
-        let mut state = LinkState {
+        let mut state = InterfaceState {
             index: link.header.index,
             up: link.header.flags.contains(LinkFlags::Up),
             ..Default::default()
@@ -124,7 +124,7 @@ impl Links {
         index: u32,
         mtu: Option<u32>,
         up: bool,
-    ) -> Result<(), LinkError> {
+    ) -> Result<(), NetlinkError> {
         let mut msg = LinkUnspec::new_with_index(index);
         if let Some(m) = mtu {
             msg = msg.mtu(m);
@@ -140,7 +140,7 @@ impl Links {
             .map_err(err("setting MTU / up"))
     }
 
-    pub async fn add_address(&self, index: u32, net: IpNet) -> Result<(), LinkError> {
+    pub async fn add_address(&self, index: u32, net: IpNet) -> Result<(), NetlinkError> {
         let mut req = self
             .handle
             .address()
@@ -157,7 +157,7 @@ impl Links {
         }
     }
 
-    pub async fn remove_address(&self, index: u32, net: IpNet) -> Result<(), LinkError> {
+    pub async fn remove_address(&self, index: u32, net: IpNet) -> Result<(), NetlinkError> {
         let mut addrs = self
             .handle
             .address()
@@ -177,7 +177,7 @@ impl Links {
     }
 
     /// Our routes (protocol ROUTE_PROTOCOL_MESH) in the main table.
-    pub async fn mesh_routes(&self) -> Result<BTreeSet<Route>, LinkError> {
+    pub async fn mesh_routes(&self) -> Result<BTreeSet<Route>, NetlinkError> {
         let mut out = BTreeSet::new();
         for request in [
             RouteMessageBuilder::<Ipv4Addr>::new().build(),
@@ -223,7 +223,7 @@ impl Links {
         }
     }
 
-    pub async fn add_route(&self, index: u32, route: &Route) -> Result<(), LinkError> {
+    pub async fn add_route(&self, index: u32, route: &Route) -> Result<(), NetlinkError> {
         let msg = Self::route_message(index, route);
         match self.handle.route().add(msg).replace().execute().await {
             Err(e) if code(&e) == Some(EEXIST) => Ok(()),
@@ -231,7 +231,7 @@ impl Links {
         }
     }
 
-    pub async fn remove_route(&self, route: &Route) -> Result<(), LinkError> {
+    pub async fn remove_route(&self, route: &Route) -> Result<(), NetlinkError> {
         // Delete by destination and protocol: never a route that is not ours.
         let mut routes = self
             .handle
@@ -259,7 +259,7 @@ impl Links {
     }
 
     /// The MTU of the interface that holds `addr` (the underlay).
-    pub async fn mtu_of_interface_with(&self, addr: IpAddr) -> Result<Option<u32>, LinkError> {
+    pub async fn mtu_of_interface_with(&self, addr: IpAddr) -> Result<Option<u32>, NetlinkError> {
         let mut addrs = self
             .handle
             .address()
