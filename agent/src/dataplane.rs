@@ -8,10 +8,12 @@
 //! with the ruleset it loaded; at each observe it lists the table again. A
 //! table that is missing, or lists otherwise than recorded (a rule edited,
 //! added or deleted inside `inet trellis` by someone else), is loaded
-//! again by the next plan. The `nft` program stays: its text is the only
-//! stable form of a ruleset, and netlink crates that program nftables
-//! without it either bind libnftnl (a C library the static image would
-//! need) or cannot read rules back.
+//! again by the next plan. The `nft` program stays for now: its text is
+//! the stable form of a ruleset that both loading and reading back share.
+//! Of the crates that speak nftables over netlink, `nftnl` binds libnftnl
+//! (a C library the static image would need), `rustables` (pure Rust since
+//! 0.8) is GPL-3.0 and calls itself rough and built by trial and error, and
+//! `nf_tables` is at 0.1; none is yet the maintained base this deserves.
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::Stdio;
