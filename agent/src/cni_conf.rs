@@ -93,8 +93,8 @@ mod tests {
 
     #[test]
     fn written_once_and_atomically() {
-        let dir = std::env::temp_dir().join(format!("trellis-conflist-{}", std::process::id()));
-        let path = dir.join("10-trellis.conflist");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("net.d/10-trellis.conflist");
         let v = conflist(
             &["10.244.1.0/24".parse().unwrap()],
             1420,
@@ -113,6 +113,5 @@ mod tests {
         assert!(write_if_changed(&path, &changed).unwrap());
         assert!(remove(&path).unwrap());
         assert!(!remove(&path).unwrap(), "already gone counts as removed");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -65,17 +65,10 @@ fn write_executable(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("trellis-install-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     #[test]
     fn installs_replaces_and_leaves_an_identical_binary_alone() {
-        let dir = temp_dir("replace");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let source = dir.join("src");
         let bin = dir.join("bin");
         std::fs::create_dir(&bin).unwrap();
@@ -107,13 +100,13 @@ mod tests {
             .map(|e| e.file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("trellis-cni")]);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_missing_source_or_bin_dir_says_what_to_fix() {
-        let dir = temp_dir("missing");
-        let err = install(&dir.join("nope"), &dir, "trellis-cni")
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let err = install(&dir.join("nope"), dir, "trellis-cni")
             .unwrap_err()
             .to_string();
         assert!(err.contains("is it in the image"), "{err}");
@@ -122,6 +115,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("CNI bin dir mounted"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

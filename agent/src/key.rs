@@ -126,15 +126,10 @@ impl PrivateKey {
 mod tests {
     use super::*;
 
-    fn tmp(tag: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("trellis-key-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
-    }
-
     #[test]
     fn generated_once_private_and_stable() {
-        let dir = tmp("gen");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
         let path = dir.join("key");
         let first = PrivateKey::load_or_generate(&path).unwrap();
         assert_eq!(
@@ -143,7 +138,6 @@ mod tests {
         );
         let again = PrivateKey::load_or_generate(&path).unwrap();
         assert_eq!(first.public_key(), again.public_key());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -172,19 +166,20 @@ mod tests {
 
     #[test]
     fn a_malformed_key_file_is_reported_not_replaced() {
-        let dir = tmp("bad");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("key");
         std::fs::write(&path, "garbage").unwrap();
         let err = PrivateKey::load_or_generate(&path).unwrap_err();
         assert!(err.to_string().contains("not a WireGuard key"));
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "garbage");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn an_open_key_file_is_made_private() {
-        let dir = tmp("open");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("key");
         std::fs::write(&path, PrivateKey::generate().to_base64()).unwrap();
@@ -194,6 +189,5 @@ mod tests {
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -112,8 +112,8 @@ mod tests {
 
     #[test]
     fn an_old_allocation_without_its_interface_is_released() {
-        let dir = std::env::temp_dir().join(format!("trellis-leaks-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ipam");
         let store = Store::open(&dir, "trellis").unwrap();
         let cidrs = ["10.244.1.0/24".parse().unwrap()];
         let gone = store.allocate(&Owner::new("gone", "eth0"), &cidrs).unwrap();
@@ -129,6 +129,5 @@ mod tests {
             store.addresses_of(&Owner::new("live", "eth0")).unwrap(),
             live
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -397,26 +397,9 @@ fn u128_to_ip(value: u128, v4: bool) -> IpAddr {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use tempfile::TempDir;
 
-    struct TempDir(PathBuf);
-    impl TempDir {
-        fn new(tag: &str) -> Self {
-            let n = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos();
-            let dir =
-                std::env::temp_dir().join(format!("trellis-ipam-{tag}-{}-{n}", std::process::id()));
-            fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use super::*;
 
     fn nets(list: &[&str]) -> Vec<IpNet> {
         list.iter().map(|s| s.parse().unwrap()).collect()
@@ -424,8 +407,8 @@ mod tests {
 
     #[test]
     fn only_old_unattached_allocations_are_released_as_leaked() {
-        let tmp = TempDir::new("leaks");
-        let store = Store::open(&tmp.0, "net").unwrap();
+        let tmp = TempDir::new().unwrap();
+        let store = Store::open(tmp.path(), "net").unwrap();
         let cidrs = nets(&["10.244.1.0/24"]);
         let (live, lost, young) = (
             Owner::new("live", "eth0"),
@@ -442,7 +425,7 @@ mod tests {
         assert!(released.is_empty() && errors.is_empty());
         // Ten minutes on, "young" was handed out again (a retried ADD).
         let young_file = tmp
-            .0
+            .path()
             .join("net")
             .join(store.addresses_of(&young).unwrap()[0].to_string());
         fs::File::options()
@@ -461,12 +444,12 @@ mod tests {
 
     #[test]
     fn a_retried_add_refreshes_its_allocation() {
-        let tmp = TempDir::new("touch");
-        let store = Store::open(&tmp.0, "net").unwrap();
+        let tmp = TempDir::new().unwrap();
+        let store = Store::open(tmp.path(), "net").unwrap();
         let cidrs = nets(&["10.244.1.0/24"]);
         let owner = Owner::new("c1", "eth0");
         let addr = store.allocate(&owner, &cidrs).unwrap()[0];
-        let file = tmp.0.join("net").join(addr.to_string());
+        let file = tmp.path().join("net").join(addr.to_string());
         let old = SystemTime::now() - Duration::from_secs(3600);
         fs::File::options()
             .write(true)
@@ -481,8 +464,8 @@ mod tests {
 
     #[test]
     fn retries_get_the_same_addresses() {
-        let tmp = TempDir::new("retry");
-        let store = Store::open(&tmp.0, "net").unwrap();
+        let tmp = TempDir::new().unwrap();
+        let store = Store::open(tmp.path(), "net").unwrap();
         let cidrs = nets(&["10.244.1.0/24", "fd00:10:244:1::/64"]);
         let owner = Owner::new("c1", "eth0");
         let first = store.allocate(&owner, &cidrs).unwrap();
@@ -497,8 +480,8 @@ mod tests {
 
     #[test]
     fn reserved_addresses_are_never_handed_out() {
-        let tmp = TempDir::new("reserved");
-        let store = Store::open(&tmp.0, "net").unwrap();
+        let tmp = TempDir::new().unwrap();
+        let store = Store::open(tmp.path(), "net").unwrap();
         let cidrs = nets(&["10.0.0.0/29"]);
         let mut got = Vec::new();
         for i in 0..5 {
@@ -526,8 +509,8 @@ mod tests {
 
     #[test]
     fn exhaustion_in_one_family_allocates_nothing() {
-        let tmp = TempDir::new("allornothing");
-        let store = Store::open(&tmp.0, "net").unwrap();
+        let tmp = TempDir::new().unwrap();
+        let store = Store::open(tmp.path(), "net").unwrap();
         let v4 = nets(&["10.0.0.0/30"]);
         store.allocate(&Owner::new("a", "eth0"), &v4).unwrap();
         let dual = nets(&["fd00::/64", "10.0.0.0/30"]);
@@ -540,8 +523,8 @@ mod tests {
 
     #[test]
     fn release_is_idempotent_and_round_robin_avoids_reuse() {
-        let tmp = TempDir::new("release");
-        let store = Store::open(&tmp.0, "net").unwrap();
+        let tmp = TempDir::new().unwrap();
+        let store = Store::open(tmp.path(), "net").unwrap();
         let cidrs = nets(&["10.0.0.0/24"]);
         let a = Owner::new("a", "eth0");
         let first = store.allocate(&a, &cidrs).unwrap();
@@ -553,8 +536,8 @@ mod tests {
 
     #[test]
     fn release_all_but_keeps_the_valid_ones() {
-        let tmp = TempDir::new("gc");
-        let store = Store::open(&tmp.0, "net").unwrap();
+        let tmp = TempDir::new().unwrap();
+        let store = Store::open(tmp.path(), "net").unwrap();
         let cidrs = nets(&["10.0.0.0/24"]);
         for c in ["a", "b", "c"] {
             store.allocate(&Owner::new(c, "eth0"), &cidrs).unwrap();
@@ -573,19 +556,19 @@ mod tests {
 
     #[test]
     fn crash_leftovers_are_cleaned_and_unreadable_files_stay_allocated() {
-        let tmp = TempDir::new("crash");
+        let tmp = TempDir::new().unwrap();
         let cidrs = nets(&["10.0.0.0/29"]);
         {
-            let store = Store::open(&tmp.0, "net").unwrap();
+            let store = Store::open(tmp.path(), "net").unwrap();
             assert_eq!(
                 store.allocate(&Owner::new("a", "eth0"), &cidrs).unwrap(),
                 vec!["10.0.0.2".parse::<IpAddr>().unwrap()]
             );
         }
-        let dir = tmp.0.join("net");
+        let dir = tmp.path().join("net");
         fs::write(dir.join(".tmp-10.0.0.9"), "half").unwrap();
         fs::write(dir.join("10.0.0.3"), "").unwrap();
-        let store = Store::open(&tmp.0, "net").unwrap();
+        let store = Store::open(tmp.path(), "net").unwrap();
         assert!(
             !dir.join(".tmp-10.0.0.9").exists(),
             "the half-written file is gone"
@@ -601,21 +584,21 @@ mod tests {
 
     #[test]
     fn a_held_lock_makes_the_caller_retry_later() {
-        let tmp = TempDir::new("lock");
-        let _held = Store::open(&tmp.0, "net").unwrap();
+        let tmp = TempDir::new().unwrap();
+        let _held = Store::open(tmp.path(), "net").unwrap();
         let start = Instant::now();
         // A second open in the same process contends on a separate open file
         // description, as another process would.
         let wait = Duration::from_millis(100);
-        let err = Store::open_waiting(&tmp.0, "net", wait).unwrap_err();
+        let err = Store::open_waiting(tmp.path(), "net", wait).unwrap_err();
         assert_eq!(err.code(), crate::error::code::TRY_AGAIN_LATER);
         assert!(start.elapsed() >= wait);
     }
 
     #[test]
     fn large_ipv6_ranges_allocate_quickly() {
-        let tmp = TempDir::new("v6");
-        let store = Store::open(&tmp.0, "net").unwrap();
+        let tmp = TempDir::new().unwrap();
+        let store = Store::open(tmp.path(), "net").unwrap();
         let cidrs = nets(&["fd00::/64"]);
         for i in 0..50 {
             let a = store

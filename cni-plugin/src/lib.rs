@@ -54,7 +54,7 @@ pub fn run<N: PodNetwork>(
             ),
         );
         if inv.command == env::Command::Version {
-            return plugin::handle(&inv, stdin, &mut podnet::FakePodNetwork::default());
+            return Ok(Some(version::answer(stdin)));
         }
         let mut net = make_net()?;
         plugin::handle(&inv, stdin, &mut net)

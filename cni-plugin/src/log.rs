@@ -161,7 +161,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::podnet::FakePodNetwork;
+    use crate::podnet::fake::FakePodNetwork;
 
     /// `YYYY-MM-DDTHH:MM:SS.mmmZ`
     fn is_rfc3339_utc_millis(text: &str) -> bool {
@@ -179,13 +179,11 @@ mod tests {
 
     #[test]
     fn each_line_names_the_pod_and_starts_with_an_rfc3339_utc_time() {
-        let dir = std::env::temp_dir().join(format!("trellis-cni-log-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("cni.log");
+        let dir = tempfile::TempDir::new().unwrap();
+        let file = dir.path().join("cni.log");
         let conf = serde_json::json!({
             "cniVersion": "1.1.0", "name": "trellis", "podCIDRs": ["10.244.1.0/24"],
-            "dataDir": dir.join("ipam"), "logFile": file,
+            "dataDir": dir.path().join("ipam"), "logFile": file,
         });
         // DEL reads CNI_ARGS leniently, and so does the log: the garbage in
         // the middle fails neither.
@@ -207,7 +205,6 @@ mod tests {
         );
         assert!(out.success, "{}", out.stdout);
         let text = std::fs::read_to_string(&file).unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
         assert!(!text.is_empty());
         for line in text.lines() {
             let (time, rest) = line.split_once(' ').unwrap();

@@ -17,21 +17,17 @@ use crate::version::{self, Version};
 
 /// Runs one CNI call. `Ok(Some(json))` is printed on stdout; `Ok(None)`
 /// prints nothing (DEL, GC, STATUS succeed silently).
+///
+/// VERSION needs no [`PodNetwork`]: [`crate::run`] answers it with
+/// [`version::answer`] without building one, and so does this function,
+/// without touching `net`, should it be called with VERSION.
 pub fn handle(
     inv: &Invocation,
     stdin: &[u8],
     net: &mut impl PodNetwork,
 ) -> Result<Option<Value>, CniError> {
     if inv.command == Command::Version {
-        let requested = serde_json::from_slice::<Value>(stdin).ok().and_then(|v| {
-            v.get("cniVersion")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        });
-        let reply = version::version_reply(requested.as_deref());
-        return Ok(Some(
-            serde_json::to_value(reply).expect("version reply serializes"),
-        ));
+        return Ok(Some(version::answer(stdin)));
     }
     let conf = NetConf::parse(stdin)?;
     match inv.command {

@@ -2,27 +2,26 @@
 //! IPAM store in a temp dir (no root, no network).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
+use tempfile::TempDir;
 
-use crate::podnet::{self, FakePodNetwork};
+use crate::podnet::{self, fake::FakePodNetwork};
 use crate::{run, Outcome};
 
 pub(crate) struct Fixture {
-    pub(crate) dir: PathBuf,
+    /// The IPAM store's data dir; removed when the fixture drops.
+    pub(crate) dir: TempDir,
     pub(crate) net: FakePodNetwork,
 }
 
 impl Fixture {
     pub(crate) fn new(tag: &str) -> Self {
-        let n = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let dir =
-            std::env::temp_dir().join(format!("trellis-cni-{tag}-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("trellis-cni-{tag}-"))
+            .tempdir()
+            .unwrap();
         let net = FakePodNetwork {
             namespaces: vec![
                 PathBuf::from("/run/netns/pod1"),
@@ -37,7 +36,7 @@ impl Fixture {
         let mut conf = json!({
             "cniVersion": version, "name": "trellis", "type": "trellis-cni", "mtu": 1400,
             "podCIDRs": ["10.244.1.0/24", "fd00:10:244:1::/64"],
-            "dataDir": self.dir.join("ipam"),
+            "dataDir": self.dir.path().join("ipam"),
         });
         for (k, v) in extra.as_object().unwrap() {
             conf[k] = v.clone();
@@ -55,7 +54,7 @@ impl Fixture {
     }
 
     pub(crate) fn allocations(&self) -> usize {
-        let dir = self.dir.join("ipam/trellis");
+        let dir = self.dir.path().join("ipam/trellis");
         std::fs::read_dir(dir)
             .map(|d| {
                 d.flatten()
@@ -68,12 +67,6 @@ impl Fixture {
                     .count()
             })
             .unwrap_or(0)
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -407,8 +400,30 @@ mod never_panics {
     use super::*;
     use proptest::prelude::*;
 
-    fn proptest_dir() -> PathBuf {
-        std::env::temp_dir().join(format!("trellis-cni-proptest-{}", std::process::id()))
+    /// What the runtime hands the plugin on stdin.
+    #[derive(Debug, Clone)]
+    enum Stdin {
+        /// Any bytes.
+        Bytes(Vec<u8>),
+        /// A configuration; its data dir, unless a field replaced it, is
+        /// the case's own temp dir.
+        Conf(Value),
+    }
+
+    impl Stdin {
+        fn to_bytes(&self, data_dir: &Path) -> Vec<u8> {
+            match self {
+                Stdin::Bytes(bytes) => bytes.clone(),
+                Stdin::Conf(conf) => {
+                    let mut conf = conf.clone();
+                    conf.as_object_mut()
+                        .expect("a configuration is an object")
+                        .entry("dataDir")
+                        .or_insert_with(|| json!(data_dir));
+                    serde_json::to_vec(&conf).unwrap()
+                }
+            }
+        }
     }
 
     fn command() -> impl Strategy<Value = Option<String>> {
@@ -424,19 +439,38 @@ mod never_panics {
         ]
     }
 
-    fn stdin() -> impl Strategy<Value = Vec<u8>> {
+    fn stdin() -> impl Strategy<Value = Stdin> {
         prop_oneof![
-            proptest::collection::vec(any::<u8>(), 0..200),
+            proptest::collection::vec(any::<u8>(), 0..200).prop_map(Stdin::Bytes),
             // Valid configurations with fields replaced by arbitrary JSON.
-            (".{0,8}", prop_oneof![Just(json!(null)), Just(json!(7)), Just(json!("x")), Just(json!([1])), Just(json!({"a": 1}))])
+            (
+                ".{0,8}",
+                prop_oneof![
+                    Just(json!(null)),
+                    Just(json!(7)),
+                    Just(json!("x")),
+                    Just(json!([1])),
+                    Just(json!({"a": 1}))
+                ]
+            )
                 .prop_map(|(key, value)| {
-                    let mut conf = json!({"cniVersion": "1.1.0", "name": "n", "podCIDRs": ["10.1.0.0/24"], "dataDir": proptest_dir()});
-                    for k in ["cniVersion", "name", "podCIDRs", "mtu", "prevResult", "ipam", "cni.dev/valid-attachments", key.as_str()] {
+                    let mut conf =
+                        json!({"cniVersion": "1.1.0", "name": "n", "podCIDRs": ["10.1.0.0/24"]});
+                    for k in [
+                        "cniVersion",
+                        "name",
+                        "podCIDRs",
+                        "mtu",
+                        "prevResult",
+                        "ipam",
+                        "cni.dev/valid-attachments",
+                        key.as_str(),
+                    ] {
                         if key.len() % 2 == 0 || k == key {
                             conf[k] = value.clone();
                         }
                     }
-                    serde_json::to_vec(&conf).unwrap()
+                    Stdin::Conf(conf)
                 }),
         ]
     }
@@ -460,9 +494,11 @@ mod never_panics {
                     map.insert(k.to_string(), v);
                 }
             }
+            // Each case its own store, removed when the case ends.
+            let data_dir = TempDir::new().unwrap();
+            let stdin = stdin.to_bytes(data_dir.path());
             let mut net = FakePodNetwork { namespaces: vec![PathBuf::from("/run/netns/pod1")], ..Default::default() };
             let out = run(|k| map.get(k).cloned(), &stdin, || Ok(&mut net));
-            let _ = std::fs::remove_dir_all(proptest_dir());
             if out.success {
                 prop_assert!(out.stdout.is_empty() || serde_json::from_str::<Value>(&out.stdout).is_ok());
             } else {

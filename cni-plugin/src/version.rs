@@ -2,6 +2,7 @@
 //! allows, and the VERSION reply.
 
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::error::CniError;
 
@@ -81,6 +82,18 @@ pub fn version_reply(requested: Option<&str>) -> VersionReply {
     }
 }
 
+/// The whole VERSION call: the reply to print for the configuration on
+/// stdin. It needs no kernel access and no valid configuration: the
+/// `cniVersion` is read leniently, and anything unreadable asks about none.
+pub fn answer(stdin: &[u8]) -> Value {
+    let requested = serde_json::from_slice::<Value>(stdin).ok().and_then(|v| {
+        v.get("cniVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
+    serde_json::to_value(version_reply(requested.as_deref())).expect("version reply serializes")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +137,17 @@ mod tests {
             SUPPORTED.len()
         );
         assert_eq!(version_reply(None).cni_version, LATEST);
+    }
+
+    #[test]
+    fn answer_reads_the_requested_version_leniently() {
+        assert_eq!(answer(br#"{"cniVersion":"0.4.0"}"#)["cniVersion"], "0.4.0");
+        for stdin in [&b""[..], b"garbage", br#"{"cniVersion":7}"#] {
+            assert_eq!(answer(stdin)["cniVersion"], LATEST, "{stdin:?}");
+        }
+        assert_eq!(
+            answer(b"")["supportedVersions"],
+            serde_json::json!(SUPPORTED)
+        );
     }
 }

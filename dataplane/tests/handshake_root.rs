@@ -112,7 +112,7 @@ fn handshake(socket: &Path, public_key: &str) -> Option<u64> {
 /// everything goes when it is dropped.
 struct Node {
     name: String,
-    dir: PathBuf,
+    dir: tempfile::TempDir,
     device: Option<Child>,
 }
 
@@ -123,9 +123,10 @@ impl Node {
         remove_namespace(&name);
         ip(&["netns", "add", &name]);
         ip(&["-n", &name, "link", "set", "lo", "up"]);
-        let dir = std::env::temp_dir().join(format!("trellis-wg-test-{name}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("trellis-wg-test-{name}-"))
+            .tempdir()
+            .unwrap();
         Node {
             name,
             dir,
@@ -134,7 +135,7 @@ impl Node {
     }
 
     fn front_socket(&self) -> PathBuf {
-        self.dir.join(format!("{}.sock", self.name))
+        self.dir.path().join(format!("{}.sock", self.name))
     }
 
     fn inner_socket(&self) -> PathBuf {
@@ -142,13 +143,13 @@ impl Node {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("trellis-wg.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("trellis-wg.log")).unwrap_or_default()
     }
 
     /// Starts trellis-wg, serving its socket in the node's directory, and
     /// waits for it.
     fn start_device(&mut self) {
-        let log = std::fs::File::create(self.dir.join("trellis-wg.log")).unwrap();
+        let log = std::fs::File::create(self.dir.path().join("trellis-wg.log")).unwrap();
         let child = Command::new("ip")
             .args([
                 "netns",
@@ -158,7 +159,7 @@ impl Node {
             ])
             .arg(&self.name)
             .arg("--run-dir")
-            .arg(&self.dir)
+            .arg(self.dir.path())
             .args(["--dataplane", "userspace"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -198,7 +199,6 @@ impl Drop for Node {
             let _ = child.wait();
         }
         remove_namespace(&self.name);
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -19,9 +19,13 @@ pub const NODE_ADDR: &str = "10.255.0.1";
 
 pub struct Node {
     pub name: String,
+    /// The node's CNI directories (conf, bin, state, cache): `tmp`'s path.
     pub dir: PathBuf,
     pub placement: Placement,
     pub pods: Vec<String>,
+    /// Owns `dir`: removes it when the node drops, after [`Drop`] has ended
+    /// what ran in the node's namespaces.
+    tmp: tempfile::TempDir,
 }
 
 impl Node {
@@ -32,8 +36,11 @@ impl Node {
         let name = format!("tc-{tag}");
         cleanup_prefix(&name);
         netns::create(&name).unwrap();
-        let dir = std::env::temp_dir().join(format!("trellis-cni-test-{tag}"));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("trellis-cni-test-{tag}-"))
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path().to_path_buf();
         for sub in ["conf", "bin", "state", "cache"] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
         }
@@ -78,6 +85,7 @@ impl Node {
             dir,
             placement,
             pods: Vec::new(),
+            tmp,
         }
     }
 
@@ -225,8 +233,8 @@ fn cleanup_prefix(prefix: &str) {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        // `tmp` removes the directory once this has run.
         cleanup_prefix(&self.name);
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
