@@ -1,6 +1,6 @@
 //! The agent's configuration: flags and environment, read without side
-//! effects. Every path and name has the default DESIGN.md gives, so a lab
-//! can run many agents on one machine.
+//! effects. Every path and name has the default ARCHITECTURE.md gives
+//! ("Names"), so a lab can run many agents on one machine.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

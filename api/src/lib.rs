@@ -3,6 +3,7 @@
 //! rules); these types are tested against it by the lab's apiserver test
 //! (every field written with strict field validation and read back).
 
+pub mod kubeconfig;
 pub mod link;
 pub mod node;
 pub mod peer;

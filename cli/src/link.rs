@@ -15,6 +15,7 @@ use anyhow::{bail, Context};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use trellis_api::kubeconfig;
 use trellis_api::link::{
     declaration_data, reader_name, secret_name, validate_cluster_name, KUBECONFIG_KEY,
 };
@@ -264,18 +265,8 @@ pub async fn export(side: &Side, reader: &str) -> anyhow::Result<String> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    use base64::Engine as _;
-    let config = serde_json::json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": side.name, "cluster": {
-            "server": side.api_server,
-            "certificate-authority-data": base64::engine::general_purpose::STANDARD.encode(ca),
-        }}],
-        "users": [{"name": account, "user": {"token": token}}],
-        "contexts": [{"name": side.name, "context": {"cluster": side.name, "user": account}}],
-        "current-context": side.name,
-    });
-    Ok(serde_json::to_string_pretty(&config)?)
+    let config = kubeconfig::with_token(&side.name, &side.api_server, &ca, &account, &token);
+    Ok(kubeconfig::to_json(&config))
 }
 
 /// The link Secret that makes the agents of another cluster follow cluster

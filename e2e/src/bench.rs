@@ -115,15 +115,20 @@ impl Parts {
     }
 }
 
-/// The `p`-th percentile (nearest rank) of `samples`.
+/// The `p`-th percentile of `samples` by the nearest-rank method: the
+/// smallest sample with at least `p` percent of them at or below it (rank
+/// ⌈p/100 · N⌉, counted from 1, at least 1: `p` = 0 is the minimum, 100
+/// the maximum). Zero without samples.
 pub fn percentile(samples: &[Duration], p: f64) -> Duration {
     let mut sorted = samples.to_vec();
     sorted.sort();
     if sorted.is_empty() {
         return Duration::ZERO;
     }
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
+    let n = sorted.len();
+    // p·N first: exact for whole percentages (7 / 100 · 100 is 7.000000000000001).
+    let rank = (p * n as f64 / 100.0).ceil() as usize;
+    sorted[rank.clamp(1, n) - 1]
 }
 
 /// Replaces the section between `<!-- NAME:begin -->` and `<!-- NAME:end -->`
@@ -158,11 +163,47 @@ pub fn update_benchmarks_md(name: &str, title: &str, body: &str) {
 mod tests {
     use super::*;
 
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
     #[test]
     fn percentiles_by_nearest_rank() {
-        let s: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
-        assert_eq!(percentile(&s, 50.0), Duration::from_millis(51));
-        assert_eq!(percentile(&s, 99.0), Duration::from_millis(99));
+        let s: Vec<Duration> = (1..=100).map(ms).collect();
+        assert_eq!(percentile(&s, 50.0), ms(50));
+        assert_eq!(percentile(&s, 99.0), ms(99));
+        assert_eq!(percentile(&s, 7.0), ms(7), "no rounding error in the rank");
         assert_eq!(percentile(&[], 50.0), Duration::ZERO);
+    }
+
+    #[test]
+    fn nearest_rank_of_ten_samples_in_any_order() {
+        let mut s: Vec<Duration> = (1..=10).map(ms).collect();
+        s.reverse();
+        for (p, want) in [
+            (0.0, 1),
+            (10.0, 1),
+            (11.0, 2),
+            (50.0, 5),
+            (90.0, 9),
+            (99.0, 10),
+            (100.0, 10),
+        ] {
+            assert_eq!(percentile(&s, p), ms(want), "p{p}");
+        }
+    }
+
+    #[test]
+    fn one_sample_is_every_percentile() {
+        for p in [0.0, 50.0, 99.0, 100.0] {
+            assert_eq!(percentile(&[ms(7)], p), ms(7), "p{p}");
+        }
+    }
+
+    #[test]
+    fn no_samples_give_zero() {
+        for p in [0.0, 50.0, 100.0] {
+            assert_eq!(percentile(&[], p), Duration::ZERO, "p{p}");
+        }
     }
 }

@@ -1,11 +1,11 @@
-//! Kubeconfig files for the lab's clusters (JSON, which every client reads
-//! as YAML), and kube clients built from them.
+//! Kubeconfig files for the lab's clusters (written by
+//! [`trellis_api::kubeconfig`]), and kube clients built from them.
 
 use std::path::Path;
 
-use base64::Engine;
+use trellis_api::kubeconfig;
 
-use crate::pki::{write_private, CertPair, PkiError};
+use crate::pki::{CertPair, PkiError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeconfigError {
@@ -30,11 +30,15 @@ pub fn write_cert_kubeconfig(
     user: &str,
     client: &CertPair,
 ) -> Result<(), KubeconfigError> {
-    let credentials = serde_json::json!({
-        "client-certificate-data": b64(&client.cert_pem),
-        "client-key-data": b64(&client.key_pem),
-    });
-    write_kubeconfig(path, cluster, server, ca_pem, user, credentials)
+    let config = kubeconfig::with_client_certificate(
+        cluster,
+        server,
+        ca_pem.as_bytes(),
+        user,
+        &client.cert_pem,
+        &client.key_pem,
+    );
+    write(path, &config)
 }
 
 /// Writes a kubeconfig authenticating with a bearer token (a service
@@ -47,42 +51,21 @@ pub fn write_token_kubeconfig(
     user: &str,
     token: &str,
 ) -> Result<(), KubeconfigError> {
-    write_kubeconfig(
+    write(
         path,
-        cluster,
-        server,
-        ca_pem,
-        user,
-        serde_json::json!({ "token": token }),
+        &kubeconfig::with_token(cluster, server, ca_pem.as_bytes(), user, token),
     )
 }
 
-fn b64(s: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
-
-fn write_kubeconfig(
-    path: &Path,
-    cluster: &str,
-    server: &str,
-    ca_pem: &str,
-    user: &str,
-    credentials: serde_json::Value,
-) -> Result<(), KubeconfigError> {
-    let config = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": cluster, "cluster": {
-            "server": server,
-            "certificate-authority-data": b64(ca_pem),
-        }}],
-        "users": [{"name": user, "user": credentials}],
-        "contexts": [{"name": cluster, "context": {"cluster": cluster, "user": user}}],
-        "current-context": cluster,
-    });
-    let text = serde_json::to_string_pretty(&config).expect("kubeconfig serializes");
-    write_private(path, &text)?;
-    Ok(())
+/// Writes `config` readable by its owner only.
+fn write(path: &Path, config: &kube::config::Kubeconfig) -> Result<(), KubeconfigError> {
+    kubeconfig::write(path, config).map_err(|source| {
+        PkiError::Write {
+            path: path.to_path_buf(),
+            source,
+        }
+        .into()
+    })
 }
 
 /// A kube client for the kubeconfig at `path`.

@@ -22,6 +22,7 @@ pub mod mesh;
 pub mod nat;
 pub mod netns;
 pub mod node;
+pub mod ping;
 pub mod pki;
 pub mod plan;
 pub mod plugin;

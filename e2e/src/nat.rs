@@ -70,17 +70,24 @@ pub fn load_ruleset(router_netns: &str, mode: NatMode) -> Result<(), CommandErro
     nft_load(router_netns, "nat", &nft_ruleset(mode))
 }
 
-/// `nft -f` of `rules` in `netns`, through a temporary file.
+/// `nft -f` of `rules` in `netns`, through a temporary file (removed when
+/// it is loaded, or not).
 fn nft_load(netns: &str, what: &str, rules: &str) -> Result<(), CommandError> {
-    let file = std::env::temp_dir().join(format!("trellis-lab-{what}-{netns}.nft"));
-    let path = file.to_string_lossy().to_string();
-    std::fs::write(&file, rules).map_err(|source| CommandError::Spawn {
-        command: format!("write {path}"),
-        source,
-    })?;
-    let result = cmd::in_netns(netns, "nft", &["-f", &path]);
-    let _ = std::fs::remove_file(&file);
-    result.map(drop)
+    use std::io::Write;
+    let failed = |command: String| move |source| CommandError::Spawn { command, source };
+    let mut file = tempfile::Builder::new()
+        .prefix(&format!("trellis-lab-{what}-{netns}-"))
+        .suffix(".nft")
+        .tempfile()
+        .map_err(failed(format!(
+            "create a {what} ruleset file in {}",
+            std::env::temp_dir().display()
+        )))?;
+    let path = file.path().to_string_lossy().to_string();
+    file.write_all(rules.as_bytes())
+        .and_then(|()| file.flush())
+        .map_err(failed(format!("write {path}")))?;
+    cmd::in_netns(netns, "nft", &["-f", &path]).map(drop)
 }
 
 /// The table [`block`] adds to a router, beside its NAT table.

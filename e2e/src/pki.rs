@@ -172,12 +172,10 @@ mod tests {
     #[test]
     fn private_files_are_0600() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("trellis-pki-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("key.pem");
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("key.pem");
         write_private(&path, "secret").unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

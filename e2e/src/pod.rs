@@ -299,21 +299,18 @@ mod tests {
 
     #[test]
     fn default_network_is_the_first_file_by_name() {
-        let dir = std::env::temp_dir().join(format!("trellis-cni-conf-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = tempfile::TempDir::new().unwrap();
+        let dir = dir.path();
         std::fs::write(dir.join("20-b.conflist"), r#"{"name":"second"}"#).unwrap();
         std::fs::write(dir.join("10-a.conflist"), r#"{"name":"first"}"#).unwrap();
         std::fs::write(dir.join("00-ignored.txt"), "x").unwrap();
-        assert_eq!(default_network(&dir).unwrap(), "first");
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(default_network(dir).unwrap(), "first");
     }
 
     #[test]
     fn an_empty_conf_dir_says_what_is_missing() {
-        let dir = std::env::temp_dir().join(format!("trellis-cni-empty-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let err = default_network(&dir).unwrap_err().to_string();
+        let dir = tempfile::TempDir::new().unwrap();
+        let err = default_network(dir.path()).unwrap_err().to_string();
         assert!(err.contains("no network configuration"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

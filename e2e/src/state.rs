@@ -265,34 +265,32 @@ mod tests {
 
     #[test]
     fn state_round_trips_and_is_listed() {
-        let root = std::env::temp_dir().join(format!("trellis-state-{}", std::process::id()));
+        let root = tempfile::TempDir::new().unwrap();
+        let root = root.path();
         let state = sample(root.join("t"));
         state.save().unwrap();
         assert_eq!(LabState::load(&state.dir).unwrap(), state);
-        assert_eq!(existing_labs(&root), vec![state.clone()]);
-        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!(existing_labs(root), vec![state.clone()]);
     }
 
     #[test]
     fn mountpoint_record_round_trips_and_empties() {
-        let root = std::env::temp_dir().join(format!("trellis-mp-{}", std::process::id()));
-        let _lock = lock(&root).unwrap();
-        assert!(created_mountpoints(&root).is_empty());
+        let root = tempfile::TempDir::new().unwrap();
+        let root = root.path();
+        let _lock = lock(root).unwrap();
+        assert!(created_mountpoints(root).is_empty());
         let points = vec![PathBuf::from("/opt/cni"), PathBuf::from("/opt/cni/bin")];
-        set_created_mountpoints(&root, &points).unwrap();
-        assert_eq!(created_mountpoints(&root), points);
-        set_created_mountpoints(&root, &[]).unwrap();
-        assert!(created_mountpoints(&root).is_empty());
-        std::fs::remove_dir_all(&root).unwrap();
+        set_created_mountpoints(root, &points).unwrap();
+        assert_eq!(created_mountpoints(root), points);
+        set_created_mountpoints(root, &[]).unwrap();
+        assert!(created_mountpoints(root).is_empty());
     }
 
     #[test]
     fn corrupt_state_says_how_to_recover() {
-        let dir = std::env::temp_dir().join(format!("trellis-state-bad-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("state.json"), "{not json").unwrap();
-        let err = LabState::load(&dir).unwrap_err().to_string();
+        let dir = tempfile::TempDir::new().unwrap();
+        std::fs::write(dir.path().join("state.json"), "{not json").unwrap();
+        let err = LabState::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("corrupt") && err.contains("down"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,4 +1,4 @@
-//! The names Trellis uses on the API server and on a node (see DESIGN.md).
+//! The names Trellis uses on the API server and on a node (see ARCHITECTURE.md, "Names").
 //! Every path here is a default: binaries take flags that override them.
 
 /// API group of Trellis' own resources.

@@ -1,8 +1,7 @@
 //! `trellis-lab`: bring labs up and down, and act on their nodes and pods.
 
-use std::collections::BTreeSet;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -280,61 +279,9 @@ async fn run(cli: Cli) -> Result<()> {
 /// An all-pairs ping matrix of the pods (pairs that fail retried for up to
 /// `wait`), then each node's peers with handshake ages.
 fn show_mesh(lab: &Lab, wait: Duration) -> Result<()> {
-    let pods: Vec<(String, String, String)> = lab
-        .state
-        .pods
-        .iter()
-        .map(|p| {
-            let addr =
-                trellis_e2e::cmd::ip(Some(&p.netns), &["-4", "-o", "addr", "show", "dev", "eth0"])
-                    .unwrap_or_default();
-            let v4 = addr
-                .split_whitespace()
-                .nth(3)
-                .unwrap_or("")
-                .split('/')
-                .next()
-                .unwrap_or("")
-                .to_string();
-            (format!("{}/{}", p.node, p.name), p.netns.clone(), v4)
-        })
-        .collect();
+    let pods = lab.recorded_pods();
     if !pods.is_empty() {
-        let answers = |from: usize, to: usize| {
-            from == to || trellis_e2e::pod::ping_from(&pods[from].1, &pods[to].2).is_ok()
-        };
-        let pairs = || (0..pods.len()).flat_map(|f| (0..pods.len()).map(move |t| (f, t)));
-        let mut ok: BTreeSet<(usize, usize)> = pairs().filter(|&(f, t)| answers(f, t)).collect();
-        let start = Instant::now();
-        while ok.len() < pods.len() * pods.len() && start.elapsed() < wait {
-            eprintln!(
-                "  {} of {} pod pairs answer; retrying the others ({:.0} s of {} s)",
-                ok.len() - pods.len(),
-                pods.len() * (pods.len() - 1),
-                start.elapsed().as_secs_f64(),
-                wait.as_secs()
-            );
-            std::thread::sleep(Duration::from_secs(2));
-            let missing: Vec<(usize, usize)> = pairs().filter(|p| !ok.contains(p)).collect();
-            ok.extend(missing.into_iter().filter(|&(f, t)| answers(f, t)));
-        }
-        print!("{:<14}", "ping from\\to");
-        for (name, _, _) in &pods {
-            print!(" {name:>12}");
-        }
-        println!();
-        for (f, (from, _, _)) in pods.iter().enumerate() {
-            print!("{from:<14}");
-            for t in 0..pods.len() {
-                let mark = match (f == t, ok.contains(&(f, t))) {
-                    (true, _) => "-",
-                    (false, true) => "ok",
-                    (false, false) => "FAIL",
-                };
-                print!(" {mark:>12}");
-            }
-            println!();
-        }
+        print!("{}", trellis_e2e::ping::Matrix::measure(&pods, wait));
         println!();
     }
     let now = std::time::SystemTime::now()

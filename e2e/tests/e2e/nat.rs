@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use trellis_e2e::mesh::Device;
 use trellis_e2e::plugin::{self, wait_until};
 use trellis_e2e::pod::{ping_flow, ping_from, NodePod};
-use trellis_e2e::{Lab, LabOptions, NatMode};
+use trellis_e2e::{ping, Lab, LabOptions, NatMode};
 
 const A: &str = "nata";
 const B: &str = "natb";
@@ -49,28 +49,13 @@ fn row(table: &str, node: &str, peer: &str) -> String {
 /// `limit`); how long it took.
 fn wait_all_pings(pods: &[NodePod], limit: Duration) -> Duration {
     let start = Instant::now();
-    let mut failures = all_pings(pods);
+    let mut failures = ping::all_pairs(pods);
     while !failures.is_empty() {
         assert!(start.elapsed() < limit, "{failures:?}");
         std::thread::sleep(Duration::from_secs(1));
-        failures = all_pings(pods);
+        failures = ping::all_pairs(pods);
     }
     start.elapsed()
-}
-
-/// Every ordered pair of pods, v4 and v6: the failures.
-fn all_pings(pods: &[NodePod]) -> Vec<String> {
-    let mut failures = Vec::new();
-    for from in pods {
-        for to in pods.iter().filter(|p| p.node != from.node) {
-            for target in [&to.v4, &to.v6] {
-                if ping_from(&from.netns, target).is_err() {
-                    failures.push(format!("{} -> {} ({target})", from.node, to.node));
-                }
-            }
-        }
-    }
-    failures
 }
 
 fn keepalive_of(lab: &Lab, node: &str, peer_key: &str) -> Option<u16> {
@@ -85,6 +70,7 @@ fn keepalive_of(lab: &Lab, node: &str, peer_key: &str) -> Option<u16> {
 #[ignore = "needs root"]
 async fn nat_traversal_hole_punching_and_relays_across_linked_clusters() {
     trellis_e2e::assert_root();
+    let _turn = crate::module_turn(module_path!());
     trellis_e2e::down(A);
     let mut lab = Lab::up(LabOptions::new(A, 2)).await.expect("lab up");
     lab.add_cluster(B, 3, None).await.expect("cluster natb");

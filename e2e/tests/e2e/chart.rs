@@ -14,7 +14,6 @@ use trellis_e2e::mesh::Device;
 use trellis_e2e::tools::Tools;
 use trellis_e2e::{Lab, LabOptions};
 
-#[path = "chart/peers.rs"]
 mod peers;
 
 fn helm() -> PathBuf {
@@ -462,9 +461,13 @@ fn manifests_are_accepted_by_the_apiserver(lab: &Lab) {
     )
     .unwrap();
     let bad = "apiVersion: trellis.dev/v1alpha1\nkind: Peer\nmetadata:\n  name: bad\nspec:\n  publicKey: nope\n  allowedIPs: [10.10.0.1/24]\n";
-    let file = std::env::temp_dir().join("trellis-bad-peer.yaml");
-    std::fs::write(&file, bad).unwrap();
-    let err = kubectl(lab, &["apply", "-f", file.to_str().unwrap()]).unwrap_err();
+    let mut file = tempfile::Builder::new()
+        .prefix("trellis-bad-peer-")
+        .suffix(".yaml")
+        .tempfile()
+        .unwrap();
+    std::io::Write::write_all(&mut file, bad.as_bytes()).unwrap();
+    let err = kubectl(lab, &["apply", "-f", file.path().to_str().unwrap()]).unwrap_err();
     assert!(
         err.contains("spec.publicKey") && err.contains("host bits"),
         "{err}"
@@ -586,12 +589,8 @@ async fn agents_may_change_only_their_own_node(lab: &Lab) {
         .status
         .unwrap()
         .token;
-    let loose = token_client(
-        lab,
-        &unbound,
-        &std::env::temp_dir().join("trellis-unbound.kubeconfig"),
-    )
-    .await;
+    let scratch = tempfile::TempDir::new().unwrap();
+    let loose = token_client(lab, &unbound, &scratch.path().join("unbound.kubeconfig")).await;
     let err = annotate(&loose, N1, "trellis.dev/endpoint", "198.51.100.201:51820")
         .await
         .unwrap_err();
@@ -719,6 +718,7 @@ async fn helm_install_upgrade_uninstall(lab: &mut Lab) {
 #[ignore = "needs root"]
 async fn the_chart_in_a_real_apiserver() {
     trellis_e2e::assert_root();
+    let _turn = crate::module_turn(module_path!());
     trellis_e2e::down(LAB);
     let mut lab = Lab::up(LabOptions::new(LAB, 2)).await.expect("lab up");
     manifests_are_accepted_by_the_apiserver(&lab);

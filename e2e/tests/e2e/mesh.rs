@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use trellis_e2e::mesh::Device;
 use trellis_e2e::pod::{ping_flow, ping_from};
-use trellis_e2e::{netns, Lab, LabOptions};
+use trellis_e2e::{netns, ping, Lab, LabOptions};
 
 /// The pods of the lab: (node, pod, netns, IPv4, IPv6).
 struct Pod {
@@ -39,21 +39,17 @@ fn add_pods(lab: &mut Lab, per_node: usize) -> Vec<Pod> {
     pods
 }
 
-fn all_pairs_ping(pods: &[Pod]) -> Vec<String> {
-    let mut failures = Vec::new();
-    for a in pods {
-        for b in pods {
-            if a.name == b.name {
-                continue;
-            }
-            for target in [&b.v4, &b.v6] {
-                if ping_from(&a.netns, target).is_err() {
-                    failures.push(format!("{} -> {} ({target})", a.name, b.name));
-                }
-            }
-        }
+/// Named `NODE/POD` in a ping matrix, pinged at IPv4 and IPv6.
+impl ping::Pingable for Pod {
+    fn label(&self) -> &str {
+        &self.name
     }
-    failures
+    fn netns(&self) -> &str {
+        &self.netns
+    }
+    fn addresses(&self) -> Vec<&str> {
+        vec![&self.v4, &self.v6]
+    }
 }
 
 /// tcpdump on the underlay bridge in `switch_netns` for up to 20 s: the
@@ -98,6 +94,7 @@ fn tcp_transfer(from: &Pod, to: &Pod, bytes: usize) -> usize {
 #[ignore = "needs root"]
 async fn three_nodes_mesh_all_pairs_over_wireguard_only() {
     trellis_e2e::assert_root();
+    let _turn = crate::module_turn(module_path!());
     let _one = serial().await;
     trellis_e2e::down("m3");
     let mut lab = Lab::up(LabOptions::new("m3", 3)).await.expect("lab up");
@@ -123,7 +120,7 @@ async fn three_nodes_mesh_all_pairs_over_wireguard_only() {
     let wireguard = capture(&sw, 20, "udp port 51820");
     std::thread::sleep(Duration::from_secs(1));
 
-    let failures = all_pairs_ping(&pods);
+    let failures = ping::all_pairs(&pods);
     assert!(
         failures.is_empty(),
         "pairs that did not answer: {failures:#?}"
@@ -196,7 +193,8 @@ async fn three_nodes_mesh_all_pairs_over_wireguard_only() {
 }
 
 /// The mesh tests run one at a time: each brings a lab up, and the timing
-/// ones (a restart loses at most 1 s) must not share two cores with others.
+/// ones (a restart loses at most 1 s) must not share two cores with others
+/// (tests of other modules wait for this module's turn: `module_turn`).
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
@@ -218,6 +216,7 @@ async fn mesh_lab(name: &str, nodes: u8) -> Lab {
 #[ignore = "needs root"]
 async fn a_node_joins_and_leaves() {
     trellis_e2e::assert_root();
+    let _turn = crate::module_turn(module_path!());
     let _one = serial().await;
     let mut lab = mesh_lab("mjoin", 3).await;
     let pods = add_pods(&mut lab, 1);
@@ -263,7 +262,7 @@ async fn a_node_joins_and_leaves() {
             );
         }
     }
-    assert!(all_pairs_ping(&pods).is_empty());
+    assert!(ping::all_pairs(&pods).is_empty());
     assert!(trellis_e2e::down("mjoin").is_clean());
 }
 
@@ -271,6 +270,7 @@ async fn a_node_joins_and_leaves() {
 #[ignore = "needs root"]
 async fn an_agent_killed_and_restarted_keeps_traffic_flowing() {
     trellis_e2e::assert_root();
+    let _turn = crate::module_turn(module_path!());
     let _one = serial().await;
     let mut lab = mesh_lab("mkill", 3).await;
     let pods = add_pods(&mut lab, 1);
@@ -322,6 +322,7 @@ async fn an_agent_killed_and_restarted_keeps_traffic_flowing() {
 #[ignore = "needs root"]
 async fn no_cni_configuration_while_the_mesh_interface_is_gone() {
     trellis_e2e::assert_root();
+    let _turn = crate::module_turn(module_path!());
     let _one = serial().await;
     let mut lab = mesh_lab("mcni", 2).await;
     let conflist = trellis_e2e::node::private_dir(
@@ -357,15 +358,79 @@ async fn no_cni_configuration_while_the_mesh_interface_is_gone() {
     assert!(trellis_e2e::down("mcni").is_clean());
 }
 
+/// The masquerade table is read back from the kernel: a rule edited inside
+/// `inet trellis` behind the agent's back (the masquerade rule flushed,
+/// a rule of someone else's added) is restored at the next reconcile, and
+/// pods reach the underlay masqueraded again.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root"]
+async fn an_edited_masquerade_table_is_restored() {
+    trellis_e2e::assert_root();
+    let _turn = crate::module_turn(module_path!());
+    let _one = serial().await;
+    let lab = mesh_lab("mnft", 2).await;
+    let ns = lab.node("mnft-n1").unwrap().netns.clone();
+    let list =
+        || trellis_e2e::cmd::in_netns(&ns, "nft", &["list", "table", "inet", "trellis"]).unwrap();
+    let loaded = list();
+    assert!(loaded.contains("masquerade"), "{loaded}");
+    let operations = || {
+        let metrics = lab.agent_metrics("mnft-n1").unwrap();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("trellis_dataplane_operations_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .expect("the operations counter")
+    };
+    let before = operations();
+    trellis_e2e::cmd::in_netns(
+        &ns,
+        "nft",
+        &["flush", "chain", "inet", "trellis", "postrouting"],
+    )
+    .unwrap();
+    trellis_e2e::cmd::in_netns(
+        &ns,
+        "nft",
+        &[
+            "add",
+            "rule",
+            "inet",
+            "trellis",
+            "postrouting",
+            "ip",
+            "daddr",
+            "198.51.100.0/24",
+            "accept",
+        ],
+    )
+    .unwrap();
+    assert_ne!(list(), loaded, "the edit took");
+    // The chart's resync is 10 s.
+    trellis_e2e::mesh::wait_for(
+        Duration::from_secs(60),
+        || list() == loaded,
+        || format!("the table was not restored:\n{}\nwant:\n{loaded}", list()),
+    )
+    .unwrap();
+    assert_eq!(
+        operations(),
+        before + 1.0,
+        "one load of the table, nothing else"
+    );
+    assert!(trellis_e2e::down("mnft").is_clean());
+}
+
 /// Idle is not down: a mesh nobody talks over for longer than a
 /// WireGuard session lives (180 s) shows every pair idle with the age of
 /// its last handshake and no problem, in `kubectl trellis status` and
 /// `graph`; one ping later the pair is direct again. Not serialized with
-/// the other tests of this file (its own lab): it mostly waits.
+/// the other tests of this module (its own lab): it mostly waits.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root"]
 async fn an_idle_mesh_reports_idle_not_down() {
     trellis_e2e::assert_root();
+    let _turn = crate::module_turn(module_path!());
     let mut lab = mesh_lab("midle", 2).await;
     let pods = add_pods(&mut lab, 1);
     ping_from(&pods[0].netns, &pods[1].v4).expect("n1 to n2 makes a session");
@@ -444,6 +509,7 @@ async fn an_idle_mesh_reports_idle_not_down() {
 #[ignore = "needs root"]
 async fn addresses_of_pods_lost_without_del_are_released() {
     trellis_e2e::assert_root();
+    let _turn = crate::module_turn(module_path!());
     let _one = serial().await;
     let mut lab = mesh_lab("mleak", 2).await;
     let pods = add_pods(&mut lab, 2);
@@ -477,6 +543,7 @@ async fn addresses_of_pods_lost_without_del_are_released() {
 #[ignore = "needs root"]
 async fn bad_nodes_are_left_out_and_the_rest_keeps_working() {
     trellis_e2e::assert_root();
+    let _turn = crate::module_turn(module_path!());
     let _one = serial().await;
     let mut lab = mesh_lab("mbad", 3).await;
     let pods = add_pods(&mut lab, 1);
@@ -648,6 +715,7 @@ async fn bad_nodes_are_left_out_and_the_rest_keeps_working() {
 #[ignore = "needs root"]
 async fn wireguard_go_on_one_node_interoperates() {
     trellis_e2e::assert_root();
+    let _turn = crate::module_turn(module_path!());
     let _one = serial().await;
     let mut lab = mesh_lab("mgo", 3).await;
     // Swap n2's trellis-wg for Debian's wireguard-go; the agent configures
@@ -670,7 +738,7 @@ async fn wireguard_go_on_one_node_interoperates() {
     lab.wait_mesh(2, Duration::from_secs(60))
         .expect("mesh up with wireguard-go on n2");
     let pods = add_pods(&mut lab, 1);
-    let failures = all_pairs_ping(&pods);
+    let failures = ping::all_pairs(&pods);
     assert!(failures.is_empty(), "{failures:#?}");
     assert!(trellis_e2e::down("mgo").is_clean());
 }
@@ -679,6 +747,7 @@ async fn wireguard_go_on_one_node_interoperates() {
 #[ignore = "needs root"]
 async fn traffic_survives_a_stopped_apiserver_and_changes_converge_after() {
     trellis_e2e::assert_root();
+    let _turn = crate::module_turn(module_path!());
     let _one = serial().await;
     let mut lab = mesh_lab("mapi", 3).await;
     let pods = add_pods(&mut lab, 1);

@@ -16,7 +16,7 @@ use kube::api::Api;
 use trellis_e2e::mesh::Device;
 use trellis_e2e::plugin::{self, wait_until};
 use trellis_e2e::pod::{ping_from, NodePod};
-use trellis_e2e::{Lab, LabOptions};
+use trellis_e2e::{ping, Lab, LabOptions};
 
 const LAB: &str = "links";
 const FAR: &str = "far";
@@ -42,26 +42,17 @@ fn peer_count(lab: &Lab, node: &str) -> usize {
 
 /// Every pair of pods across `a` and `b`, both ways, v4 and v6: failures.
 fn cross_pings(pods: &[NodePod], a: &str, b: &str) -> Vec<String> {
-    let mut failures = Vec::new();
-    for from in pods.iter().filter(|p| p.cluster == a || p.cluster == b) {
-        for to in pods
-            .iter()
-            .filter(|p| (p.cluster == a || p.cluster == b) && p.cluster != from.cluster)
-        {
-            for target in [&to.v4, &to.v6] {
-                if ping_from(&from.netns, target).is_err() {
-                    failures.push(format!("{} -> {} ({target})", from.node, to.node));
-                }
-            }
-        }
-    }
-    failures
+    let in_either = |p: &NodePod| p.cluster == a || p.cluster == b;
+    ping::failures(pods, |from, to| {
+        in_either(from) && in_either(to) && from.cluster != to.cluster
+    })
 }
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root"]
 async fn linked_clusters_mesh_directly_refuse_overlaps_and_unlink() {
     trellis_e2e::assert_root();
+    let _turn = crate::module_turn(module_path!());
     trellis_e2e::down(LAB);
     let mut lab = Lab::up(LabOptions::new(LAB, 2)).await.expect("lab up");
     lab.add_cluster(FAR, 2, None).await.expect("cluster far");

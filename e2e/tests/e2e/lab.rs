@@ -45,6 +45,7 @@ async fn nodes(lab: &Lab, cluster: &str) -> Vec<Node> {
 #[ignore = "needs root"]
 async fn up_assigns_real_pod_cidrs_and_down_leaves_nothing() {
     trellis_e2e::assert_root();
+    let _turn = crate::module_turn(module_path!());
     trellis_e2e::down("t1up");
     let lab = Lab::up(LabOptions::new("t1up", 3)).await.expect("lab up");
 
@@ -129,6 +130,7 @@ async fn up_assigns_real_pod_cidrs_and_down_leaves_nothing() {
 #[ignore = "needs root"]
 async fn two_labs_run_at_once_on_separate_underlays() {
     trellis_e2e::assert_root();
+    let _turn = crate::module_turn(module_path!());
     for name in ["t2a", "t2b"] {
         trellis_e2e::down(name);
     }
@@ -159,6 +161,7 @@ async fn two_labs_run_at_once_on_separate_underlays() {
 #[ignore = "needs root"]
 fn a_killed_lab_is_removed_by_down() {
     trellis_e2e::assert_root();
+    let _turn = crate::module_turn(module_path!());
     trellis_e2e::down("t3kill");
     let mut up = std::process::Command::new(env!("CARGO_BIN_EXE_trellis-lab"))
         .args(["up", "--name", "t3kill", "--nodes", "3"])
@@ -223,6 +226,7 @@ fn observed_source(
 #[ignore = "needs root"]
 async fn pods_nat_and_a_second_cluster() {
     trellis_e2e::assert_root();
+    let _turn = crate::module_turn(module_path!());
     trellis_e2e::down("t4pods");
     let mut lab = Lab::up(LabOptions::new("t4pods", 3)).await.expect("lab up");
 
@@ -343,6 +347,7 @@ async fn pods_nat_and_a_second_cluster() {
 #[ignore = "needs root"]
 async fn single_stack_labs_assign_one_cidr_per_node() {
     trellis_e2e::assert_root();
+    let _turn = crate::module_turn(module_path!());
     for (name, family, v4) in [
         ("t5four", trellis_e2e::IpFamily::Ipv4, true),
         ("t5six", trellis_e2e::IpFamily::Ipv6, false),

@@ -36,6 +36,7 @@ fn peer_keys_on(lab: &Lab, node: &str) -> Vec<String> {
 #[ignore = "needs root"]
 async fn an_external_machine_reaches_every_pod_with_the_printed_config() {
     trellis_e2e::assert_root();
+    let _turn = crate::module_turn(module_path!());
     trellis_e2e::down(LAB);
     let mut lab = Lab::up(LabOptions::new(LAB, 3)).await.expect("lab up");
     lab.start_mesh(Device::TrellisWg)
