@@ -35,6 +35,41 @@ pub fn node_info(node: &Node) -> NodeInfo {
     }
 }
 
+/// A Node object as the kubelet and the controller-manager leave it: its
+/// pod CIDRs, InternalIP addresses and annotations (how tests and tools
+/// make Nodes without a cluster).
+pub fn node_object(
+    name: &str,
+    pod_cidrs: Vec<String>,
+    internal_ips: &[IpAddr],
+    annotations: std::collections::BTreeMap<String, String>,
+) -> Node {
+    use k8s_openapi::api::core::v1::{NodeAddress, NodeSpec, NodeStatus};
+    Node {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            annotations: Some(annotations),
+            ..Default::default()
+        },
+        spec: Some(NodeSpec {
+            pod_cidrs: Some(pod_cidrs),
+            ..Default::default()
+        }),
+        status: Some(NodeStatus {
+            addresses: Some(
+                internal_ips
+                    .iter()
+                    .map(|ip| NodeAddress {
+                        type_: "InternalIP".into(),
+                        address: ip.to_string(),
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+    }
+}
+
 /// The Node's InternalIP addresses, in the order the Node lists them.
 pub fn internal_ips(node: &Node) -> Vec<IpAddr> {
     node.status

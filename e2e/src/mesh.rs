@@ -60,6 +60,8 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf, LabError> {
 
 /// Interface name of the mesh on every lab node.
 pub const INTERFACE: &str = "trellis";
+/// The agents' nft table (family inet).
+pub const NFT_TABLE: &str = trellis_mesh::names::DEFAULT_NFT_TABLE;
 /// The chart's containers (and the lab's daemons of the same names).
 pub const AGENT: &str = "agent";
 pub const TRELLIS_WG: &str = "trellis-wg";
@@ -375,6 +377,35 @@ pub fn mesh_routes_in(netns: &str) -> Result<Vec<String>, crate::cmd::CommandErr
 
 /// Polls `ready` every 100 ms until it holds or `timeout` (stretched by
 /// [`deadline::scaled`]) passes, saying every 30 s that it still waits.
+/// The kernel's listing of the masquerade table in `netns`.
+pub fn masquerade_table(netns: &str) -> Result<String, crate::cmd::CommandError> {
+    crate::cmd::in_netns(netns, "nft", &["list", "table", "inet", NFT_TABLE])
+}
+
+/// Edits the masquerade table in `netns` behind the agent's back, as an
+/// administrator might: the masquerade rules flushed, a rule of their own
+/// added (to 198.51.100.0/24, TEST-NET-2).
+pub fn tamper_with_masquerade_table(netns: &str) -> Result<(), crate::cmd::CommandError> {
+    let rule = [
+        "add",
+        "rule",
+        "inet",
+        NFT_TABLE,
+        "postrouting",
+        "ip",
+        "daddr",
+        "198.51.100.0/24",
+        "accept",
+    ];
+    crate::cmd::in_netns(
+        netns,
+        "nft",
+        &["flush", "chain", "inet", NFT_TABLE, "postrouting"],
+    )?;
+    crate::cmd::in_netns(netns, "nft", &rule)?;
+    Ok(())
+}
+
 pub fn wait_for(
     timeout: Duration,
     mut ready: impl FnMut() -> bool,

@@ -3,7 +3,7 @@
 //! API server, no root.
 
 use clap::Parser;
-use k8s_openapi::api::core::v1::{NodeAddress, NodeSpec, NodeStatus, ObjectReference};
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher;
 use trellis_api::status::LinkedClusterReport;
@@ -98,27 +98,18 @@ fn key(i: u8) -> PublicKey {
 }
 
 fn node(i: u8) -> Node {
-    let mut n = Node::default();
-    n.metadata.name = Some(format!("n{i}"));
-    n.metadata.annotations = Some(BTreeMap::from([
-        (ANNOTATION_PUBLIC_KEY.to_string(), key(i).to_string()),
-        (
-            ANNOTATION_ENDPOINT.to_string(),
-            format!("192.0.2.{}:51820", 10 + i),
-        ),
-    ]));
-    n.spec = Some(NodeSpec {
-        pod_cidrs: Some(vec![format!("10.244.{i}.0/24")]),
-        ..Default::default()
-    });
-    n.status = Some(NodeStatus {
-        addresses: Some(vec![NodeAddress {
-            type_: "InternalIP".into(),
-            address: format!("192.0.2.{}", 10 + i),
-        }]),
-        ..Default::default()
-    });
-    n
+    trellis_api::node::node_object(
+        &format!("n{i}"),
+        vec![format!("10.244.{i}.0/24")],
+        &[format!("192.0.2.{}", 10 + i).parse().unwrap()],
+        BTreeMap::from([
+            (ANNOTATION_PUBLIC_KEY.to_string(), key(i).to_string()),
+            (
+                ANNOTATION_ENDPOINT.to_string(),
+                format!("192.0.2.{}:51820", 10 + i),
+            ),
+        ]),
+    )
 }
 
 struct Harness {

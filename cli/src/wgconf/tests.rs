@@ -1,6 +1,6 @@
 //! Configurations from hand-made snapshots (no cluster).
 
-use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec, NodeStatus};
+use k8s_openapi::api::core::v1::Node;
 use trellis_api::{Peer, PeerSpec, SecretKeyRef};
 use trellis_mesh::names::{ANNOTATION_ENDPOINT, ANNOTATION_FORCE_ENDPOINT, ANNOTATION_PUBLIC_KEY};
 
@@ -11,9 +11,13 @@ fn key(n: u8) -> String {
 }
 
 pub(crate) fn node(i: u8) -> Node {
-    let mut n = Node::default();
-    n.metadata.name = Some(format!("n{i}"));
-    n.metadata.annotations = Some(
+    trellis_api::node::node_object(
+        &format!("n{i}"),
+        vec![
+            format!("10.244.{i}.0/24"),
+            format!("fd00:10:244:{i:x}::/64"),
+        ],
+        &[format!("192.0.2.{}", 10 + i).parse().unwrap()],
         [
             (ANNOTATION_PUBLIC_KEY.to_string(), key(i)),
             (
@@ -22,22 +26,7 @@ pub(crate) fn node(i: u8) -> Node {
             ),
         ]
         .into(),
-    );
-    n.spec = Some(NodeSpec {
-        pod_cidrs: Some(vec![
-            format!("10.244.{i}.0/24"),
-            format!("fd00:10:244:{i:x}::/64"),
-        ]),
-        ..Default::default()
-    });
-    n.status = Some(NodeStatus {
-        addresses: Some(vec![NodeAddress {
-            type_: "InternalIP".into(),
-            address: format!("192.0.2.{}", 10 + i),
-        }]),
-        ..Default::default()
-    });
-    n
+    )
 }
 
 pub(crate) fn peer(name: &str, k: u8, allowed: &[&str]) -> Peer {

@@ -370,8 +370,7 @@ async fn an_edited_masquerade_table_is_restored() {
     let _one = serial().await;
     let lab = mesh_lab("mnft", 2).await;
     let ns = lab.node("mnft-n1").unwrap().netns.clone();
-    let list =
-        || trellis_e2e::cmd::in_netns(&ns, "nft", &["list", "table", "inet", "trellis"]).unwrap();
+    let list = || trellis_e2e::mesh::masquerade_table(&ns).unwrap();
     let loaded = list();
     assert!(loaded.contains("masquerade"), "{loaded}");
     let operations = || {
@@ -383,28 +382,7 @@ async fn an_edited_masquerade_table_is_restored() {
             .expect("the operations counter")
     };
     let before = operations();
-    trellis_e2e::cmd::in_netns(
-        &ns,
-        "nft",
-        &["flush", "chain", "inet", "trellis", "postrouting"],
-    )
-    .unwrap();
-    trellis_e2e::cmd::in_netns(
-        &ns,
-        "nft",
-        &[
-            "add",
-            "rule",
-            "inet",
-            "trellis",
-            "postrouting",
-            "ip",
-            "daddr",
-            "198.51.100.0/24",
-            "accept",
-        ],
-    )
-    .unwrap();
+    trellis_e2e::mesh::tamper_with_masquerade_table(&ns).unwrap();
     assert_ne!(list(), loaded, "the edit took");
     // The chart's resync is 10 s.
     trellis_e2e::mesh::wait_for(

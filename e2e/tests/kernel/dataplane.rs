@@ -461,29 +461,10 @@ pub(crate) fn repairs_an_edited_masquerade_table() -> Result<(), Failed> {
     let pair = Pair::new("nft")?;
     pair.converge()?;
     let ns = &pair.a.netns;
-    let list = || cmd::in_netns(ns, "nft", &["list", "table", "inet", "trellis"]);
+    let list = || trellis_e2e::mesh::masquerade_table(ns);
     let loaded = list()?;
     check(loaded.contains("masquerade"), loaded.clone())?;
-    cmd::in_netns(
-        ns,
-        "nft",
-        &["flush", "chain", "inet", "trellis", "postrouting"],
-    )?;
-    cmd::in_netns(
-        ns,
-        "nft",
-        &[
-            "add",
-            "rule",
-            "inet",
-            "trellis",
-            "postrouting",
-            "ip",
-            "daddr",
-            "198.51.100.0/24",
-            "accept",
-        ],
-    )?;
+    trellis_e2e::mesh::tamper_with_masquerade_table(ns)?;
     let edited = list()?;
     check(
         !edited.contains("masquerade") && edited.contains("198.51.100.0/24"),
