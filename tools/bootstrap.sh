@@ -3,7 +3,8 @@
 #   - Debian packages (only the missing ones);
 #   - Go-built tools at pinned versions (tools/versions.env) into a cache
 #     outside the repository: kube-apiserver, kube-controller-manager, etcd,
-#     helm, cnitool and the reference CNI plugins.
+#     helm, cnitool and the reference CNI plugins; kubelet, kube-scheduler and
+#     kube-proxy for the lab's real nodes (with Debian's containerd and runc).
 # A cached rerun takes a second or two. Prints the tools' bin directory last.
 #
 #   tools/bootstrap.sh              install what is missing, print the bin dir
@@ -33,7 +34,8 @@ with_apt=1
 log() { echo "[tools] $*" >&2; }
 
 apt_packages=(iproute2 nftables wireguard-tools wireguard-go iperf3 tcpdump iputils-ping
-	util-linux procps conntrack ca-certificates)
+	util-linux procps conntrack ca-certificates
+	containerd runc musl-tools busybox-static)
 install_apt_packages() {
 	local missing=()
 	for pkg in "${apt_packages[@]}"; do
@@ -98,7 +100,9 @@ build_kube() {
 	minor="$(echo "$ver" | cut -d. -f2)"
 	(cd "$here/kube" && go build -trimpath -o "$bin_dir/" \
 		-ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$ver -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean" \
-		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager)
+		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+		k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-proxy \
+		k8s.io/kubernetes/cmd/kubelet)
 }
 build_etcd() { (cd "$here/etcd" && go build -trimpath -ldflags "-s -w" -o "$bin_dir/etcd" .); }
 build_helm() { GOBIN="$bin_dir" go install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"; }
@@ -128,7 +132,7 @@ if ! command -v go >/dev/null; then
 fi
 mkdir -p "$bin_dir/cni"
 log "tools cache: $tools_dir"
-build_once kube "kube-apiserver + kube-controller-manager $KUBERNETES_VERSION (cold: ~5 min on 2 cores)" build_kube
+build_once kube "Kubernetes $KUBERNETES_VERSION: apiserver, controller-manager, scheduler, proxy, kubelet (cold: ~8 min on 2 cores)" build_kube
 build_once etcd "etcd $ETCD_VERSION" build_etcd
 build_once helm "helm $HELM_VERSION" build_helm
 build_once cnitool "cnitool $CNI_VERSION" build_cnitool
