@@ -10,7 +10,7 @@ export PATH := $(TRELLIS_TOOLS_BIN):$(PATH)
 # Root-only tests are #[ignore]d ("needs root"); run them when we are root.
 ROOT_TEST_FLAGS := $(if $(filter 0,$(shell id -u)),--include-ignored,)
 
-.PHONY: all build tools test test-kernel static lint manifests unit-test bench demo demo-clusters demo-down clean
+.PHONY: all build tools test test-kernel static image lint manifests unit-test bench demo demo-clusters demo-down clean
 
 all: build
 
@@ -43,9 +43,16 @@ test: tools lint static
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory test-kernel; \
 	else echo "NOTE: not root: the kernel tier (make test-kernel) is SKIPPED"; fi
 
-## static: the image's binaries built for musl (as the Dockerfile does), checked to be static
+## static: the image's binaries built for musl (as `make image` does), checked to be static
 static:
 	tools/static-build.sh
+
+## image: the Trellis image, built without a container engine: an OCI image archive that
+## `ctr -n k8s.io images import` takes (tools/image/build.sh pause|busybox|all builds the others)
+image:
+	tools/image/build.sh trellis
+	@out="$${TRELLIS_IMAGE_OUT:-target/images}"; echo "The image: $$out/trellis.oci.tar (rootfs in $$out/trellis-rootfs/)"; \
+		echo "  import it: ctr -n k8s.io images import $$out/trellis.oci.tar"
 
 ## test-kernel: the kernel WireGuard dataplane in a booted Debian kernel under qemu (root;
 ## installs qemu, the kernel package and virtme-ng the first time). FILTER=name selects trials.

@@ -3,7 +3,7 @@
 # trellis-wg) for x86_64-unknown-linux-musl in release mode, and checks that
 # each is static: no program interpreter, no shared libraries. Installs the
 # Rust target and musl-tools (ring compiles C with musl-gcc) when missing.
-# The Dockerfile runs this same script.
+# `make image` (tools/image/build.sh) runs this same script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { echo "[static] $*" >&2; }

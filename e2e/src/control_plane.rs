@@ -57,6 +57,9 @@ pub struct ControlPlaneSpec {
     /// The control plane's addresses on the underlay (first one is advertised).
     pub addresses: Vec<IpAddr>,
     pub cluster_cidrs: Vec<IpNet>,
+    /// Real nodes (kubelets) join: a scheduler runs and the
+    /// controller-manager runs every controller, as on a real cluster.
+    pub real_nodes: bool,
 }
 
 impl ControlPlaneSpec {
@@ -139,6 +142,15 @@ pub fn write_pki(spec: &ControlPlaneSpec) -> Result<(), ControlPlaneError> {
         "system:kube-controller-manager",
         &kcm,
     )?;
+    let scheduler = ca.client_cert("system:kube-scheduler", &[])?;
+    write_cert_kubeconfig(
+        &spec.dir.join("scheduler.kubeconfig"),
+        &spec.cluster,
+        &local,
+        &ca.cert_pem,
+        "system:kube-scheduler",
+        &scheduler,
+    )?;
     Ok(())
 }
 
@@ -148,6 +160,8 @@ pub enum Component {
     Etcd,
     ApiServer,
     ControllerManager,
+    /// Only with real nodes.
+    Scheduler,
 }
 
 /// Starts the given components (etcd, kube-apiserver,
@@ -208,8 +222,16 @@ pub fn start(
         ),
         // serviceaccount-token fills ServiceAccount token Secrets (linked
         // clusters read each other with one); the namespace controller
-        // finishes deleting namespaces (the chart's links namespace).
-        "--controllers=node-ipam-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller".to_string(),
+        // finishes deleting namespaces (the chart's links namespace). With
+        // imitation nodes no more: the node lifecycle controller would
+        // taint and evict nodes that have no kubelet. Real nodes get them
+        // all (kube-root-ca.crt for every pod's token volume, ReplicaSets,
+        // EndpointSlices, ...).
+        if spec.real_nodes {
+            "--controllers=*".to_string()
+        } else {
+            "--controllers=node-ipam-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller".to_string()
+        },
         format!("--service-account-private-key-file={}", p("sa.key")),
         format!("--root-ca-file={}", p("ca.crt")),
         "--allocate-node-cidrs=true".to_string(),
@@ -230,12 +252,24 @@ pub fn start(
         (true, false) => kcm.arg("--node-cidr-mask-size=24"),
         _ => kcm.arg("--node-cidr-mask-size=64"),
     };
+    let mut scheduler = Command::new(tools.path("kube-scheduler")?);
+    scheduler.args([
+        format!(
+            "--kubeconfig={}",
+            spec.dir.join("scheduler.kubeconfig").display()
+        ),
+        "--leader-elect=false".to_string(),
+        "--secure-port=0".to_string(),
+    ]);
     for (component, name, command) in [
         (Component::Etcd, "etcd", etcd),
         (Component::ApiServer, "kube-apiserver", apiserver),
         (Component::ControllerManager, "kube-controller-manager", kcm),
+        (Component::Scheduler, "kube-scheduler", scheduler),
     ] {
-        if !components.contains(&component) {
+        if !components.contains(&component)
+            || (component == Component::Scheduler && !spec.real_nodes)
+        {
             continue;
         }
         let log = spec.log(name);

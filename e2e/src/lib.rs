@@ -27,6 +27,7 @@ pub mod pki;
 pub mod plan;
 pub mod plugin;
 pub mod pod;
+pub mod real_node;
 pub mod state;
 pub mod teardown;
 pub mod tools;

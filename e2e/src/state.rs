@@ -87,6 +87,10 @@ pub struct ClusterState {
     pub cluster_cidrs: Vec<IpNet>,
     pub dir: PathBuf,
     pub admin_kubeconfig: PathBuf,
+    /// Its nodes are real (containerd and a kubelet, see
+    /// [`crate::real_node`]) rather than imitations.
+    #[serde(default)]
+    pub real_nodes: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

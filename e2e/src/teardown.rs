@@ -57,6 +57,9 @@ pub fn down(name: &str) -> DownReport {
             Err(e) => report.errors.push(e.to_string()),
         }
     }
+    // Real nodes' containers live in pod namespaces the lab does not name:
+    // their cgroups hold them.
+    report.errors.extend(crate::real_node::remove_cgroups(name));
     let host_link = names.host_link();
     if std::path::Path::new("/sys/class/net")
         .join(&host_link)

@@ -31,6 +31,10 @@ enum Verb {
         /// Cluster CIDRs (comma separated), default per cluster.
         #[arg(long, value_delimiter = ',')]
         cluster_cidr: Vec<IpNet>,
+        /// Real nodes: containerd and a kubelet on each (pods scheduled by
+        /// kube-scheduler, created through CRI).
+        #[arg(long)]
+        real_nodes: bool,
     },
     /// Tear a lab down (works after a killed `up`); --all for every lab.
     Down {
@@ -157,10 +161,12 @@ async fn run(cli: Cli) -> Result<()> {
             nodes,
             ip_family,
             cluster_cidr,
+            real_nodes,
         } => {
             let mut options = LabOptions::new(&name, nodes);
             options.family = ip_family;
             options.cluster_cidrs = cidrs(cluster_cidr);
+            options.real_nodes = real_nodes;
             let lab = Lab::up(options)
                 .await
                 .with_context(|| format!("lab {name} did not come up; `trellis-lab down --name {name}` removes what was built"))?;

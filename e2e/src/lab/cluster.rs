@@ -39,12 +39,25 @@ impl Lab {
             })
     }
 
-    /// Adds a cluster with its own control plane on this lab's underlay.
+    /// Adds a cluster with its own control plane on this lab's underlay,
+    /// and `nodes` imitation nodes.
     pub async fn add_cluster(
         &mut self,
         name: &str,
         nodes: u8,
         cluster_cidrs: Option<Vec<IpNet>>,
+    ) -> Result<(), LabError> {
+        self.add_cluster_of(name, nodes, cluster_cidrs, false).await
+    }
+
+    /// [`Lab::add_cluster`], its nodes real ones (containerd and a kubelet)
+    /// when `real_nodes`.
+    pub async fn add_cluster_of(
+        &mut self,
+        name: &str,
+        nodes: u8,
+        cluster_cidrs: Option<Vec<IpNet>>,
+        real_nodes: bool,
     ) -> Result<(), LabError> {
         plan::validate_name(name)?;
         if self.state.cluster(name).is_some() {
@@ -80,6 +93,7 @@ impl Lab {
             dir: dir.clone(),
             addresses: addrs.all(),
             cluster_cidrs: cidrs.clone(),
+            real_nodes,
         };
         self.state.clusters.push(ClusterState {
             name: name.to_string(),
@@ -90,6 +104,7 @@ impl Lab {
             cluster_cidrs: cidrs,
             dir,
             admin_kubeconfig: spec.admin_kubeconfig(),
+            real_nodes,
         });
         self.state.save()?;
         control_plane::write_pki(&spec)?;
@@ -100,7 +115,7 @@ impl Lab {
         let start = Instant::now();
         for phase in [
             &[Component::Etcd, Component::ApiServer][..],
-            &[Component::ControllerManager][..],
+            &[Component::ControllerManager, Component::Scheduler][..],
         ] {
             control_plane::start(&spec, &self.tools, phase, |daemon| {
                 started.push(daemon.clone());

@@ -45,6 +45,8 @@ pub enum LabError {
     Chart(#[from] crate::chart::ChartError),
     #[error(transparent)]
     Kubelet(#[from] crate::kubelet::KubeletError),
+    #[error(transparent)]
+    RealNode(#[from] crate::real_node::RealNodeError),
     #[error(
         "lab {0:?} is already up (or was not torn down): run `trellis-lab down --name {0}` first"
     )]
@@ -82,6 +84,8 @@ pub struct LabOptions {
     pub family: IpFamily,
     /// Cluster CIDRs of the first cluster (default: per-cluster ranges).
     pub cluster_cidrs: Option<Vec<IpNet>>,
+    /// The first cluster's nodes are real: containerd and a kubelet each.
+    pub real_nodes: bool,
 }
 
 impl LabOptions {
@@ -91,6 +95,7 @@ impl LabOptions {
             nodes,
             family: IpFamily::Dual,
             cluster_cidrs: None,
+            real_nodes: false,
         }
     }
 }
@@ -165,8 +170,13 @@ impl Lab {
         info!(lab = %options.name, slot = lab.state.slot, "creating the underlay");
         netns::create(&lab.names.switch_netns())?;
         underlay::create_switch(&lab.names, lab.state.slot, options.family)?;
-        lab.add_cluster(&options.name, options.nodes, options.cluster_cidrs.clone())
-            .await?;
+        lab.add_cluster_of(
+            &options.name,
+            options.nodes,
+            options.cluster_cidrs.clone(),
+            options.real_nodes,
+        )
+        .await?;
         info!(lab = %options.name, seconds = start.elapsed().as_secs_f32(), "lab is up");
         Ok(lab)
     }

@@ -13,6 +13,7 @@ use crate::kubeconfig;
 use crate::netns;
 use crate::node::{self, NodeError};
 use crate::plan;
+use crate::real_node;
 use crate::state::{self, Daemon, NodeState};
 use crate::underlay;
 
@@ -87,7 +88,13 @@ impl Lab {
         node_state.v6 = addrs.v6;
         self.state.save()?;
         let client = kubeconfig::client(&cluster_state.admin_kubeconfig).await?;
-        node::register(&client, &name, &addrs.all()).await?;
+        if cluster_state.real_nodes {
+            self.start_real_node(&name, &cluster_state.admin_kubeconfig)?;
+            let log = self.node(&name)?.dir.join("kubelet.log");
+            real_node::wait_registered(&client, &name, &log).await?;
+        } else {
+            node::register(&client, &name, &addrs.all()).await?;
+        }
         let cidrs = node::wait_pod_cidrs(
             &client,
             &name,
@@ -97,6 +104,32 @@ impl Lab {
         .await?;
         info!(node = %name, address = ?addrs.all(), pod_cidrs = ?cidrs, "node registered");
         Ok(name)
+    }
+
+    /// Starts containerd and the kubelet on `node` (see [`real_node`]).
+    fn start_real_node(
+        &mut self,
+        node: &str,
+        kubeconfig: &std::path::Path,
+    ) -> Result<(), LabError> {
+        let node_state = self.node(node)?.clone();
+        let spec = real_node::RealNodeSpec {
+            lab: &self.state.name.clone(),
+            node: &node_state,
+            kubeconfig,
+        };
+        let tools = self.tools.clone();
+        let state = &mut self.state;
+        real_node::start(&spec, &tools, |daemon| {
+            state.daemons.push(daemon);
+            state.save().map_err(|e| real_node::RealNodeError::Io {
+                node: node.to_string(),
+                what: "saving the lab state".into(),
+                source: std::io::Error::other(e.to_string()),
+            })
+        })?;
+        info!(node, "containerd and kubelet started");
+        Ok(())
     }
 
     /// Removes a node: its Node object, every process and pod on it, its

@@ -17,6 +17,7 @@ mod lab;
 mod mesh;
 mod nat;
 mod peers;
+mod real_nodes;
 
 /// The module whose tests run labs now, and how many of its tests do.
 static TURN: Mutex<(Option<&'static str>, usize)> = Mutex::new((None, 0));
