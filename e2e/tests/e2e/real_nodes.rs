@@ -82,6 +82,89 @@ fn spread_deployment() -> Deployment {
     .expect("a Deployment")
 }
 
+/// An ordinary Deployment of two pods, one per node (the scheduler decides
+/// where, the kubelets create them through containerd, trellis-cni wires
+/// them); returns them Running.
+async fn spread_pods(client: &kube::Client) -> Vec<Pod> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    deployments
+        .create(&PostParams::default(), &spread_deployment())
+        .await
+        .expect("the Deployment");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let selector = ListParams::default().labels("app=spread");
+    eventually("both pods Running", Duration::from_secs(120), || async {
+        let list = pods
+            .list(&selector)
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        list.len() == 2
+            && list
+                .iter()
+                .all(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+    })
+    .await;
+    let running = pods.list(&selector).await.unwrap().items;
+    let placed: BTreeSet<String> = running
+        .iter()
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
+    assert_eq!(placed.len(), 2, "one pod per node: {placed:?}");
+    running
+}
+
+/// The pid of a process of `pod` (in its network namespace).
+fn pod_pid(lab: &Lab, pod: &Pod) -> i32 {
+    let node = pod.spec.as_ref().unwrap().node_name.clone().unwrap();
+    let holder = holder_of(&lab.state.daemons, &node).expect("the node's holder");
+    let container = pod
+        .status
+        .as_ref()
+        .unwrap()
+        .container_statuses
+        .as_ref()
+        .unwrap()[0]
+        .container_id
+        .clone()
+        .expect("a container id");
+    container_pid(holder, &container).expect("the container's process")
+}
+
+fn pod_ips(pod: &Pod) -> Vec<String> {
+    let ips: Vec<String> = pod
+        .status
+        .as_ref()
+        .unwrap()
+        .pod_ips
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|ip| ip.ip.clone())
+        .collect();
+    assert_eq!(ips.len(), 2, "dual-stack pod addresses: {ips:?}");
+    ips
+}
+
+/// Each pod reaches the other, both families, over the mesh.
+fn ping_both_ways(lab: &Lab, pods: &[Pod]) {
+    for (from, to) in [(&pods[0], &pods[1]), (&pods[1], &pods[0])] {
+        let pid = pod_pid(lab, from).to_string();
+        for ip in pod_ips(to) {
+            let ping = std::process::Command::new("nsenter")
+                .args(["-t", &pid, "-n", "ping", "-c", "1", "-W", "3", &ip])
+                .output()
+                .unwrap();
+            assert!(
+                ping.status.success(),
+                "{} -> {ip}: {}",
+                from.metadata.name.as_deref().unwrap_or_default(),
+                String::from_utf8_lossy(&ping.stdout)
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root"]
 async fn pods_of_a_deployment_on_real_nodes_talk_over_the_mesh() {
@@ -113,84 +196,11 @@ async fn pods_of_a_deployment_on_real_nodes_talk_over_the_mesh() {
     )
     .await;
 
-    // An ordinary Deployment: the scheduler puts one pod on each node, the
-    // kubelets create them through containerd, trellis-cni wires them.
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
-    deployments
-        .create(&PostParams::default(), &spread_deployment())
-        .await
-        .expect("the Deployment");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let selector = ListParams::default().labels("app=spread");
-    eventually("both pods Running", Duration::from_secs(120), || async {
-        let list = pods
-            .list(&selector)
-            .await
-            .map(|l| l.items)
-            .unwrap_or_default();
-        list.len() == 2
-            && list
-                .iter()
-                .all(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-    })
-    .await;
-    let running = pods.list(&selector).await.unwrap().items;
-    let placed: BTreeSet<String> = running
-        .iter()
-        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
-        .collect();
-    assert_eq!(placed.len(), 2, "one pod per node: {placed:?}");
-
-    // Each pod reaches the other, both families, over the mesh.
-    for (from, to) in [(&running[0], &running[1]), (&running[1], &running[0])] {
-        let node = from.spec.as_ref().unwrap().node_name.clone().unwrap();
-        let holder = holder_of(&lab.state.daemons, &node).expect("the node's holder");
-        let container = from
-            .status
-            .as_ref()
-            .unwrap()
-            .container_statuses
-            .as_ref()
-            .unwrap()[0]
-            .container_id
-            .clone()
-            .expect("a container id");
-        let pid = container_pid(holder, &container).expect("the container's process");
-        let targets: Vec<String> = to
-            .status
-            .as_ref()
-            .unwrap()
-            .pod_ips
-            .as_ref()
-            .unwrap()
-            .iter()
-            .map(|ip| ip.ip.clone())
-            .collect();
-        assert_eq!(targets.len(), 2, "dual-stack pod addresses: {targets:?}");
-        for ip in &targets {
-            let ping = std::process::Command::new("nsenter")
-                .args([
-                    "-t",
-                    &pid.to_string(),
-                    "-n",
-                    "ping",
-                    "-c",
-                    "1",
-                    "-W",
-                    "3",
-                    ip,
-                ])
-                .output()
-                .unwrap();
-            assert!(
-                ping.status.success(),
-                "pod on {node} -> {ip}: {}",
-                String::from_utf8_lossy(&ping.stdout)
-            );
-        }
-    }
+    let running = spread_pods(&client).await;
+    ping_both_ways(&lab, &running);
 
     // Deleting them goes through CNI DEL: the pods' veths go.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
     deployments
         .delete("spread", &DeleteParams::foreground())
         .await
@@ -213,4 +223,179 @@ async fn pods_of_a_deployment_on_real_nodes_talk_over_the_mesh() {
         .unwrap();
     }
     assert!(trellis_e2e::down(LAB).is_clean());
+}
+
+/// Runs helm against the lab's cluster.
+fn helm(lab: &Lab, args: &[&str]) -> String {
+    let out = std::process::Command::new(lab.tools.path("helm").unwrap())
+        .args(args)
+        .env("KUBECONFIG", lab.kubeconfig(HELM_LAB).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "helm {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const HELM_LAB: &str = "realhelm";
+
+/// The DaemonSet's pods, when every one is Ready: their names.
+async fn trellis_pods_ready(client: &kube::Client, expected: usize) -> Option<BTreeSet<String>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
+    let list = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/name=trellis"))
+        .await
+        .ok()?;
+    let ready = |p: &Pod| {
+        p.metadata.deletion_timestamp.is_none()
+            && p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    };
+    let names: BTreeSet<String> = list
+        .items
+        .iter()
+        .filter(|p| ready(p))
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    (names.len() == expected && list.items.len() == expected).then_some(names)
+}
+
+/// What a user does: `helm install` of the chart onto a cluster of real
+/// nodes, the image built here and imported into each node's containerd.
+/// The kubelets run the DaemonSet (init container installs trellis-cni,
+/// then trellis-wg and the agent); the nodes turn Ready; ordinary pods on
+/// different nodes reach each other; `helm upgrade` rolls the DaemonSet
+/// (new pods; traffic flows again after, the loss printed); `helm
+/// uninstall` removes it.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root"]
+async fn helm_installs_trellis_on_real_nodes_upgrades_and_uninstalls() {
+    trellis_e2e::assert_root();
+    let _turn = crate::module_turn(module_path!());
+    trellis_e2e::down(HELM_LAB);
+    let archive = trellis_e2e::real_node::image_archive("trellis").expect("the Trellis image");
+    let mut options = LabOptions::new(HELM_LAB, 2);
+    options.real_nodes = true;
+    let lab = Lab::up(options).await.expect("a lab of real nodes");
+    for node in ["realhelm-n1", "realhelm-n2"] {
+        let holder = holder_of(&lab.state.daemons, node).unwrap();
+        trellis_e2e::real_node::import_image(holder, node, &archive).expect("import");
+    }
+    let client = lab.client(HELM_LAB).await.unwrap();
+    let cluster = &lab.state.clusters[0];
+    let host = cluster
+        .apiserver_url
+        .trim_start_matches("https://")
+        .rsplit_once(':')
+        .unwrap()
+        .0
+        .trim_matches(['[', ']'])
+        .to_string();
+    let ranges = format!(
+        "podRanges={{{}}}",
+        cluster
+            .cluster_cidrs
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/trellis");
+    helm(
+        &lab,
+        &[
+            "install",
+            "trellis",
+            chart,
+            "-n",
+            "kube-system",
+            "--set",
+            &format!("apiServer.host={host},apiServer.port=6443"),
+            "--set",
+            "image.pullPolicy=Never",
+            "--set",
+            &ranges,
+            "--set",
+            "resyncSeconds=10",
+            "--set",
+            "logFormat=text",
+        ],
+    );
+    eventually(
+        "the DaemonSet's pods Ready on both nodes",
+        Duration::from_secs(120),
+        || async { trellis_pods_ready(&client, 2).await.is_some() },
+    )
+    .await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    eventually("both nodes Ready", Duration::from_secs(60), || async {
+        nodes_ready(&nodes).await.iter().all(|(_, ok, _)| *ok)
+    })
+    .await;
+    let before = trellis_pods_ready(&client, 2).await.unwrap();
+    let running = spread_pods(&client).await;
+    ping_both_ways(&lab, &running);
+
+    // The upgrade replaces each node's pod, the userspace device with it.
+    let flow_netns = format!("{}flow", lab.names().netns_prefix());
+    let pid = pod_pid(&lab, &running[0]).to_string();
+    trellis_e2e::cmd::ip(None, &["netns", "attach", &flow_netns, &pid]).unwrap();
+    let target = pod_ips(&running[1])[0].clone();
+    let flow = trellis_e2e::pod::ping_flow(&flow_netns, &target, 60);
+    helm(
+        &lab,
+        &[
+            "upgrade",
+            "trellis",
+            chart,
+            "-n",
+            "kube-system",
+            "--reuse-values",
+            "--set",
+            "resyncSeconds=11",
+        ],
+    );
+    eventually(
+        "the DaemonSet rolled: new pods, all Ready",
+        Duration::from_secs(180),
+        || async {
+            trellis_pods_ready(&client, 2)
+                .await
+                .is_some_and(|now| now.is_disjoint(&before))
+        },
+    )
+    .await;
+    let (sent, received) = flow.join().unwrap();
+    eprintln!(
+        "helm upgrade: a flow of {sent} pings (50 ms apart) across the nodes lost {} while the DaemonSet rolled",
+        sent - received
+    );
+    assert!(
+        received > 0 && sent > 100,
+        "the flow ran: {received} of {sent}"
+    );
+    ping_both_ways(&lab, &running);
+
+    helm(
+        &lab,
+        &["uninstall", "trellis", "-n", "kube-system", "--wait"],
+    );
+    eventually(
+        "the DaemonSet's pods gone",
+        Duration::from_secs(90),
+        || async {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
+            pods.list(&ListParams::default().labels("app.kubernetes.io/name=trellis"))
+                .await
+                .is_ok_and(|l| l.items.is_empty())
+        },
+    )
+    .await;
+    let _ = trellis_e2e::cmd::ip(None, &["netns", "delete", &flow_netns]);
+    assert!(trellis_e2e::down(HELM_LAB).is_clean());
 }
