@@ -1,5 +1,6 @@
 //! Real nodes: a lab node that runs what a Kubernetes node runs — Debian's
-//! containerd with runc, and a kubelet v1.34.4 that registers its own Node,
+//! containerd with runc, kube-proxy (nftables mode) for Services, and a
+//! kubelet v1.34.4 that registers its own Node,
 //! turns Ready only once a CNI configuration exists, and creates the pods
 //! the scheduler places on it through CRI (so trellis-cni is called by
 //! containerd, as on a real cluster).
@@ -194,8 +195,10 @@ pub fn image_archive(image: &str) -> Result<PathBuf, RealNodeError> {
 pub struct RealNodeSpec<'a> {
     pub lab: &'a str,
     pub node: &'a NodeState,
-    /// The kubeconfig the kubelet uses.
+    /// The kubeconfig the kubelet and kube-proxy use.
     pub kubeconfig: &'a Path,
+    /// The cluster's pod CIDRs (kube-proxy tells pod traffic by them).
+    pub cluster_cidrs: &'a [ipnet::IpNet],
 }
 
 impl RealNodeSpec<'_> {
@@ -337,6 +340,31 @@ resolvConf: /etc/resolv.conf
     }
 }
 
+impl RealNodeSpec<'_> {
+    /// kube-proxy in nftables mode; it changes no global sysctl (the
+    /// conntrack ones are the machine's, shared by every node).
+    fn kube_proxy_config(&self) -> String {
+        let cidrs: Vec<String> = self.cluster_cidrs.iter().map(|c| c.to_string()).collect();
+        format!(
+            r#"apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: nftables
+clientConnection:
+  kubeconfig: {kubeconfig}
+hostnameOverride: {node}
+clusterCIDR: {cidrs}
+conntrack:
+  maxPerCore: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+"#,
+            kubeconfig = self.kubeconfig.display(),
+            node = self.node.name,
+            cidrs = cidrs.join(","),
+        )
+    }
+}
+
 /// Starts `command` as a daemon of the node (its own session, output to
 /// `log`).
 fn spawn(mut command: Command, log: &Path) -> std::io::Result<i32> {
@@ -458,6 +486,17 @@ pub fn start(
         pid,
         netns: spec.node.netns.clone(),
         log: log("kubelet"),
+    })?;
+
+    let proxy_config = spec.write("kube-proxy.yaml", &spec.kube_proxy_config())?;
+    let mut proxy = in_node(holder_pid, tools.path("kube-proxy")?);
+    proxy.arg(format!("--config={}", proxy_config.display()));
+    let pid = spawn(proxy, &log("kube-proxy")).map_err(spec.io("starting kube-proxy"))?;
+    record(Daemon {
+        name: format!("{node}/kube-proxy"),
+        pid,
+        netns: spec.node.netns.clone(),
+        log: log("kube-proxy"),
     })?;
     Ok(())
 }

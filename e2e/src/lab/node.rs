@@ -106,17 +106,20 @@ impl Lab {
         Ok(name)
     }
 
-    /// Starts containerd and the kubelet on `node` (see [`real_node`]).
+    /// Starts containerd, the kubelet and kube-proxy on `node` (see
+    /// [`real_node`]).
     fn start_real_node(
         &mut self,
         node: &str,
         kubeconfig: &std::path::Path,
     ) -> Result<(), LabError> {
         let node_state = self.node(node)?.clone();
+        let cidrs = self.cluster_of(node)?.cluster_cidrs.clone();
         let spec = real_node::RealNodeSpec {
             lab: &self.state.name.clone(),
             node: &node_state,
             kubeconfig,
+            cluster_cidrs: &cidrs,
         };
         let tools = self.tools.clone();
         let state = &mut self.state;
@@ -128,7 +131,7 @@ impl Lab {
                 source: std::io::Error::other(e.to_string()),
             })
         })?;
-        info!(node, "containerd and kubelet started");
+        info!(node, "containerd, kubelet and kube-proxy started");
         Ok(())
     }
 

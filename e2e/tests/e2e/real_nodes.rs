@@ -1,6 +1,7 @@
-//! Real nodes: containerd and a kubelet v1.34.4 on each lab node, pods
-//! placed by kube-scheduler and created through CRI, so that trellis-cni
-//! is called by containerd as on a real cluster. (Trellis's own agents are
+//! Real nodes: containerd, a kubelet v1.34.4 and kube-proxy on each lab
+//! node, pods placed by kube-scheduler and created through CRI, so that
+//! trellis-cni is called by containerd as on a real cluster, and Services
+//! served by kube-proxy across the mesh. (Trellis's own agents are
 //! still started by the lab here; `helm install` from the image comes
 //! next.)
 
@@ -8,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use trellis_e2e::mesh::{wait_for, Device};
 use trellis_e2e::real_node::{container_pid, holder_of};
@@ -70,10 +71,10 @@ fn spread_deployment() -> Deployment {
                     ]}},
                     "terminationGracePeriodSeconds": 1,
                     "containers": [{
-                        "name": "sleeper",
+                        "name": "web",
                         "image": "trellis.dev/lab/busybox:1.35.0",
                         "imagePullPolicy": "Never",
-                        "command": ["sleep", "3600"]
+                        "command": ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
                     }]
                 }
             }
@@ -146,6 +147,59 @@ fn pod_ips(pod: &Pod) -> Vec<String> {
     ips
 }
 
+/// A ClusterIP Service in front of the spread pods.
+async fn spread_service(client: &kube::Client) -> String {
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let service: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "spread"},
+        "spec": {"selector": {"app": "spread"}, "ports": [{"port": 80, "targetPort": 8080}]}
+    }))
+    .unwrap();
+    let created = services
+        .create(&PostParams::default(), &service)
+        .await
+        .expect("the Service");
+    created.spec.unwrap().cluster_ip.expect("a ClusterIP")
+}
+
+/// One HTTP request from inside `pod`'s network namespace; the body.
+fn http_get_from(lab: &Lab, pod: &Pod, address: &str, port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let name = format!("{}http-{}", lab.names().netns_prefix(), std::process::id());
+    trellis_e2e::cmd::ip(
+        None,
+        &["netns", "attach", &name, &pod_pid(lab, pod).to_string()],
+    )
+    .ok()?;
+    let target: std::net::SocketAddr = format!("{address}:{port}").parse().ok()?;
+    let body = trellis_e2e::netns::run_in(&name, move || {
+        let mut stream =
+            std::net::TcpStream::connect_timeout(&target, Duration::from_secs(3)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        stream.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).ok()?;
+        answer
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.trim().to_string())
+    });
+    let _ = trellis_e2e::cmd::ip(None, &["netns", "delete", &name]);
+    body.ok().flatten()
+}
+
+/// A Service's ClusterIP, through kube-proxy on the client's node, reaches
+/// the pod on the other node over the mesh.
+fn service_reaches_the_other_node(lab: &Lab, pods: &[Pod], cluster_ip: &str) {
+    let other = pods[1].metadata.name.clone().unwrap();
+    let answers: Vec<String> = (0..20)
+        .filter_map(|_| http_get_from(lab, &pods[0], cluster_ip, 80))
+        .collect();
+    assert!(
+        answers.contains(&other),
+        "no answer from {other} on the other node through {cluster_ip}: {answers:?}"
+    );
+}
+
 /// Each pod reaches the other, both families, over the mesh.
 fn ping_both_ways(lab: &Lab, pods: &[Pod]) {
     for (from, to) in [(&pods[0], &pods[1]), (&pods[1], &pods[0])] {
@@ -198,6 +252,8 @@ async fn pods_of_a_deployment_on_real_nodes_talk_over_the_mesh() {
 
     let running = spread_pods(&client).await;
     ping_both_ways(&lab, &running);
+    let cluster_ip = spread_service(&client).await;
+    service_reaches_the_other_node(&lab, &running, &cluster_ip);
 
     // Deleting them goes through CNI DEL: the pods' veths go.
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
