@@ -50,13 +50,13 @@ images=("$@")
 ((${#images[@]})) || images=(trellis)
 for i in "${!images[@]}"; do
 	case "${images[i]}" in
-	all) images=(trellis pause busybox) && break ;;
-	trellis | pause | busybox) ;;
+	all) images=(trellis pause busybox agnhost) && break ;;
+	trellis | pause | busybox | agnhost) ;;
 	-h | --help)
 		sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"
 		exit 0
 		;;
-	*) die "unknown image '${images[i]}' (trellis, pause, busybox or all)" ;;
+	*) die "unknown image '${images[i]}' (trellis, pause, busybox, agnhost or all)" ;;
 	esac
 done
 
@@ -370,13 +370,10 @@ build_pause() {
 			"dev.trellis.debian.musl-tools=$musl_version")"
 }
 
-build_busybox() {
-	local version upstream bb root applet applets n=0
-	version=$(deb_version busybox-static)
+# A rootfs at $1 with Debian's static busybox and its applets in /bin.
+build_busybox_rootfs() {
+	local bb root=$1 applet applets n=0
 	bb=$(deb_file busybox-static /bin/busybox)
-	upstream=${version#*:}
-	upstream=${upstream%%-*}
-	root="$work/busybox-rootfs"
 	new_rootfs "$root"
 	mkdir -p "$root/bin" "$root/root"
 	chmod 0700 "$root/root"
@@ -387,10 +384,38 @@ build_busybox() {
 		ln -s busybox "$root/bin/$applet"
 		n=$((n + 1))
 	done <<<"$applets"
-	log "busybox: busybox-static $version with $n applets in /bin"
+	log "busybox applets: $n in /bin"
+}
+
+build_busybox() {
+	local version upstream root
+	version=$(deb_version busybox-static)
+	upstream=${version#*:}
+	upstream=${upstream%%-*}
+	root="$work/busybox-rootfs"
+	build_busybox_rootfs "$root"
+	log "busybox: busybox-static $version"
 	write_image busybox "trellis.dev/lab/busybox:$upstream" "$root" '"Cmd":["sh"]' 0 \
 		"$(json_arr "PATH=$default_path")" \
 		"$(json_labels "dev.trellis.debian.busybox-static=$version")"
+}
+
+# agnhost, the upstream e2e suite's test server, built from Kubernetes'
+# test/images/agnhost by tools/bootstrap.sh (CGO off: static), over the
+# busybox applets (the suite runs sh and nc in it), under the name and tag
+# the v1.34 suite asks for (test/utils/image/manifest.go).
+build_agnhost() {
+	local agnhost root kube_version
+	agnhost=${TRELLIS_AGNHOST:-$(tools/bootstrap.sh --print-dir)/agnhost}
+	[[ -x "$agnhost" ]] || die "no agnhost at $agnhost (tools/bootstrap.sh builds it)"
+	kube_version=$(sed -n 's/^KUBERNETES_VERSION=//p' tools/versions.env)
+	build_busybox_rootfs "$work/agnhost-rootfs"
+	root="$work/agnhost-rootfs"
+	install -m 0755 "$agnhost" "$root/agnhost"
+	write_image agnhost "registry.k8s.io/e2e-test-images/agnhost:2.56" "$root" \
+		'"Entrypoint":["/agnhost"],"Cmd":["pause"]' 0 \
+		"$(json_arr "PATH=$default_path")" \
+		"$(json_labels "dev.trellis.source=k8s.io/kubernetes@$kube_version/test/images/agnhost")"
 }
 
 log "building ${images[*]} into $out"
@@ -399,6 +424,7 @@ for image in "${images[@]}"; do
 	trellis) set_epoch ;;
 	pause) set_epoch tools/image tools/versions.env ;;
 	busybox) set_epoch tools/image ;;
+	agnhost) set_epoch tools/image tools/versions.env tools/kube ;;
 	esac
 	"build_$image"
 done

@@ -1,9 +1,10 @@
 //! Real nodes: containerd, a kubelet v1.34.4 and kube-proxy on each lab
 //! node, pods placed by kube-scheduler and created through CRI, so that
 //! trellis-cni is called by containerd as on a real cluster, and Services
-//! served by kube-proxy across the mesh. (Trellis's own agents are
-//! still started by the lab here; `helm install` from the image comes
-//! next.)
+//! served by kube-proxy across the mesh, with Trellis installed by `helm`
+//! from the image built here. (The lab's own way of running Trellis plays
+//! the kubelet for Trellis's pod: on a real node the kubelet would run that
+//! Pod object too, so real nodes get Trellis from the chart.)
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -11,11 +12,9 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use trellis_e2e::mesh::{wait_for, Device};
+use trellis_e2e::mesh::wait_for;
 use trellis_e2e::real_node::{container_pid, holder_of};
 use trellis_e2e::{Lab, LabOptions};
-
-const LAB: &str = "real";
 
 fn ready(node: &Node) -> Option<(bool, String)> {
     let c = node
@@ -219,68 +218,6 @@ fn ping_both_ways(lab: &Lab, pods: &[Pod]) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs root"]
-async fn pods_of_a_deployment_on_real_nodes_talk_over_the_mesh() {
-    trellis_e2e::assert_root();
-    let _turn = crate::module_turn(module_path!());
-    trellis_e2e::down(LAB);
-    let mut options = LabOptions::new(LAB, 2);
-    options.real_nodes = true;
-    let mut lab = Lab::up(options).await.expect("a lab of real nodes");
-    let client = lab.client(LAB).await.unwrap();
-    let nodes: Api<Node> = Api::all(client.clone());
-
-    // A real kubelet registers its own Node and keeps it NotReady while no
-    // CNI configuration exists.
-    for (name, ok, why) in nodes_ready(&nodes).await {
-        assert!(!ok, "{name} is Ready before any network plugin: {why}");
-    }
-    lab.start_mesh(Device::TrellisWg)
-        .await
-        .expect("Trellis on both nodes");
-    lab.wait_mesh(1, Duration::from_secs(60)).expect("the mesh");
-    eventually(
-        "both nodes Ready once Trellis wrote its CNI configuration",
-        Duration::from_secs(90),
-        || async {
-            let all = nodes_ready(&nodes).await;
-            all.len() == 2 && all.iter().all(|(_, ok, _)| *ok)
-        },
-    )
-    .await;
-
-    let running = spread_pods(&client).await;
-    ping_both_ways(&lab, &running);
-    let cluster_ip = spread_service(&client).await;
-    service_reaches_the_other_node(&lab, &running, &cluster_ip);
-
-    // Deleting them goes through CNI DEL: the pods' veths go.
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
-    deployments
-        .delete("spread", &DeleteParams::foreground())
-        .await
-        .expect("delete");
-    for node in ["real-n1", "real-n2"] {
-        let netns = lab.node(node).unwrap().netns.clone();
-        wait_for(
-            Duration::from_secs(90),
-            || {
-                trellis_e2e::cmd::ip(Some(&netns), &["-o", "link", "show"]).is_ok_and(|links| {
-                    // "7: tr585ba9afaf1c@if2: <...": a pod's host end.
-                    !links.lines().any(|l| {
-                        let name = l.split(": ").nth(1).unwrap_or_default();
-                        name.starts_with("tr") && !name.starts_with("trellis")
-                    })
-                })
-            },
-            || format!("the pods' veths on {node} outlived their pods"),
-        )
-        .unwrap();
-    }
-    assert!(trellis_e2e::down(LAB).is_clean());
-}
-
 /// Runs helm against the lab's cluster.
 fn helm(lab: &Lab, args: &[&str]) -> String {
     let out = std::process::Command::new(lab.tools.path("helm").unwrap())
@@ -325,9 +262,10 @@ async fn trellis_pods_ready(client: &kube::Client, expected: usize) -> Option<BT
 /// nodes, the image built here and imported into each node's containerd.
 /// The kubelets run the DaemonSet (init container installs trellis-cni,
 /// then trellis-wg and the agent); the nodes turn Ready; ordinary pods on
-/// different nodes reach each other; `helm upgrade` rolls the DaemonSet
-/// (new pods; traffic flows again after, the loss printed); `helm
-/// uninstall` removes it.
+/// different nodes reach each other, and through a Service's ClusterIP
+/// (kube-proxy); `helm upgrade` rolls the DaemonSet (new pods; traffic
+/// flows again after, the loss printed); deleting the pods goes through CNI
+/// DEL; `helm uninstall` removes the DaemonSet.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root"]
 async fn helm_installs_trellis_on_real_nodes_upgrades_and_uninstalls() {
@@ -343,6 +281,12 @@ async fn helm_installs_trellis_on_real_nodes_upgrades_and_uninstalls() {
         trellis_e2e::real_node::import_image(holder, node, &archive).expect("import");
     }
     let client = lab.client(HELM_LAB).await.unwrap();
+    let nodes: Api<Node> = Api::all(client.clone());
+    // A real kubelet registers its own Node and keeps it NotReady while no
+    // CNI configuration exists.
+    for (name, ok, why) in nodes_ready(&nodes).await {
+        assert!(!ok, "{name} is Ready before any network plugin: {why}");
+    }
     let cluster = &lab.state.clusters[0];
     let host = cluster
         .apiserver_url
@@ -388,14 +332,17 @@ async fn helm_installs_trellis_on_real_nodes_upgrades_and_uninstalls() {
         || async { trellis_pods_ready(&client, 2).await.is_some() },
     )
     .await;
-    let nodes: Api<Node> = Api::all(client.clone());
-    eventually("both nodes Ready", Duration::from_secs(60), || async {
-        nodes_ready(&nodes).await.iter().all(|(_, ok, _)| *ok)
-    })
+    eventually(
+        "both nodes Ready once Trellis wrote its CNI configuration",
+        Duration::from_secs(60),
+        || async { nodes_ready(&nodes).await.iter().all(|(_, ok, _)| *ok) },
+    )
     .await;
     let before = trellis_pods_ready(&client, 2).await.unwrap();
     let running = spread_pods(&client).await;
     ping_both_ways(&lab, &running);
+    let cluster_ip = spread_service(&client).await;
+    service_reaches_the_other_node(&lab, &running, &cluster_ip);
 
     // The upgrade replaces each node's pod, the userspace device with it.
     let flow_netns = format!("{}flow", lab.names().netns_prefix());
@@ -437,6 +384,29 @@ async fn helm_installs_trellis_on_real_nodes_upgrades_and_uninstalls() {
     );
     ping_both_ways(&lab, &running);
 
+    // Deleting them goes through CNI DEL: the pods' veths go.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    deployments
+        .delete("spread", &DeleteParams::foreground())
+        .await
+        .expect("delete");
+    for node in ["realhelm-n1", "realhelm-n2"] {
+        let netns = lab.node(node).unwrap().netns.clone();
+        wait_for(
+            Duration::from_secs(90),
+            || {
+                trellis_e2e::cmd::ip(Some(&netns), &["-o", "link", "show"]).is_ok_and(|links| {
+                    // "7: tr585ba9afaf1c@if2: <...": a pod's host end.
+                    !links.lines().any(|l| {
+                        let name = l.split(": ").nth(1).unwrap_or_default();
+                        name.starts_with("tr") && !name.starts_with("trellis")
+                    })
+                })
+            },
+            || format!("the pods' veths on {node} outlived their pods"),
+        )
+        .unwrap();
+    }
     helm(
         &lab,
         &["uninstall", "trellis", "-n", "kube-system", "--wait"],
