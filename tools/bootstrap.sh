@@ -4,7 +4,8 @@
 #   - Go-built tools at pinned versions (tools/versions.env) into a cache
 #     outside the repository: kube-apiserver, kube-controller-manager, etcd,
 #     helm, cnitool and the reference CNI plugins; kubelet, kube-scheduler and
-#     kube-proxy for the lab's real nodes (with Debian's containerd and runc).
+#     kube-proxy for the lab's real nodes (with Debian's containerd and runc),
+#     kubectl, and the upstream e2e suite (e2e.test) with agnhost.
 # A cached rerun takes a second or two. Prints the tools' bin directory last.
 #
 #   tools/bootstrap.sh              install what is missing, print the bin dir
@@ -102,7 +103,13 @@ build_kube() {
 		-ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$ver -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean" \
 		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
 		k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-proxy \
-		k8s.io/kubernetes/cmd/kubelet)
+		k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubectl)
+}
+# The upstream e2e suite (e2e.test) and its test server agnhost (static,
+# for the image tools/image/build.sh makes of it), at the same version.
+build_kube_e2e() {
+	(cd "$here/kube" && go test -c -trimpath -ldflags "-s -w" -o "$bin_dir/e2e.test" k8s.io/kubernetes/test/e2e &&
+		CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$bin_dir/" k8s.io/kubernetes/test/images/agnhost)
 }
 build_etcd() { (cd "$here/etcd" && go build -trimpath -ldflags "-s -w" -o "$bin_dir/etcd" .); }
 build_helm() { GOBIN="$bin_dir" go install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"; }
@@ -133,6 +140,7 @@ fi
 mkdir -p "$bin_dir/cni"
 log "tools cache: $tools_dir"
 build_once kube "Kubernetes $KUBERNETES_VERSION: apiserver, controller-manager, scheduler, proxy, kubelet (cold: ~8 min on 2 cores)" build_kube
+build_once kube-e2e "Kubernetes $KUBERNETES_VERSION e2e.test and agnhost (cold: ~5 min, ~2 GB of memory)" build_kube_e2e
 build_once etcd "etcd $ETCD_VERSION" build_etcd
 build_once helm "helm $HELM_VERSION" build_helm
 build_once cnitool "cnitool $CNI_VERSION" build_cnitool
