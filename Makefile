@@ -10,7 +10,7 @@ export PATH := $(TRELLIS_TOOLS_BIN):$(PATH)
 # Root-only tests are #[ignore]d ("needs root"); run them when we are root.
 ROOT_TEST_FLAGS := $(if $(filter 0,$(shell id -u)),--include-ignored,)
 
-.PHONY: all build tools test test-kernel static image lint manifests unit-test bench demo demo-clusters demo-down clean
+.PHONY: all build tools test test-kernel conformance static image lint manifests unit-test bench demo demo-clusters demo-down clean
 
 all: build
 
@@ -42,6 +42,14 @@ test: tools lint static
 	$(CARGO) test --workspace -- $(ROOT_TEST_FLAGS)
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory test-kernel; \
 	else echo "NOTE: not root: the kernel tier (make test-kernel) is SKIPPED"; fi
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory conformance; \
+	else echo "NOTE: not root: the upstream conformance focus (make conformance) is SKIPPED"; fi
+
+## conformance: the upstream Kubernetes e2e suite (e2e.test v1.34.4) against Trellis installed
+## with helm on a lab cluster of real nodes (root); FOCUS=regexp SKIP=regexp choose the specs
+conformance: tools
+	$(CARGO) build --workspace --bins
+	tools/conformance/run.sh
 
 ## static: the image's binaries built for musl (as `make image` does), checked to be static
 static:

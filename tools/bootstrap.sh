@@ -36,7 +36,7 @@ log() { echo "[tools] $*" >&2; }
 
 apt_packages=(iproute2 nftables wireguard-tools wireguard-go iperf3 tcpdump iputils-ping
 	util-linux procps conntrack ca-certificates
-	containerd runc musl-tools busybox-static binutils)
+	containerd runc musl-tools busybox-static binutils netcat-openbsd curl)
 install_apt_packages() {
 	local missing=()
 	for pkg in "${apt_packages[@]}"; do

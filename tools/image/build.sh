@@ -401,9 +401,12 @@ build_busybox() {
 }
 
 # agnhost, the upstream e2e suite's test server, built from Kubernetes'
-# test/images/agnhost by tools/bootstrap.sh (CGO off: static), over the
-# busybox applets (the suite runs sh and nc in it), under the name and tag
-# the v1.34 suite asks for (test/utils/image/manifest.go).
+# test/images/agnhost by tools/bootstrap.sh (CGO off: static), under the
+# name and tag the v1.34 suite asks for (test/utils/image/manifest.go). The
+# suite runs shell commands in it as in the upstream image: curl, an
+# OpenBSD-style nc (-u), so those are Debian's, with their libraries, over
+# the busybox applets, and /bin/sh is bash (busybox's sh would run its own
+# nc applet, which has no -u).
 build_agnhost() {
 	local agnhost root kube_version
 	agnhost=${TRELLIS_AGNHOST:-$(tools/bootstrap.sh --print-dir)/agnhost}
@@ -412,6 +415,16 @@ build_agnhost() {
 	build_busybox_rootfs "$work/agnhost-rootfs"
 	root="$work/agnhost-rootfs"
 	install -m 0755 "$agnhost" "$root/agnhost"
+	copied_files=()
+	local prog
+	for prog in "$(deb_file bash /bin/bash)" "$(deb_file curl /usr/bin/curl)" "$(deb_file netcat-openbsd /bin/nc.openbsd)"; do
+		copy_with_libs "$root" "$prog"
+	done
+	# copy_in puts them where the host has them (/usr/bin, merged /usr).
+	rm -f "$root/bin/sh" "$root/bin/nc" "$root/bin/bash"
+	ln -s /usr/bin/bash "$root/bin/sh"
+	ln -s /usr/bin/bash "$root/bin/bash"
+	ln -s /usr/bin/nc.openbsd "$root/bin/nc"
 	write_image agnhost "registry.k8s.io/e2e-test-images/agnhost:2.56" "$root" \
 		'"Entrypoint":["/agnhost"],"Cmd":["pause"]' 0 \
 		"$(json_arr "PATH=$default_path")" \

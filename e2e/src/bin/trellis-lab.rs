@@ -58,6 +58,13 @@ enum Verb {
         #[arg(long)]
         cluster: Option<String>,
     },
+    /// Import OCI image archives into every real node's containerd (as a
+    /// registry pull would bring them).
+    ImportImage {
+        #[arg(long, default_value = "lab")]
+        name: String,
+        archives: Vec<std::path::PathBuf>,
+    },
     /// Add a second (third, ...) cluster with its own control plane.
     AddCluster {
         #[arg(long, default_value = "lab")]
@@ -205,6 +212,24 @@ async fn run(cli: Cli) -> Result<()> {
             let lab = Lab::open(&name)?;
             let cluster = cluster.unwrap_or_else(|| lab.state.clusters[0].name.clone());
             println!("{}", lab.kubeconfig(&cluster)?.display());
+        }
+        Verb::ImportImage { name, archives } => {
+            let lab = Lab::open(&name)?;
+            let archives: Vec<std::path::PathBuf> = archives
+                .iter()
+                .map(std::path::absolute)
+                .collect::<Result<_, _>>()?;
+            for node in &lab.state.nodes {
+                let Some(holder) =
+                    trellis_e2e::real_node::holder_of(&lab.state.daemons, &node.name)
+                else {
+                    continue;
+                };
+                for archive in &archives {
+                    trellis_e2e::real_node::import_image(holder, &node.name, archive)?;
+                    println!("{}: imported {}", node.name, archive.display());
+                }
+            }
         }
         Verb::AddCluster {
             name,
