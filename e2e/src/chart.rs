@@ -37,6 +37,13 @@ pub fn chart_dir() -> PathBuf {
         .join("charts/trellis")
 }
 
+/// Runs `helm args...` against `kubeconfig`'s cluster; its stdout.
+pub fn helm(helm: &Path, kubeconfig: &Path, args: &[&str]) -> Result<String, ChartError> {
+    let mut all = vec!["--kubeconfig", kubeconfig.to_str().unwrap_or_default()];
+    all.extend_from_slice(args);
+    Ok(cmd::run(&helm.display().to_string(), &all)?)
+}
+
 /// `helm template` of the chart with `values` (`--set key=value` each),
 /// CRDs included, as one YAML stream.
 pub fn render(helm: &Path, values: &[(String, String)]) -> Result<String, ChartError> {

@@ -420,14 +420,18 @@ pub fn start(
         .arg(format!("--net=/run/netns/{}", spec.node.netns))
         .args(["--", "unshare", "--mount", "--propagation", "slave", "bash"])
         .arg(&script);
-    let holder_pid =
-        spawn(holder, &log("mounts")).map_err(spec.io("starting the namespace holder"))?;
-    record(Daemon {
-        name: format!("{node}/mounts"),
-        pid: holder_pid,
-        netns: spec.node.netns.clone(),
-        log: log("mounts"),
-    })?;
+    // Starts `command` as the node's daemon `what`, recorded at once.
+    let mut launch = |what: &str, command: Command| -> Result<i32, RealNodeError> {
+        let pid = spawn(command, &log(what)).map_err(spec.io(format!("starting {what}")))?;
+        record(Daemon {
+            name: format!("{node}/{what}"),
+            pid,
+            netns: spec.node.netns.clone(),
+            log: log(what),
+        })?;
+        Ok(pid)
+    };
+    let holder_pid = launch("mounts", holder)?;
     // The holder execs `sleep` once every mount is in place.
     crate::mesh::wait_for(
         Duration::from_secs(10),
@@ -446,13 +450,7 @@ pub fn start(
     let config = spec.write("containerd.toml", &spec.containerd_config())?;
     let mut containerd = in_node(holder_pid, "containerd");
     containerd.arg("--config").arg(&config);
-    let pid = spawn(containerd, &log("containerd")).map_err(spec.io("starting containerd"))?;
-    record(Daemon {
-        name: format!("{node}/containerd"),
-        pid,
-        netns: spec.node.netns.clone(),
-        log: log("containerd"),
-    })?;
+    launch("containerd", containerd)?;
     let socket = spec.dir("/run/containerd").join("containerd.sock");
     crate::mesh::wait_for(CONTAINERD_UP, || socket.exists(), String::new).map_err(|_| {
         RealNodeError::NotUp {
@@ -480,24 +478,12 @@ pub fn start(
         .arg(format!("--hostname-override={node}"))
         .arg(format!("--node-ip={}", node_ips.join(",")))
         .args(["--root-dir=/var/lib/kubelet", "--v=1"]);
-    let pid = spawn(kubelet, &log("kubelet")).map_err(spec.io("starting the kubelet"))?;
-    record(Daemon {
-        name: format!("{node}/kubelet"),
-        pid,
-        netns: spec.node.netns.clone(),
-        log: log("kubelet"),
-    })?;
+    launch("kubelet", kubelet)?;
 
     let proxy_config = spec.write("kube-proxy.yaml", &spec.kube_proxy_config())?;
     let mut proxy = in_node(holder_pid, tools.path("kube-proxy")?);
     proxy.arg(format!("--config={}", proxy_config.display()));
-    let pid = spawn(proxy, &log("kube-proxy")).map_err(spec.io("starting kube-proxy"))?;
-    record(Daemon {
-        name: format!("{node}/kube-proxy"),
-        pid,
-        netns: spec.node.netns.clone(),
-        log: log("kube-proxy"),
-    })?;
+    launch("kube-proxy", proxy)?;
     Ok(())
 }
 

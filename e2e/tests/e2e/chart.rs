@@ -384,19 +384,9 @@ fn kubectl(lab: &Lab, args: &[&str]) -> Result<String, String> {
 }
 
 fn helm_cmd(lab: &Lab, args: &[String]) -> String {
-    let out = Command::new(helm())
-        .arg("--kubeconfig")
-        .arg(lab.kubeconfig(LAB).unwrap())
-        .args(["--namespace", chart::NAMESPACE])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "helm {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let mut all = vec!["--namespace", chart::NAMESPACE];
+    all.extend(args.iter().map(String::as_str));
+    chart::helm(&helm(), &lab.kubeconfig(LAB).unwrap(), &all).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Every object the chart makes, as `kubectl get` names them.

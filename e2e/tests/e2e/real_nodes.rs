@@ -220,17 +220,9 @@ fn ping_both_ways(lab: &Lab, pods: &[Pod]) {
 
 /// Runs helm against the lab's cluster.
 fn helm(lab: &Lab, args: &[&str]) -> String {
-    let out = std::process::Command::new(lab.tools.path("helm").unwrap())
-        .args(args)
-        .env("KUBECONFIG", lab.kubeconfig(HELM_LAB).unwrap())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "helm {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let helm = lab.tools.path("helm").unwrap();
+    trellis_e2e::chart::helm(&helm, &lab.kubeconfig(HELM_LAB).unwrap(), args)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 const HELM_LAB: &str = "realhelm";
@@ -305,7 +297,8 @@ async fn helm_installs_trellis_on_real_nodes_upgrades_and_uninstalls() {
             .collect::<Vec<_>>()
             .join(",")
     );
-    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/trellis");
+    let chart_dir = trellis_e2e::chart::chart_dir();
+    let chart = chart_dir.to_str().unwrap();
     helm(
         &lab,
         &[
