@@ -5,7 +5,8 @@
 #     outside the repository: kube-apiserver, kube-controller-manager, etcd,
 #     helm, cnitool and the reference CNI plugins; kubelet, kube-scheduler and
 #     kube-proxy for the lab's real nodes (with Debian's containerd and runc),
-#     kubectl, and the upstream e2e suite (e2e.test) with agnhost.
+#     kubectl, the upstream e2e suite (e2e.test) with agnhost and the ginkgo
+#     CLI that runs it in parallel, and CoreDNS.
 # A cached rerun takes a second or two. Prints the tools' bin directory last.
 #
 #   tools/bootstrap.sh              install what is missing, print the bin dir
@@ -36,7 +37,7 @@ log() { echo "[tools] $*" >&2; }
 
 apt_packages=(iproute2 nftables wireguard-tools wireguard-go iperf3 tcpdump iputils-ping
 	util-linux procps conntrack ca-certificates
-	containerd runc musl-tools busybox-static binutils netcat-openbsd curl)
+	containerd runc musl-tools busybox-static binutils netcat-openbsd curl bind9-dnsutils)
 install_apt_packages() {
 	local missing=()
 	for pkg in "${apt_packages[@]}"; do
@@ -106,11 +107,16 @@ build_kube() {
 		k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubectl)
 }
 # The upstream e2e suite (e2e.test) and its test server agnhost (static,
-# for the image tools/image/build.sh makes of it), at the same version.
+# for the image tools/image/build.sh makes of it), at the same version, and
+# the ginkgo CLI at the version e2e.test links (the parallel protocol is
+# between the two).
 build_kube_e2e() {
 	(cd "$here/kube" && go test -c -trimpath -ldflags "-s -w" -o "$bin_dir/e2e.test" k8s.io/kubernetes/test/e2e &&
-		CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$bin_dir/" k8s.io/kubernetes/test/images/agnhost)
+		CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$bin_dir/" k8s.io/kubernetes/test/images/agnhost &&
+		go build -trimpath -ldflags "-s -w" -o "$bin_dir/" github.com/onsi/ginkgo/v2/ginkgo)
 }
+# CoreDNS, static, for the image tools/image/build.sh makes of it.
+build_coredns() { CGO_ENABLED=0 GOBIN="$bin_dir" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"; }
 build_etcd() { (cd "$here/etcd" && go build -trimpath -ldflags "-s -w" -o "$bin_dir/etcd" .); }
 build_helm() { GOBIN="$bin_dir" go install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"; }
 build_cnitool() { GOBIN="$bin_dir" go install -trimpath -ldflags "-s -w" "github.com/containernetworking/cni/cnitool@$CNI_VERSION"; }
@@ -140,7 +146,8 @@ fi
 mkdir -p "$bin_dir/cni"
 log "tools cache: $tools_dir"
 build_once kube "Kubernetes $KUBERNETES_VERSION: apiserver, controller-manager, scheduler, proxy, kubelet (cold: ~8 min on 2 cores)" build_kube
-build_once kube-e2e "Kubernetes $KUBERNETES_VERSION e2e.test and agnhost (cold: ~5 min, ~2 GB of memory)" build_kube_e2e
+build_once kube-e2e "Kubernetes $KUBERNETES_VERSION e2e.test, agnhost and ginkgo (cold: ~5 min, ~2 GB of memory)" build_kube_e2e
+build_once coredns "CoreDNS $COREDNS_VERSION (cold: ~2 min)" build_coredns
 build_once etcd "etcd $ETCD_VERSION" build_etcd
 build_once helm "helm $HELM_VERSION" build_helm
 build_once cnitool "cnitool $CNI_VERSION" build_cnitool

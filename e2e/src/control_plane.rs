@@ -1,6 +1,7 @@
 //! A cluster's control plane, running in the cluster's own namespace on the
-//! underlay: etcd, kube-apiserver (TLS, RBAC) and kube-controller-manager
-//! running the node IPAM controller, so pod CIDRs come from the real thing.
+//! underlay: etcd, kube-apiserver (TLS; the Node authorizer, RBAC and
+//! NodeRestriction) and kube-controller-manager running the node IPAM
+//! controller, so pod CIDRs come from the real thing.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,12 @@ pub enum ControlPlaneError {
     Tools(#[from] ToolsError),
     #[error(transparent)]
     Netns(#[from] NetnsError),
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("creating {path}: {source}")]
     Dir {
         path: PathBuf,
@@ -73,18 +80,48 @@ impl ControlPlaneSpec {
         self.dir.join("admin.kubeconfig")
     }
     fn pki_dir(&self) -> PathBuf {
-        self.dir.join("pki")
+        pki_dir(&self.dir)
     }
     fn log(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.log"))
     }
-    fn service_cidr(&self) -> &'static str {
-        if self.cluster_cidrs.iter().any(|c| c.addr().is_ipv4()) {
-            "10.96.0.0/16"
-        } else {
-            "fd00:10:96::/112"
-        }
+    fn service_cidr(&self) -> IpNet {
+        service_cidr(&self.cluster_cidrs)
     }
+}
+
+/// The Services' range of a cluster with these pod CIDRs: kubeadm's
+/// default, in the family of the first IPv4 CIDR if there is one.
+pub fn service_cidr(cluster_cidrs: &[IpNet]) -> IpNet {
+    if cluster_cidrs.iter().any(|c| c.addr().is_ipv4()) {
+        "10.96.0.0/16".parse().expect("literal")
+    } else {
+        "fd00:10:96::/112".parse().expect("literal")
+    }
+}
+
+/// The PKI directory of the cluster whose files are in `cluster_dir`.
+pub fn pki_dir(cluster_dir: &Path) -> PathBuf {
+    cluster_dir.join("pki")
+}
+
+fn ca_name(cluster: &str) -> String {
+    format!("trellis-lab-{cluster}-ca")
+}
+
+/// The CA of the cluster `cluster` whose files are in `cluster_dir`, to
+/// sign certificates for nodes that join.
+pub fn load_ca(cluster: &str, cluster_dir: &Path) -> Result<Ca, ControlPlaneError> {
+    let dir = pki_dir(cluster_dir);
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read_to_string(&path).map_err(|source| ControlPlaneError::Read { path, source })
+    };
+    Ok(Ca::load(
+        &ca_name(cluster),
+        &read("ca.crt")?,
+        &read("ca.key")?,
+    )?)
 }
 
 fn mkdir(path: &Path) -> Result<(), ControlPlaneError> {
@@ -98,7 +135,7 @@ fn mkdir(path: &Path) -> Result<(), ControlPlaneError> {
 pub fn write_pki(spec: &ControlPlaneSpec) -> Result<(), ControlPlaneError> {
     let pki_dir = spec.pki_dir();
     mkdir(&pki_dir)?;
-    let ca = Ca::new(&format!("trellis-lab-{}-ca", spec.cluster))?;
+    let ca = Ca::new(&ca_name(&spec.cluster))?;
     let mut ips = spec.addresses.clone();
     ips.extend([
         "127.0.0.1".parse::<IpAddr>().expect("literal"),
@@ -116,6 +153,18 @@ pub fn write_pki(spec: &ControlPlaneSpec) -> Result<(), ControlPlaneError> {
     )?;
     let (sa_key, sa_pub) = pki::service_account_key()?;
     pki::write_private(&pki_dir.join("ca.crt"), &ca.cert_pem)?;
+    pki::write_private(&pki_dir.join("ca.key"), &ca.key_pem)?;
+    // The apiserver's client certificate towards kubelets (exec, logs,
+    // port-forward, the node proxy), as kubeadm issues it.
+    let kubelet_client = ca.client_cert("kube-apiserver-kubelet-client", &["system:masters"])?;
+    pki::write_private(
+        &pki_dir.join("apiserver-kubelet-client.crt"),
+        &kubelet_client.cert_pem,
+    )?;
+    pki::write_private(
+        &pki_dir.join("apiserver-kubelet-client.key"),
+        &kubelet_client.key_pem,
+    )?;
     pki::write_private(&pki_dir.join("apiserver.crt"), &server.cert_pem)?;
     pki::write_private(&pki_dir.join("apiserver.key"), &server.key_pem)?;
     pki::write_private(&pki_dir.join("sa.key"), &sa_key)?;
@@ -206,7 +255,15 @@ pub fn start(
         format!("--service-account-key-file={}", p("sa.pub")),
         format!("--service-account-signing-key-file={}", p("sa.key")),
         format!("--service-cluster-ip-range={}", spec.service_cidr()),
-        "--authorization-mode=RBAC".to_string(),
+        // Kubelets authenticate as system:node:NAME: the Node authorizer
+        // and NodeRestriction confine each to its own Node and pods.
+        "--authorization-mode=Node,RBAC".to_string(),
+        "--enable-admission-plugins=NodeRestriction".to_string(),
+        format!(
+            "--kubelet-client-certificate={}",
+            p("apiserver-kubelet-client.crt")
+        ),
+        format!("--kubelet-client-key={}", p("apiserver-kubelet-client.key")),
         // As kubeadm sets it: the node proxy (kubectl trellis status) dials
         // the node's InternalIP, lab node names do not resolve.
         "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname".to_string(),
@@ -214,6 +271,11 @@ pub fn start(
         "--enable-priority-and-fairness=false".to_string(),
         "--profiling=false".to_string(),
     ]);
+    if spec.real_nodes {
+        // Real kubelets serve with certificates of the cluster CA (the
+        // imitation nodes run no kubelet).
+        apiserver.arg(format!("--kubelet-certificate-authority={}", p("ca.crt")));
+    }
     let mut kcm = Command::new(tools.path("kube-controller-manager")?);
     kcm.args([
         format!(

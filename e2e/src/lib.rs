@@ -10,6 +10,7 @@
 
 pub mod bench;
 pub mod chart;
+pub mod cluster_dns;
 pub mod cmd;
 pub mod control_plane;
 pub mod daemonset;

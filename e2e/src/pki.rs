@@ -38,6 +38,9 @@ pub struct CertPair {
 pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
     pub cert_pem: String,
+    /// Kept (0600) beside the certificate, as kubeadm keeps ca.key: nodes
+    /// that join later get certificates signed by it.
+    pub key_pem: String,
 }
 
 impl std::fmt::Debug for Ca {
@@ -50,24 +53,42 @@ fn gen(what: &'static str) -> impl Fn(rcgen::Error) -> PkiError {
     move |source| PkiError::Generate { what, source }
 }
 
+fn ca_params(common_name: &str) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen("CA"))?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(params)
+}
+
 impl Ca {
     /// A new self-signed CA named `common_name`.
     pub fn new(common_name: &str) -> Result<Self, PkiError> {
         let key = KeyPair::generate().map_err(gen("CA key"))?;
-        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen("CA"))?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        let params = ca_params(common_name)?;
         let cert = params.self_signed(&key).map_err(gen("CA certificate"))?;
         Ok(Ca {
             cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
             issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// The CA [`Ca::new`] made as `common_name`, from its certificate and
+    /// key. What it signs names the same issuer and key identifier (the
+    /// name is the subject's, the identifier is derived from the key).
+    pub fn load(common_name: &str, cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
+        let key = KeyPair::from_pem(key_pem).map_err(gen("reading the CA key"))?;
+        Ok(Ca {
+            cert_pem: cert_pem.to_string(),
+            key_pem: key_pem.to_string(),
+            issuer: Issuer::new(ca_params(common_name)?, key),
         })
     }
 
@@ -160,6 +181,23 @@ mod tests {
         assert!(admin.key_pem.contains("PRIVATE KEY"));
         assert_ne!(server.key_pem, admin.key_pem);
         assert_ne!(server.cert_pem, admin.cert_pem);
+    }
+
+    #[test]
+    fn a_ca_loads_from_its_certificate_and_key() {
+        // That what a loaded CA signs chains to the original is shown by
+        // the lab: kubelets' certificates, issued after the apiserver
+        // started, are accepted by it (real_nodes::…).
+        let ca = Ca::new("lab-ca").unwrap();
+        assert!(ca.key_pem.contains("PRIVATE KEY"));
+        let again = Ca::load("lab-ca", &ca.cert_pem, &ca.key_pem).unwrap();
+        assert_eq!(again.cert_pem, ca.cert_pem);
+        let node = again
+            .client_cert("system:node:n1", &["system:nodes"])
+            .unwrap();
+        assert!(node.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        let err = Ca::load("lab-ca", &ca.cert_pem, "not a key").err().unwrap();
+        assert!(err.to_string().contains("CA key"), "{err}");
     }
 
     #[test]

@@ -12,10 +12,19 @@
 //! v1 controller, its own sockets and logs, and private copies of the
 //! global sysctls a kubelet writes at start. Teardown kills what the cgroups
 //! hold and removes them ([`remove_cgroups`]).
+//!
+//! Each kubelet and kube-proxy has its own credentials ([`credentials`]);
+//! the kubelet serves with a certificate of the cluster CA and authorizes
+//! requests with the API server (webhook), and points pods at the cluster
+//! DNS ([`crate::cluster_dns`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
+
+pub use credentials::NodeCredentials;
+
+pub mod credentials;
 
 use crate::deadline;
 use crate::node::private_dir;
@@ -45,6 +54,12 @@ pub enum RealNodeError {
     },
     #[error(transparent)]
     Tools(#[from] crate::tools::ToolsError),
+    #[error("real node {node}: its credentials: {source}")]
+    Credentials {
+        node: String,
+        #[source]
+        source: credentials::CredentialsError,
+    },
 }
 
 /// Directories of a real node beside Trellis's own, private to it.
@@ -66,7 +81,7 @@ const SHADOWED_SYSCTLS: [&str; 5] = [
 ];
 
 /// The images every real node holds (built here: no registry is reachable).
-pub const NODE_IMAGES: [&str; 2] = ["pause", "busybox"];
+pub const NODE_IMAGES: [&str; 3] = ["pause", "busybox", "coredns"];
 /// The sandbox image containerd runs for every pod.
 pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10.1";
 
@@ -195,10 +210,12 @@ pub fn image_archive(image: &str) -> Result<PathBuf, RealNodeError> {
 pub struct RealNodeSpec<'a> {
     pub lab: &'a str,
     pub node: &'a NodeState,
-    /// The kubeconfig the kubelet and kube-proxy use.
-    pub kubeconfig: &'a Path,
+    /// The kubelet's and kube-proxy's own credentials.
+    pub credentials: &'a NodeCredentials,
     /// The cluster's pod CIDRs (kube-proxy tells pod traffic by them).
     pub cluster_cidrs: &'a [ipnet::IpNet],
+    /// The cluster DNS Service's address, the pods' nameserver.
+    pub cluster_dns: std::net::IpAddr,
 }
 
 impl RealNodeSpec<'_> {
@@ -323,19 +340,30 @@ podLogsDir: /var/log/pods
 containerRuntimeEndpoint: unix:///run/containerd/containerd.sock
 authentication:
   anonymous:
-    enabled: true
-  webhook:
     enabled: false
+  webhook:
+    enabled: true
+  x509:
+    clientCAFile: {client_ca}
 authorization:
-  mode: AlwaysAllow
+  mode: Webhook
+tlsCertFile: {cert}
+tlsPrivateKeyFile: {key}
 evictionHard:
   memory.available: "1Mi"
   nodefs.available: "1%"
   imagefs.available: "1%"
 localStorageCapacityIsolation: false
 resolvConf: /etc/resolv.conf
+clusterDNS: [{dns}]
+clusterDomain: {domain}
 "#,
             root = cgroup_root(self.lab, &self.node.name),
+            dns = self.cluster_dns,
+            client_ca = self.credentials.client_ca.display(),
+            cert = self.credentials.serving_cert.display(),
+            key = self.credentials.serving_key.display(),
+            domain = crate::cluster_dns::DOMAIN,
         )
     }
 }
@@ -358,7 +386,7 @@ conntrack:
   tcpEstablishedTimeout: 0s
   tcpCloseWaitTimeout: 0s
 "#,
-            kubeconfig = self.kubeconfig.display(),
+            kubeconfig = self.credentials.kube_proxy_kubeconfig.display(),
             node = self.node.name,
             cidrs = cidrs.join(","),
         )
@@ -474,7 +502,10 @@ pub fn start(
     let mut kubelet = in_node(holder_pid, tools.path("kubelet")?);
     kubelet
         .arg(format!("--config={}", kubelet_config.display()))
-        .arg(format!("--kubeconfig={}", spec.kubeconfig.display()))
+        .arg(format!(
+            "--kubeconfig={}",
+            spec.credentials.kubelet_kubeconfig.display()
+        ))
         .arg(format!("--hostname-override={node}"))
         .arg(format!("--node-ip={}", node_ips.join(",")))
         .args(["--root-dir=/var/lib/kubelet", "--v=1"]);

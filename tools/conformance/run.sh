@@ -2,35 +2,46 @@
 # The upstream Kubernetes e2e suite judging Trellis (`make conformance`): a
 # lab cluster of real nodes (containerd, kubelet, kube-proxy; see the
 # README's "Real nodes"), Trellis installed with helm from the image built
-# here, then e2e.test v1.34.4 with a focus, and the suite's own summary.
+# here, CoreDNS behind kube-dns, then e2e.test v1.34.4 with a focus, run by
+# the ginkgo CLI in PROCS parallel processes, and the suite's own summary.
 #
 #   tools/conformance/run.sh                 the focus below
 #   FOCUS='regexp' SKIP='regexp' tools/conformance/run.sh
-#   NODES=3 KEEP=1 ...                       (KEEP=1 leaves the lab up)
+#   NODES=3 PROCS=2 KEEP=1 ...               (KEEP=1 leaves the lab up)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 log() { echo "[conformance] $*" >&2; }
 : "${TRELLIS_TOOLS_BIN:?run through make conformance (it sets TRELLIS_TOOLS_BIN)}"
 lab=${LAB:-conform}
 nodes=${NODES:-2}
-# The pod network's own conformance specs, which need nothing but pods,
-# a scheduler and the network: pod to pod over HTTP and UDP, node to pod.
-focus=${FOCUS:-'\[sig-network\] Networking Granular Checks: Pods .*\[Conformance\]'}
-# SCTP needs a kernel with SCTP, which these machines lack.
+procs=${PROCS:-4}
+# Every [sig-network] conformance spec (45 at v1.34.4): pod to pod and node
+# to pod over HTTP and UDP, Services (ClusterIP, NodePort, session affinity,
+# ExternalName), DNS, HostPort, EndpointSlices, the API server's proxy.
+focus=${FOCUS:-'\[sig-network\].*\[Conformance\]'}
+# SCTP needs a kernel with SCTP, which these machines lack; Serial and
+# Disruptive specs would take down nodes others share (none is in the focus).
 skip=${SKIP:-'SCTP|\[Serial\]|\[Disruptive\]|\[Flaky\]'}
 trellis_lab=target/debug/trellis-lab
 e2e=$TRELLIS_TOOLS_BIN/e2e.test
+ginkgo=$TRELLIS_TOOLS_BIN/ginkgo
 
 [[ -x $trellis_lab ]] || { log "build first: cargo build --workspace --bins"; exit 1; }
-[[ -x $e2e ]] || { log "no $e2e: tools/bootstrap.sh builds it"; exit 1; }
-log "images: trellis, agnhost (tools/image/build.sh)"
-tools/image/build.sh trellis agnhost >/dev/null
+for tool in "$e2e" "$ginkgo"; do
+	[[ -x $tool ]] || { log "no $tool: tools/bootstrap.sh builds it"; exit 1; }
+done
+# The suite's images (test/utils/image/manifest.go names them).
+images=(trellis agnhost jessie-dnsutils)
+log "images: ${images[*]} (tools/image/build.sh)"
+tools/image/build.sh "${images[@]}" >/dev/null
 $trellis_lab down --name "$lab" >/dev/null 2>&1 || true
 cleanup() { [[ ${KEEP:-0} == 1 ]] || $trellis_lab down --name "$lab" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 log "lab $lab: $nodes real nodes"
 $trellis_lab up --name "$lab" --nodes "$nodes" --real-nodes >/dev/null
-$trellis_lab import-image --name "$lab" target/images/trellis.oci.tar target/images/agnhost.oci.tar >/dev/null
+archives=()
+for image in "${images[@]}"; do archives+=("target/images/$image.oci.tar"); done
+$trellis_lab import-image --name "$lab" "${archives[@]}" >/dev/null
 kubeconfig=$($trellis_lab kubeconfig --name "$lab")
 export KUBECONFIG=$kubeconfig
 server=$(kubectl config view -o jsonpath='{.clusters[0].cluster.server}')
@@ -41,15 +52,17 @@ helm install trellis charts/trellis -n kube-system --wait --timeout 5m \
 	--set "apiServer.host=$host,apiServer.port=6443" --set image.pullPolicy=Never \
 	--set "podRanges={$cidrs}" >/dev/null
 kubectl wait --for=condition=Ready nodes --all --timeout=120s >/dev/null
-log "e2e.test: focus '$focus', skip '$skip'"
+log "CoreDNS (kube-dns) rolling out"
+kubectl -n kube-system rollout status deployment/coredns --timeout=180s >/dev/null
+log "e2e.test: focus '$focus', skip '$skip', $procs processes (ginkgo)"
 start=$SECONDS
 set +e
-"$e2e" --provider=local --kubeconfig="$kubeconfig" \
-	--ginkgo.focus="$focus" --ginkgo.skip="$skip" \
-	--ginkgo.no-color --ginkgo.timeout=50m >"target/conformance.log" 2>&1
+"$ginkgo" --procs="$procs" --no-color --timeout=50m \
+	--focus="$focus" --skip="$skip" "$e2e" -- \
+	--provider=local --kubeconfig="$kubeconfig" >"target/conformance.log" 2>&1
 status=$?
 set -e
-grep -E '^(Ran [0-9]+ of|FAIL!|SUCCESS!|PASS|FAIL)' target/conformance.log | tail -4
-grep -E '^\s*\[FAIL\]' target/conformance.log || true
+grep -a -E '^(Ran [0-9]+ of|FAIL!|SUCCESS!|Ginkgo ran|Test Suite)' target/conformance.log | tail -5
+grep -a -E '^\s*\[FAIL\]' target/conformance.log || true
 log "done in $((SECONDS - start)) s (status $status; the whole log: target/conformance.log)"
 exit $status

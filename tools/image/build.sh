@@ -5,7 +5,8 @@
 #
 #   ctr -n k8s.io images import target/images/trellis.oci.tar
 #
-#   tools/image/build.sh [trellis|pause|busybox|all]...   (default: trellis)
+#   tools/image/build.sh [trellis|pause|busybox|agnhost|jessie-dnsutils|coredns|all]...
+#                                               (default: trellis)
 #
 # Images (linux/amd64, one layer each):
 #   trellis  ghcr.io/trellis-dev/trellis:VERSION (the chart's image.repository,
@@ -20,6 +21,13 @@
 #            musl-gcc -static and the upstream Makefile's CFLAGS and TAG.
 #   busybox  trellis.dev/lab/busybox:UPSTREAM-VERSION: Debian's
 #            busybox-static with every applet linked in /bin, for demo pods.
+#   agnhost  registry.k8s.io/e2e-test-images/agnhost:2.56: the upstream e2e
+#            suite's test server (see build_agnhost).
+#   jessie-dnsutils  registry.k8s.io/e2e-test-images/jessie-dnsutils:1.7:
+#            the suite's DNS querier, Debian's dig and getent (see there).
+#   coredns  registry.k8s.io/coredns/coredns:VERSION: CoreDNS built from
+#            the Go module proxy by tools/bootstrap.sh, the cluster DNS of
+#            real-node labs.
 #
 # Reproducible: the same inputs give the same bytes (so the same manifest
 # digest). Every timestamp (files, config "created") is SOURCE_DATE_EPOCH,
@@ -50,13 +58,13 @@ images=("$@")
 ((${#images[@]})) || images=(trellis)
 for i in "${!images[@]}"; do
 	case "${images[i]}" in
-	all) images=(trellis pause busybox agnhost) && break ;;
-	trellis | pause | busybox | agnhost) ;;
+	all) images=(trellis pause busybox agnhost jessie-dnsutils coredns) && break ;;
+	trellis | pause | busybox | agnhost | jessie-dnsutils | coredns) ;;
 	-h | --help)
 		sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"
 		exit 0
 		;;
-	*) die "unknown image '${images[i]}' (trellis, pause, busybox, agnhost or all)" ;;
+	*) die "unknown image '${images[i]}' (trellis, pause, busybox, agnhost, jessie-dnsutils, coredns or all)" ;;
 	esac
 done
 
@@ -335,19 +343,27 @@ build_trellis() {
 			"dev.trellis.debian.packages=$packages")"
 }
 
-build_pause() {
-	local kube_version dir src tag root musl_version
-	command -v musl-gcc >/dev/null || die "musl-gcc is missing (apt-get install musl-tools)"
-	command -v strip >/dev/null || die "strip is missing (apt-get install binutils)"
+# Sets kube_version (tools/versions.env) and kube_dir, the source of
+# k8s.io/kubernetes at that version in the Go module cache.
+kube_module() {
 	command -v go >/dev/null || PATH=/usr/local/go/bin:$PATH
 	command -v go >/dev/null || die "go is missing"
 	kube_version=$(sed -n 's/^KUBERNETES_VERSION=//p' tools/versions.env)
 	[[ -n "$kube_version" ]] || die "no KUBERNETES_VERSION in tools/versions.env"
-	log "pause: k8s.io/kubernetes@$kube_version from the Go module cache (downloaded the first time)"
+	log "k8s.io/kubernetes@$kube_version from the Go module cache (downloaded the first time)"
 	local json
 	json=$(cd "$work" && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@$kube_version") ||
 		die "go mod download k8s.io/kubernetes@$kube_version failed: $json"
-	dir=$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p' <<<"$json")
+	kube_dir=$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p' <<<"$json")
+	[[ -d "$kube_dir" ]] || die "no source directory for k8s.io/kubernetes@$kube_version"
+}
+
+build_pause() {
+	local kube_version kube_dir dir src tag root musl_version
+	command -v musl-gcc >/dev/null || die "musl-gcc is missing (apt-get install musl-tools)"
+	command -v strip >/dev/null || die "strip is missing (apt-get install binutils)"
+	kube_module
+	dir=$kube_dir
 	src="$dir/build/pause/linux/pause.c"
 	[[ -f "$src" ]] || die "no $src"
 	# The upstream Makefile: TAG ?= 3.10.1, CFLAGS = -Os -Wall -Werror -static
@@ -400,35 +416,102 @@ build_busybox() {
 		"$(json_labels "dev.trellis.debian.busybox-static=$version")"
 }
 
-# agnhost, the upstream e2e suite's test server, built from Kubernetes'
-# test/images/agnhost by tools/bootstrap.sh (CGO off: static), under the
-# name and tag the v1.34 suite asks for (test/utils/image/manifest.go). The
-# suite runs shell commands in it as in the upstream image: curl, an
-# OpenBSD-style nc (-u), so those are Debian's, with their libraries, over
-# the busybox applets, and /bin/sh is bash (busybox's sh would run its own
-# nc applet, which has no -u).
-build_agnhost() {
-	local agnhost root kube_version
-	agnhost=${TRELLIS_AGNHOST:-$(tools/bootstrap.sh --print-dir)/agnhost}
-	[[ -x "$agnhost" ]] || die "no agnhost at $agnhost (tools/bootstrap.sh builds it)"
-	kube_version=$(sed -n 's/^KUBERNETES_VERSION=//p' tools/versions.env)
-	build_busybox_rootfs "$work/agnhost-rootfs"
-	root="$work/agnhost-rootfs"
-	install -m 0755 "$agnhost" "$root/agnhost"
-	copied_files=()
-	local prog
-	for prog in "$(deb_file bash /bin/bash)" "$(deb_file curl /usr/bin/curl)" "$(deb_file netcat-openbsd /bin/nc.openbsd)"; do
-		copy_with_libs "$root" "$prog"
-	done
-	# copy_in puts them where the host has them (/usr/bin, merged /usr).
-	rm -f "$root/bin/sh" "$root/bin/nc" "$root/bin/bash"
+# Debian's bash as /bin/sh and /bin/bash over the busybox applets in ROOT
+# (busybox's sh runs its own applets first, whatever else is in PATH).
+bash_as_sh() {
+	local root=$1
+	copy_with_libs "$root" "$(deb_file bash /bin/bash)"
+	# copy_in puts it where the host has it (/usr/bin, merged /usr).
+	rm -f "$root/bin/sh" "$root/bin/bash"
 	ln -s /usr/bin/bash "$root/bin/sh"
 	ln -s /usr/bin/bash "$root/bin/bash"
+}
+
+# Debian's dig (bind9-dnsutils) and getent (libc-bin, whose libc has the
+# files and dns NSS modules built in) into ROOT, with hosts looked up as
+# on Debian (files, then dns). The suite's DNS specs run both in their
+# queriers.
+dns_tools() {
+	local root=$1
+	copy_with_libs "$root" "$(deb_file bind9-dnsutils /bin/dig)"
+	copy_with_libs "$root" "$(deb_file libc-bin /bin/getent)"
+	rm -f "$root/bin/dig" "$root/bin/getent"
+	printf 'passwd: files\ngroup: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n' \
+		>"$root/etc/nsswitch.conf"
+}
+
+# agnhost, the upstream e2e suite's test server, built from Kubernetes'
+# test/images/agnhost by tools/bootstrap.sh (CGO off: static), under the
+# name and tag the v1.34 suite asks for (test/utils/image/manifest.go).
+# As its Dockerfile makes it: /agnhost and /agnhost-2, porter's
+# localhost.crt and localhost.key in / (its TLS ports), /uploads, the
+# user-defined-in-image user (1000) in group-defined-in-image (50000). The
+# suite runs shell commands in it as in the upstream image (Alpine with
+# bind-tools, curl, netcat-openbsd, bash): curl, an OpenBSD-style nc (-u),
+# dig and getent, here Debian's with their libraries over the busybox
+# applets, and /bin/sh is bash.
+build_agnhost() {
+	local agnhost root kube_version kube_dir
+	agnhost=${TRELLIS_AGNHOST:-$(tools/bootstrap.sh --print-dir)/agnhost}
+	[[ -x "$agnhost" ]] || die "no agnhost at $agnhost (tools/bootstrap.sh builds it)"
+	kube_module
+	root="$work/agnhost-rootfs"
+	build_busybox_rootfs "$root"
+	install -m 0755 "$agnhost" "$root/agnhost"
+	ln -s agnhost "$root/agnhost-2"
+	install -m 0644 "$kube_dir/test/images/agnhost/porter/localhost.crt" "$root/localhost.crt"
+	install -m 0644 "$kube_dir/test/images/agnhost/porter/localhost.key" "$root/localhost.key"
+	mkdir -p "$root/uploads"
+	echo 'user-defined-in-image:x:1000:1000::/home/user-defined-in-image:/bin/sh' >>"$root/etc/passwd"
+	printf 'user-defined-in-image:x:1000:\ngroup-defined-in-image:x:50000:user-defined-in-image\n' >>"$root/etc/group"
+	copied_files=()
+	bash_as_sh "$root"
+	copy_with_libs "$root" "$(deb_file curl /usr/bin/curl)"
+	copy_with_libs "$root" "$(deb_file netcat-openbsd /bin/nc.openbsd)"
+	rm -f "$root/bin/nc"
 	ln -s /usr/bin/nc.openbsd "$root/bin/nc"
+	dns_tools "$root"
 	write_image agnhost "registry.k8s.io/e2e-test-images/agnhost:2.56" "$root" \
 		'"Entrypoint":["/agnhost"],"Cmd":["pause"]' 0 \
 		"$(json_arr "PATH=$default_path")" \
-		"$(json_labels "dev.trellis.source=k8s.io/kubernetes@$kube_version/test/images/agnhost")"
+		"$(json_labels "dev.trellis.source=k8s.io/kubernetes@$kube_version/test/images/agnhost" \
+			"dev.trellis.debian.packages=$(debian_packages "${copied_files[@]}" | paste -sd, -)")"
+}
+
+# The suite's DNS querier: upstream it is Debian jessie with dnsutils, and
+# the suite runs `dig` and `getent hosts` in a shell loop in it. Here it is
+# this machine's Debian dig and getent (newer than jessie's) with bash and
+# the busybox applets; its default command sleeps, as upstream's does.
+build_jessie_dnsutils() {
+	local root="$work/jessie-dnsutils-rootfs"
+	build_busybox_rootfs "$root"
+	copied_files=()
+	bash_as_sh "$root"
+	dns_tools "$root"
+	write_image jessie-dnsutils "registry.k8s.io/e2e-test-images/jessie-dnsutils:1.7" "$root" \
+		'"Cmd":["sleep","3600"]' 0 \
+		"$(json_arr "PATH=$default_path")" \
+		"$(json_labels "dev.trellis.debian.packages=$(debian_packages "${copied_files[@]}" | paste -sd, -)")"
+}
+
+# CoreDNS (static, CGO off) under the name kubeadm v1.34 deploys, at the
+# pinned COREDNS_VERSION. As the upstream image: /coredns is the
+# entrypoint, the Corefile comes from the Deployment. The user is root
+# (the upstream image's nonroot user needs a file capability to bind port
+# 53; the lab's Deployment drops every capability but NET_BIND_SERVICE).
+build_coredns() {
+	local coredns version root
+	version=$(sed -n 's/^COREDNS_VERSION=//p' tools/versions.env)
+	[[ -n "$version" ]] || die "no COREDNS_VERSION in tools/versions.env"
+	coredns=${TRELLIS_COREDNS:-$(tools/bootstrap.sh --print-dir)/coredns}
+	[[ -x "$coredns" ]] || die "no coredns at $coredns (tools/bootstrap.sh builds it)"
+	root="$work/coredns-rootfs"
+	new_rootfs "$root"
+	install -m 0755 "$coredns" "$root/coredns"
+	write_image coredns "registry.k8s.io/coredns/coredns:$version" "$root" \
+		'"Entrypoint":["/coredns"]' 0 \
+		"$(json_arr "PATH=$default_path")" \
+		"$(json_labels "dev.trellis.source=github.com/coredns/coredns@$version")"
 }
 
 log "building ${images[*]} into $out"
@@ -438,6 +521,8 @@ for image in "${images[@]}"; do
 	pause) set_epoch tools/image tools/versions.env ;;
 	busybox) set_epoch tools/image ;;
 	agnhost) set_epoch tools/image tools/versions.env tools/kube ;;
+	jessie-dnsutils) set_epoch tools/image ;;
+	coredns) set_epoch tools/image tools/versions.env ;;
 	esac
-	"build_$image"
+	"build_${image//-/_}"
 done

@@ -9,6 +9,7 @@ use ipnet::IpNet;
 use tracing::info;
 
 use super::{io_err, Lab, LabError};
+use crate::cluster_dns;
 use crate::control_plane::{self, ControlPlaneError, ControlPlaneSpec};
 use crate::deadline;
 use crate::kubeconfig;
@@ -132,6 +133,19 @@ impl Lab {
             seconds = start.elapsed().as_secs_f32(),
             "apiserver ready"
         );
+        if real_nodes {
+            let range = control_plane::service_cidr(&spec.cluster_cidrs);
+            cluster_dns::apply(
+                &self.tools.path("kubectl")?,
+                &spec.admin_kubeconfig(),
+                range,
+            )?;
+            info!(
+                cluster = name,
+                service = %cluster_dns::service_ip(range),
+                "CoreDNS applied (its pods start once the nodes have a network)"
+            );
+        }
         for _ in 0..nodes {
             self.add_node(name).await?;
         }

@@ -47,6 +47,8 @@ pub enum LabError {
     Kubelet(#[from] crate::kubelet::KubeletError),
     #[error(transparent)]
     RealNode(#[from] crate::real_node::RealNodeError),
+    #[error(transparent)]
+    ClusterDns(#[from] crate::cluster_dns::ClusterDnsError),
     #[error(
         "lab {0:?} is already up (or was not torn down): run `trellis-lab down --name {0}` first"
     )]

@@ -8,13 +8,15 @@ use std::time::Duration;
 use tracing::info;
 
 use super::{Lab, LabError};
+use crate::cluster_dns;
+use crate::control_plane;
 use crate::deadline;
 use crate::kubeconfig;
 use crate::netns;
 use crate::node::{self, NodeError};
 use crate::plan;
 use crate::real_node;
-use crate::state::{self, Daemon, NodeState};
+use crate::state::{self, ClusterState, Daemon, NodeState};
 use crate::underlay;
 
 /// How long the controller-manager may take to assign a pod CIDR.
@@ -89,7 +91,7 @@ impl Lab {
         self.state.save()?;
         let client = kubeconfig::client(&cluster_state.admin_kubeconfig).await?;
         if cluster_state.real_nodes {
-            self.start_real_node(&name, &cluster_state.admin_kubeconfig)?;
+            self.start_real_node(&name, &cluster_state)?;
             let log = self.node(&name)?.dir.join("kubelet.log");
             real_node::wait_registered(&client, &name, &log).await?;
         } else {
@@ -103,23 +105,67 @@ impl Lab {
         )
         .await?;
         info!(node = %name, address = ?addrs.all(), pod_cidrs = ?cidrs, "node registered");
+        if cluster_state.real_nodes {
+            self.route_pods_from_control_plane(&name, &cidrs)?;
+        }
         Ok(name)
+    }
+
+    /// Routes `node`'s pod CIDRs from the control plane's namespace to the
+    /// node's underlay address. On a cluster of real nodes the API server
+    /// dials pods (`pods/proxy`, `services/proxy`, which the upstream suite
+    /// uses to read its DNS probes' results). The lab's control plane is
+    /// no node of the mesh, so it reaches pods as a control plane outside
+    /// the pod network does through a cloud's route table: over the
+    /// underlay to the node, which forwards to the pod (unencrypted on
+    /// that hop; pods reach the API server through the node's masquerade).
+    fn route_pods_from_control_plane(&self, node: &str, cidrs: &[String]) -> Result<(), LabError> {
+        let state = self.node(node)?;
+        let control_plane = self.names.control_plane_netns(&state.cluster);
+        for cidr in cidrs {
+            let (family, via) = if cidr.contains(':') {
+                ("-6", state.v6.map(|a| a.to_string()))
+            } else {
+                ("-4", state.v4.map(|a| a.to_string()))
+            };
+            let Some(via) = via else { continue };
+            crate::cmd::ip(
+                Some(&control_plane),
+                &[family, "route", "replace", cidr, "via", &via],
+            )?;
+        }
+        Ok(())
     }
 
     /// Starts containerd, the kubelet and kube-proxy on `node` (see
     /// [`real_node`]).
-    fn start_real_node(
-        &mut self,
-        node: &str,
-        kubeconfig: &std::path::Path,
-    ) -> Result<(), LabError> {
+    fn start_real_node(&mut self, node: &str, cluster: &ClusterState) -> Result<(), LabError> {
         let node_state = self.node(node)?.clone();
-        let cidrs = self.cluster_of(node)?.cluster_cidrs.clone();
+        let cidrs = &cluster.cluster_cidrs;
+        let addresses: Vec<std::net::IpAddr> = node_state
+            .v4
+            .map(Into::into)
+            .into_iter()
+            .chain(node_state.v6.map(Into::into))
+            .collect();
+        let credentials = real_node::credentials::issue(&real_node::credentials::NodeIdentity {
+            cluster: &cluster.name,
+            cluster_dir: &cluster.dir,
+            apiserver_url: &cluster.apiserver_url,
+            node,
+            addresses: &addresses,
+            node_dir: &node_state.dir,
+        })
+        .map_err(|source| real_node::RealNodeError::Credentials {
+            node: node.to_string(),
+            source,
+        })?;
         let spec = real_node::RealNodeSpec {
             lab: &self.state.name.clone(),
             node: &node_state,
-            kubeconfig,
-            cluster_cidrs: &cidrs,
+            credentials: &credentials,
+            cluster_cidrs: cidrs,
+            cluster_dns: cluster_dns::service_ip(control_plane::service_cidr(cidrs)),
         };
         let tools = self.tools.clone();
         let state = &mut self.state;
@@ -150,6 +196,23 @@ impl Lab {
                     source: e,
                 }
                 .into())
+            }
+        }
+        if cluster.real_nodes {
+            // Its pod CIDRs' routes in the control plane go with it ("no
+            // such route" when it had none is fine).
+            let control_plane = self.names.control_plane_netns(&cluster.name);
+            let vias = [
+                ("-4", node_state.v4.map(|a| a.to_string())),
+                ("-6", node_state.v6.map(|a| a.to_string())),
+            ];
+            for (family, via) in vias {
+                if let Some(via) = via {
+                    let _ = crate::cmd::ip(
+                        Some(&control_plane),
+                        &[family, "route", "flush", "via", &via],
+                    );
+                }
             }
         }
         let mut namespaces: Vec<String> = self

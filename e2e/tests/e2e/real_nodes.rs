@@ -199,6 +199,112 @@ fn service_reaches_the_other_node(lab: &Lab, pods: &[Pod], cluster_ip: &str) {
     );
 }
 
+/// `kubectl ARGS` against the lab's cluster: its stdout, or what failed.
+fn kubectl(lab: &Lab, args: &[&str]) -> Result<String, String> {
+    let kubectl = lab.tools.path("kubectl").unwrap();
+    let kubeconfig = lab.kubeconfig(HELM_LAB).unwrap();
+    let mut all = vec!["--kubeconfig", kubeconfig.to_str().unwrap()];
+    all.extend_from_slice(args);
+    trellis_e2e::cmd::run(&kubectl.display().to_string(), &all).map_err(|e| e.to_string())
+}
+
+/// The Service's name resolves in a pod (its resolv.conf, written by the
+/// kubelet, names the kube-dns Service; CoreDNS answers from the API, over
+/// the mesh when it runs on the other node). Asked through `kubectl exec`,
+/// which the API server takes to the kubelet with its client certificate
+/// and the kubelet authorizes with the API server (webhook).
+async fn dns_resolves_the_service(lab: &Lab, pod: &Pod, cluster_ip: &str) {
+    let name = pod.metadata.name.clone().unwrap();
+    let fqdn = "spread.default.svc.cluster.local";
+    let mut last = String::new();
+    eventually(
+        "the Service's name resolves in a pod",
+        Duration::from_secs(60),
+        || {
+            let answer = kubectl(
+                lab,
+                &["exec", "-n", "default", &name, "--", "nslookup", fqdn],
+            );
+            let found = answer.as_deref().is_ok_and(|out| out.contains(cluster_ip));
+            last = format!("{answer:?}");
+            async move { found }
+        },
+    )
+    .await;
+    let resolv = kubectl(
+        lab,
+        &[
+            "exec",
+            "-n",
+            "default",
+            &name,
+            "--",
+            "cat",
+            "/etc/resolv.conf",
+        ],
+    )
+    .unwrap();
+    assert!(
+        resolv.contains("nameserver 10.96.0.10")
+            && resolv.contains("search default.svc.cluster.local"),
+        "the kubelet's resolv.conf for the pod: {resolv} (last lookup: {last})"
+    );
+}
+
+/// Waits until CoreDNS (which the lab deploys with the control plane; its
+/// pods wait for the network) has every replica available.
+async fn coredns_available(client: &kube::Client) {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "kube-system");
+    eventually("CoreDNS available", Duration::from_secs(120), || async {
+        deployments.get("coredns").await.ok().is_some_and(|d| {
+            let status = d.status.unwrap_or_default();
+            status.available_replicas.unwrap_or(0) >= 1
+                && status.available_replicas == status.replicas
+        })
+    })
+    .await;
+}
+
+/// The host ends of the pods' veths on a node ("7: tr585ba9afaf1c@if2:
+/// <...>" in `ip -o link`; the mesh's own interface is `trellis`).
+fn pod_veths(lab: &Lab, node: &str) -> BTreeSet<String> {
+    let netns = lab.node(node).unwrap().netns.clone();
+    let links = trellis_e2e::cmd::ip(Some(&netns), &["-o", "link", "show"]).unwrap_or_default();
+    links
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|name| name.split('@').next().unwrap_or_default().to_string())
+        .filter(|name| name.starts_with("tr") && name != "trellis")
+        .collect()
+}
+
+/// Each kubelet is `system:node:NAME`: the Node authorizer and
+/// NodeRestriction let it change its own Node and no other.
+async fn kubelets_are_confined_to_their_node(lab: &Lab) {
+    let own = lab
+        .node("realhelm-n1")
+        .unwrap()
+        .dir
+        .join("kubelet.kubeconfig");
+    let client = trellis_e2e::kubeconfig::client(&own).await.unwrap();
+    let nodes: Api<Node> = Api::all(client);
+    let label =
+        |value: &str| serde_json::json!({"metadata": {"labels": {"trellis.dev/test": value}}});
+    let patch = kube::api::Patch::Merge(label("yes"));
+    nodes
+        .patch("realhelm-n1", &Default::default(), &patch)
+        .await
+        .expect("a kubelet labels its own Node");
+    let other = nodes
+        .patch("realhelm-n2", &Default::default(), &patch)
+        .await
+        .expect_err("a kubelet may not change another node");
+    assert!(
+        matches!(&other, kube::Error::Api(s) if s.code == 403),
+        "not forbidden: {other}"
+    );
+}
+
 /// Each pod reaches the other, both families, over the mesh.
 fn ping_both_ways(lab: &Lab, pods: &[Pod]) {
     for (from, to) in [(&pods[0], &pods[1]), (&pods[1], &pods[0])] {
@@ -255,7 +361,10 @@ async fn trellis_pods_ready(client: &kube::Client, expected: usize) -> Option<BT
 /// The kubelets run the DaemonSet (init container installs trellis-cni,
 /// then trellis-wg and the agent); the nodes turn Ready; ordinary pods on
 /// different nodes reach each other, and through a Service's ClusterIP
-/// (kube-proxy); `helm upgrade` rolls the DaemonSet (new pods; traffic
+/// (kube-proxy); the Service's name resolves in a pod (CoreDNS, asked
+/// through `kubectl exec`, so the API server reaches the kubelet with its
+/// client certificate); a kubelet's own credentials change its Node and
+/// no other (Node authorizer, NodeRestriction); `helm upgrade` rolls the DaemonSet (new pods; traffic
 /// flows again after, the loss printed); deleting the pods goes through CNI
 /// DEL; `helm uninstall` removes the DaemonSet.
 #[tokio::test(flavor = "multi_thread")]
@@ -332,10 +441,15 @@ async fn helm_installs_trellis_on_real_nodes_upgrades_and_uninstalls() {
     )
     .await;
     let before = trellis_pods_ready(&client, 2).await.unwrap();
+    coredns_available(&client).await;
+    let nodes_of_lab = ["realhelm-n1", "realhelm-n2"];
+    let baseline: Vec<BTreeSet<String>> = nodes_of_lab.iter().map(|n| pod_veths(&lab, n)).collect();
     let running = spread_pods(&client).await;
     ping_both_ways(&lab, &running);
     let cluster_ip = spread_service(&client).await;
     service_reaches_the_other_node(&lab, &running, &cluster_ip);
+    dns_resolves_the_service(&lab, &running[0], &cluster_ip).await;
+    kubelets_are_confined_to_their_node(&lab).await;
 
     // The upgrade replaces each node's pod, the userspace device with it.
     let flow_netns = format!("{}flow", lab.names().netns_prefix());
@@ -383,20 +497,16 @@ async fn helm_installs_trellis_on_real_nodes_upgrades_and_uninstalls() {
         .delete("spread", &DeleteParams::foreground())
         .await
         .expect("delete");
-    for node in ["realhelm-n1", "realhelm-n2"] {
-        let netns = lab.node(node).unwrap().netns.clone();
+    for (node, baseline) in nodes_of_lab.iter().zip(&baseline) {
         wait_for(
             Duration::from_secs(90),
+            || pod_veths(&lab, node) == *baseline,
             || {
-                trellis_e2e::cmd::ip(Some(&netns), &["-o", "link", "show"]).is_ok_and(|links| {
-                    // "7: tr585ba9afaf1c@if2: <...": a pod's host end.
-                    !links.lines().any(|l| {
-                        let name = l.split(": ").nth(1).unwrap_or_default();
-                        name.starts_with("tr") && !name.starts_with("trellis")
-                    })
-                })
+                format!(
+                    "the pods' veths on {node} outlived their pods: {:?}, before them {baseline:?}",
+                    pod_veths(&lab, node)
+                )
             },
-            || format!("the pods' veths on {node} outlived their pods"),
         )
         .unwrap();
     }
