@@ -85,19 +85,39 @@ impl ControlPlaneSpec {
     fn log(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.log"))
     }
-    fn service_cidr(&self) -> IpNet {
-        service_cidr(&self.cluster_cidrs)
+    /// `--service-cluster-ip-range`'s value.
+    fn service_ranges(&self) -> String {
+        let ranges: Vec<String> = service_cidrs(&self.cluster_cidrs)
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        ranges.join(",")
     }
 }
 
-/// The Services' range of a cluster with these pod CIDRs: kubeadm's
-/// default, in the family of the first IPv4 CIDR if there is one.
+const SERVICE_V4: &str = "10.96.0.0/16";
+const SERVICE_V6: &str = "fd00:10:96::/112";
+
+/// The Services' ranges of a cluster with these pod CIDRs, primary first:
+/// kubeadm's IPv4 default when the pods have IPv4, and the IPv6 range when
+/// they have IPv6 (a dual-stack cluster gets both: Services of either
+/// family or of both).
+pub fn service_cidrs(cluster_cidrs: &[IpNet]) -> Vec<IpNet> {
+    let has = |v4: bool| cluster_cidrs.iter().any(|c| c.addr().is_ipv4() == v4);
+    [(has(true), SERVICE_V4), (has(false), SERVICE_V6)]
+        .into_iter()
+        .filter(|(present, _)| *present)
+        .map(|(_, range)| range.parse().expect("literal"))
+        .collect()
+}
+
+/// The primary Services' range (the `kubernetes` and `kube-dns` Services'
+/// family).
 pub fn service_cidr(cluster_cidrs: &[IpNet]) -> IpNet {
-    if cluster_cidrs.iter().any(|c| c.addr().is_ipv4()) {
-        "10.96.0.0/16".parse().expect("literal")
-    } else {
-        "fd00:10:96::/112".parse().expect("literal")
-    }
+    service_cidrs(cluster_cidrs)
+        .first()
+        .copied()
+        .unwrap_or_else(|| SERVICE_V4.parse().expect("literal"))
 }
 
 /// The PKI directory of the cluster whose files are in `cluster_dir`.
@@ -254,7 +274,7 @@ pub fn start(
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_string(),
         format!("--service-account-key-file={}", p("sa.pub")),
         format!("--service-account-signing-key-file={}", p("sa.key")),
-        format!("--service-cluster-ip-range={}", spec.service_cidr()),
+        format!("--service-cluster-ip-range={}", spec.service_ranges()),
         // Kubelets authenticate as system:node:NAME: the Node authorizer
         // and NodeRestriction confine each to its own Node and pods.
         "--authorization-mode=Node,RBAC".to_string(),
@@ -298,7 +318,7 @@ pub fn start(
         format!("--root-ca-file={}", p("ca.crt")),
         "--allocate-node-cidrs=true".to_string(),
         format!("--cluster-cidr={}", cidrs.join(",")),
-        format!("--service-cluster-ip-range={}", spec.service_cidr()),
+        format!("--service-cluster-ip-range={}", spec.service_ranges()),
         "--leader-elect=false".to_string(),
         "--secure-port=0".to_string(),
         "--use-service-account-credentials=true".to_string(),
@@ -424,6 +444,20 @@ fn http_get(path: &str) -> http::Request<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_ranges_follow_the_pod_families() {
+        let v4: IpNet = "10.244.0.0/16".parse().unwrap();
+        let v6: IpNet = "fd00:10:244::/56".parse().unwrap();
+        let ranges = |cidrs: &[IpNet]| -> Vec<String> {
+            service_cidrs(cidrs).iter().map(|c| c.to_string()).collect()
+        };
+        assert_eq!(ranges(&[v4]), ["10.96.0.0/16"]);
+        assert_eq!(ranges(&[v6]), ["fd00:10:96::/112"]);
+        assert_eq!(ranges(&[v4, v6]), ["10.96.0.0/16", "fd00:10:96::/112"]);
+        assert_eq!(service_cidr(&[v6]).to_string(), "fd00:10:96::/112");
+        assert_eq!(service_cidr(&[v4, v6]).to_string(), "10.96.0.0/16");
+    }
 
     #[test]
     fn readyz_answers_shrink_to_the_failing_checks() {

@@ -7,7 +7,9 @@
 //!
 //! Many such nodes share one machine: each has its network namespace, one
 //! mount namespace for all its processes (held by a process of its own, so
-//! that containerd sees the volumes the kubelet mounts), private directories
+//! that containerd sees the volumes the kubelet mounts) and a UTS namespace
+//! with the node's name as hostname (hostNetwork pods answer with it, as on
+//! a real node), private directories
 //! bind-mounted over the standard paths, its own cgroup root in every cgroup
 //! v1 controller, its own sockets and logs, and private copies of the
 //! global sysctls a kubelet writes at start. Teardown kills what the cgroups
@@ -265,11 +267,16 @@ impl RealNodeSpec<'_> {
         Ok(())
     }
 
-    /// The script the node's mount-namespace holder runs: every private
-    /// directory and sysctl copy mounted over its standard path, then it
-    /// sleeps (its namespace lives as long as it does).
+    /// The script the node's namespace holder runs: the node's hostname,
+    /// every private directory and sysctl copy mounted over its standard
+    /// path, then it sleeps (its namespaces live as long as it does).
     fn holder_script(&self) -> String {
-        let mut script = String::from("set -e\nmount --make-rslave /\n");
+        // The node's own hostname (its UTS namespace, which containerd's
+        // hostNetwork pods share, as on a real node).
+        let mut script = format!(
+            "set -e\nmount --make-rslave /\nhostname '{}'\n",
+            self.node.name
+        );
         let trellis = trellis_mesh::names::NODE_PRIVATE_DIRS;
         for d in trellis.iter().chain(RUNTIME_DIRS.iter()) {
             let target = crate::node::mount_target(d);
@@ -419,7 +426,7 @@ fn spawn(mut command: Command, log: &Path) -> std::io::Result<i32> {
 pub fn in_node(holder: i32, program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut c = Command::new("nsenter");
     c.arg(format!("--target={holder}"))
-        .args(["--mount", "--net", "--"])
+        .args(["--mount", "--net", "--uts", "--"])
         .arg(program);
     c
 }
@@ -446,7 +453,15 @@ pub fn start(
     let mut holder = Command::new("nsenter");
     holder
         .arg(format!("--net=/run/netns/{}", spec.node.netns))
-        .args(["--", "unshare", "--mount", "--propagation", "slave", "bash"])
+        .args([
+            "--",
+            "unshare",
+            "--mount",
+            "--uts",
+            "--propagation",
+            "slave",
+            "bash",
+        ])
         .arg(&script);
     // Starts `command` as the node's daemon `what`, recorded at once.
     let mut launch = |what: &str, command: Command| -> Result<i32, RealNodeError> {

@@ -18,7 +18,10 @@ procs=${PROCS:-4}
 # Every [sig-network] conformance spec (45 at v1.34.4): pod to pod and node
 # to pod over HTTP and UDP, Services (ClusterIP, NodePort, session affinity,
 # ExternalName), DNS, HostPort, EndpointSlices, the API server's proxy.
-focus=${FOCUS:-'\[sig-network\].*\[Conformance\]'}
+# And, on the lab's dual-stack clusters, the dual-stack specs (22): pods
+# and nodes with both families, Services of either family or both, and the
+# Granular Checks over the secondary family.
+focus=${FOCUS:-'\[sig-network\].*\[Conformance\]|\[sig-network\] \[Feature:IPv6DualStack\]'}
 # SCTP needs a kernel with SCTP, which these machines lack; Serial and
 # Disruptive specs would take down nodes others share (none is in the focus).
 skip=${SKIP:-'SCTP|\[Serial\]|\[Disruptive\]|\[Flaky\]'}
@@ -55,11 +58,13 @@ kubectl wait --for=condition=Ready nodes --all --timeout=120s >/dev/null
 log "CoreDNS (kube-dns) rolling out"
 kubectl -n kube-system rollout status deployment/coredns --timeout=180s >/dev/null
 log "e2e.test: focus '$focus', skip '$skip', $procs processes (ginkgo)"
+# --num-nodes: in parallel runs only the first process counts the nodes,
+# the others would skip the specs that need two ("Requires at least 2").
 start=$SECONDS
 set +e
 "$ginkgo" --procs="$procs" --no-color --timeout=50m \
 	--focus="$focus" --skip="$skip" "$e2e" -- \
-	--provider=local --kubeconfig="$kubeconfig" >"target/conformance.log" 2>&1
+	--provider=local --kubeconfig="$kubeconfig" --num-nodes="$nodes" >"target/conformance.log" 2>&1
 status=$?
 set -e
 grep -a -E '^(Ran [0-9]+ of|FAIL!|SUCCESS!|Ginkgo ran|Test Suite)' target/conformance.log | tail -5
