@@ -10,7 +10,7 @@ export PATH := $(TRELLIS_TOOLS_BIN):$(PATH)
 # Root-only tests are #[ignore]d ("needs root"); run them when we are root.
 ROOT_TEST_FLAGS := $(if $(filter 0,$(shell id -u)),--include-ignored,)
 
-.PHONY: all build tools test test-kernel conformance static image lint manifests unit-test bench demo demo-clusters demo-down clean
+.PHONY: all build tools test test-kernel conformance static image lint manifests unit-test bench demo demo-imitation demo-clusters demo-down clean
 
 all: build
 
@@ -74,8 +74,16 @@ bench: tools
 	$(CARGO) bench -p trellis-e2e --bench mesh
 	$(CARGO) bench -p trellis-e2e --bench clusters
 
-## demo: a lab cluster with the Trellis mesh running: nodes, peers with handshake ages, pods pinging
+## demo: a lab cluster of real nodes (containerd, kubelet, kube-proxy, CoreDNS), Trellis
+## installed with helm, a Deployment spread over the nodes: pods -o wide, pod-to-pod and
+## Service requests across nodes, the mesh's peers with handshakes
 demo: tools
+	$(CARGO) build --workspace --bins
+	LAB_NAME=$(LAB_NAME) NODES=$(NODES) tools/demo.sh
+
+## demo-imitation: the same mesh on the lab's imitation nodes (no kubelet; seconds): nodes,
+## a ping matrix of 2 pods per node, every peer's handshake
+demo-imitation: tools
 	$(CARGO) build --workspace --bins
 	@target/debug/trellis-lab down --name $(LAB_NAME) >/dev/null 2>&1 || true
 	target/debug/trellis-lab up --name $(LAB_NAME) --nodes $(NODES)
