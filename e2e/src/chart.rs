@@ -44,6 +44,32 @@ pub fn helm(helm: &Path, kubeconfig: &Path, args: &[&str]) -> Result<String, Cha
     Ok(cmd::run(&helm.display().to_string(), &all)?)
 }
 
+/// The `--set` values that install the chart on the lab cluster `cluster`
+/// of real nodes from the image imported there: the API server's address
+/// (the agent starts before kube-proxy serves 10.96.0.1), the cluster's pod
+/// ranges, and no pulling.
+pub fn real_node_values(cluster: &crate::state::ClusterState) -> Vec<String> {
+    let host = cluster
+        .apiserver_url
+        .trim_start_matches("https://")
+        .rsplit_once(':')
+        .map_or("", |(host, _)| host)
+        .trim_matches(['[', ']']);
+    let ranges: Vec<String> = cluster
+        .cluster_cidrs
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    vec![
+        format!(
+            "apiServer.host={host},apiServer.port={}",
+            crate::plan::APISERVER_PORT
+        ),
+        "image.pullPolicy=Never".into(),
+        format!("podRanges={{{}}}", ranges.join(",")),
+    ]
+}
+
 /// `helm template` of the chart with `values` (`--set key=value` each),
 /// CRDs included, as one YAML stream.
 pub fn render(helm: &Path, values: &[(String, String)]) -> Result<String, ChartError> {

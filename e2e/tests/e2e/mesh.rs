@@ -391,6 +391,14 @@ async fn an_edited_masquerade_table_is_restored() {
         || format!("the table was not restored:\n{}\nwant:\n{loaded}", list()),
     )
     .unwrap();
+    // The counter moves once the reconcile that loaded the table ends,
+    // which can be just after the kernel shows the table.
+    trellis_e2e::mesh::wait_for(
+        Duration::from_secs(30),
+        || operations() > before,
+        || "the restoring load was not counted".into(),
+    )
+    .unwrap();
     assert_eq!(
         operations(),
         before + 1.0,

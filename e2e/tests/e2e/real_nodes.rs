@@ -388,46 +388,15 @@ async fn helm_installs_trellis_on_real_nodes_upgrades_and_uninstalls() {
     for (name, ok, why) in nodes_ready(&nodes).await {
         assert!(!ok, "{name} is Ready before any network plugin: {why}");
     }
-    let cluster = &lab.state.clusters[0];
-    let host = cluster
-        .apiserver_url
-        .trim_start_matches("https://")
-        .rsplit_once(':')
-        .unwrap()
-        .0
-        .trim_matches(['[', ']'])
-        .to_string();
-    let ranges = format!(
-        "podRanges={{{}}}",
-        cluster
-            .cluster_cidrs
-            .iter()
-            .map(|c| c.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    );
     let chart_dir = trellis_e2e::chart::chart_dir();
     let chart = chart_dir.to_str().unwrap();
-    helm(
-        &lab,
-        &[
-            "install",
-            "trellis",
-            chart,
-            "-n",
-            "kube-system",
-            "--set",
-            &format!("apiServer.host={host},apiServer.port=6443"),
-            "--set",
-            "image.pullPolicy=Never",
-            "--set",
-            &ranges,
-            "--set",
-            "resyncSeconds=10",
-            "--set",
-            "logFormat=text",
-        ],
-    );
+    let mut install = vec!["install", "trellis", chart, "-n", "kube-system"];
+    let values = trellis_e2e::chart::real_node_values(&lab.state.clusters[0]);
+    for value in &values {
+        install.extend(["--set", value]);
+    }
+    install.extend(["--set", "resyncSeconds=10", "--set", "logFormat=text"]);
+    helm(&lab, &install);
     eventually(
         "the DaemonSet's pods Ready on both nodes",
         Duration::from_secs(120),
