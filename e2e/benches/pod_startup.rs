@@ -3,7 +3,8 @@
 //! Trellis installed by helm, against the same nodes with the reference
 //! plugins (ptp + host-local, the CNI project's own) in the same run. The
 //! pods are made one at a time, each waited for before the next, so each
-//! figure is one pod's start and not a queue's.
+//! figure is one pod's start and not a queue's. CoreDNS is scaled to none
+//! first, so no pod outlives the reference network.
 //!
 //! Needs root; writes its section into BENCHMARKS.md.
 
@@ -38,6 +39,10 @@ async fn pod_startup() -> String {
     let client = lab.client(LAB).await.unwrap();
     let node_names: Vec<String> = lab.state.nodes.iter().map(|n| n.name.clone()).collect();
 
+    // CoreDNS's pods would start on the reference network and keep its
+    // addresses when Trellis comes (trellis-cni then refuses the first
+    // addresses it hands out: their host routes are a live pod's).
+    stop_coredns(&client).await;
     eprintln!("[bench] reference: ptp + host-local on {node_names:?}");
     write_reference_confs(&lab, &client).await;
     nodes_ready(&client).await;
@@ -135,6 +140,27 @@ async fn write_reference_confs(lab: &Lab, client: &kube::Client) {
     }
 }
 
+/// CoreDNS scaled to no replicas (the bench needs no DNS), its pods gone.
+async fn stop_coredns(client: &kube::Client) {
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), "kube-system");
+    let patch = kube::api::Patch::Merge(serde_json::json!({"spec": {"replicas": 0}}));
+    deployments
+        .patch("coredns", &Default::default(), &patch)
+        .await
+        .expect("CoreDNS scaled to 0");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
+    let deadline = Instant::now() + trellis_e2e::deadline::scaled(Duration::from_secs(60));
+    while pods
+        .list(&ListParams::default().labels("k8s-app=kube-dns"))
+        .await
+        .is_ok_and(|l| !l.items.is_empty())
+    {
+        assert!(Instant::now() < deadline, "CoreDNS's pods stayed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn remove_reference_confs(lab: &Lab) {
     for state in &lab.state.nodes {
         let dir = trellis_e2e::node::private_dir(&state.dir, "/etc/cni/net.d");
@@ -158,6 +184,45 @@ async fn nodes_ready(client: &kube::Client) {
         }
         assert!(Instant::now() < deadline, "the nodes did not turn Ready");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The events of the slowest pod when it took over three times the median
+/// (what held it up: a failed sandbox, a retried CNI ADD, the node).
+async fn explain_the_slowest(
+    client: &kube::Client,
+    pods: &Api<Pod>,
+    tag: &str,
+    times: &[Duration],
+) {
+    let median = percentile(times, 50.0);
+    let Some((slowest, time)) = times.iter().enumerate().max_by_key(|(_, t)| **t) else {
+        return;
+    };
+    if *time < median * 3 {
+        return;
+    }
+    let name = format!("{tag}-{slowest}");
+    let node = pods
+        .get(&name)
+        .await
+        .ok()
+        .and_then(|p| p.spec?.node_name)
+        .unwrap_or_default();
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), NAMESPACE);
+    let list = events
+        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    eprintln!("[bench] {name} on {node} took {time:?} (median {median:?}); its events:");
+    for e in list {
+        eprintln!(
+            "[bench]   {} {} {}",
+            e.reason.unwrap_or_default(),
+            e.count.unwrap_or(1),
+            e.message.unwrap_or_default()
+        );
     }
 }
 
@@ -207,6 +272,7 @@ async fn start_pods(client: &kube::Client, tag: &str) -> Vec<Duration> {
         }
         times.push(start.elapsed());
     }
+    explain_the_slowest(client, &pods, tag, &times).await;
     eprintln!(
         "[bench] {tag}: p50 {:?}, p99 {:?}; each, in order (ms): {:?}",
         percentile(&times, 50.0),
