@@ -28,14 +28,10 @@ KUBECONFIG=$(lab kubeconfig --name "$lab_name")
 export KUBECONFIG
 kubectl get nodes
 
-state=/run/trellis-lab/$lab_name/state.json
-server=$(kubectl config view -o jsonpath='{.clusters[0].cluster.server}')
-host=$(sed -E 's#https://\[?([^]]*)\]?:[0-9]+#\1#' <<<"$server")
-cidrs=$(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(",".join(s["clusters"][0]["cluster_cidrs"]))' "$state")
-step "helm install trellis charts/trellis -n kube-system --set apiServer.host=$host ..."
-helm install trellis charts/trellis -n kube-system --wait --timeout 5m \
-	--set "apiServer.host=$host,apiServer.port=6443" --set image.pullPolicy=Never \
-	--set "podRanges={$cidrs}" | sed -n '1,6p'
+sets=()
+while IFS= read -r value; do sets+=(--set "$value"); done < <(lab chart-values --name "$lab_name")
+step "helm install trellis charts/trellis -n kube-system ${sets[*]}"
+helm install trellis charts/trellis -n kube-system --wait --timeout 5m "${sets[@]}" | sed -n '1,6p'
 kubectl wait --for=condition=Ready nodes --all --timeout=120s >/dev/null
 kubectl -n kube-system rollout status deployment/coredns --timeout=180s >/dev/null
 kubectl get nodes -o wide

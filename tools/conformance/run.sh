@@ -47,13 +47,10 @@ for image in "${images[@]}"; do archives+=("target/images/$image.oci.tar"); done
 $trellis_lab import-image --name "$lab" "${archives[@]}" >/dev/null
 kubeconfig=$($trellis_lab kubeconfig --name "$lab")
 export KUBECONFIG=$kubeconfig
-server=$(kubectl config view -o jsonpath='{.clusters[0].cluster.server}')
-host=$(sed -E 's#https://\[?([^]]*)\]?:[0-9]+#\1#' <<<"$server")
-cidrs=$(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(",".join(s["clusters"][0]["cluster_cidrs"]))' "/run/trellis-lab/$lab/state.json")
-log "helm install trellis (image imported, apiserver $host, pod ranges $cidrs)"
-helm install trellis charts/trellis -n kube-system --wait --timeout 5m \
-	--set "apiServer.host=$host,apiServer.port=6443" --set image.pullPolicy=Never \
-	--set "podRanges={$cidrs}" >/dev/null
+sets=()
+while IFS= read -r value; do sets+=(--set "$value"); done < <($trellis_lab chart-values --name "$lab")
+log "helm install trellis ${sets[*]}"
+helm install trellis charts/trellis -n kube-system --wait --timeout 5m "${sets[@]}" >/dev/null
 kubectl wait --for=condition=Ready nodes --all --timeout=120s >/dev/null
 log "CoreDNS (kube-dns) rolling out"
 kubectl -n kube-system rollout status deployment/coredns --timeout=180s >/dev/null

@@ -58,6 +58,16 @@ enum Verb {
         #[arg(long)]
         cluster: Option<String>,
     },
+    /// Print the chart's values for a cluster of real nodes, one `--set`
+    /// value per line (API server address, pod ranges, no pulling), for
+    /// `helm install trellis charts/trellis --set ...`.
+    ChartValues {
+        #[arg(long, default_value = "lab")]
+        name: String,
+        /// Cluster (default: the lab's first).
+        #[arg(long)]
+        cluster: Option<String>,
+    },
     /// Import OCI image archives into every real node's containerd (as a
     /// registry pull would bring them).
     ImportImage {
@@ -212,6 +222,17 @@ async fn run(cli: Cli) -> Result<()> {
             let lab = Lab::open(&name)?;
             let cluster = cluster.unwrap_or_else(|| lab.state.clusters[0].name.clone());
             println!("{}", lab.kubeconfig(&cluster)?.display());
+        }
+        Verb::ChartValues { name, cluster } => {
+            let lab = Lab::open(&name)?;
+            let cluster = cluster.unwrap_or_else(|| lab.state.clusters[0].name.clone());
+            let state = lab
+                .state
+                .cluster(&cluster)
+                .ok_or_else(|| anyhow::anyhow!("lab {name} has no cluster {cluster}"))?;
+            for value in trellis_e2e::chart::real_node_values(state) {
+                println!("{value}");
+            }
         }
         Verb::ImportImage { name, archives } => {
             let lab = Lab::open(&name)?;
