@@ -46,10 +46,13 @@ test: tools lint static
 	else echo "NOTE: not root: the upstream conformance focus (make conformance) is SKIPPED"; fi
 
 ## conformance: the upstream Kubernetes e2e suite (e2e.test v1.34.4) against Trellis installed
-## with helm on a lab cluster of real nodes (root); FOCUS=regexp SKIP=regexp choose the specs
+## with helm on a lab cluster of real nodes (root): every [sig-network] conformance and dual-stack
+## spec on containerd 2, then 9 of them on Debian's containerd 1.6; FOCUS=regexp SKIP=regexp
+## choose the specs
 conformance: tools
 	$(CARGO) build --workspace --bins
 	tools/conformance/run.sh
+	RUNTIME=containerd1.6 SUITE=small tools/conformance/run.sh
 
 ## static: the image's binaries built for musl (as `make image` does), checked to be static
 static:

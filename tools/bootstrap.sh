@@ -6,7 +6,9 @@
 #     helm, cnitool and the reference CNI plugins; kubelet, kube-scheduler and
 #     kube-proxy for the lab's real nodes (with Debian's containerd and runc),
 #     kubectl, the upstream e2e suite (e2e.test) with agnhost and the ginkgo
-#     CLI that runs it in parallel, and CoreDNS.
+#     CLI that runs it in parallel, and CoreDNS; containerd 2 with runc
+#     (in containerd-VERSION/, so Debian's containerd 1.6 stays the one on
+#     PATH) for real nodes of the other runtime.
 # A cached rerun takes a second or two. Prints the tools' bin directory last.
 #
 #   tools/bootstrap.sh              install what is missing, print the bin dir
@@ -22,7 +24,7 @@ cache_root="${TRELLIS_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/trellis/tools
 # The cache key covers the versions and every recipe file, so a changed
 # recipe builds into a fresh directory instead of mixing old and new.
 recipe_hash="$(cat "$here/versions.env" "$here"/kube/go.* "$here"/kube/*.go \
-	"$here"/etcd/go.* "$here"/etcd/*.go | sha256sum | cut -c1-12)"
+	"$here"/etcd/go.* "$here"/etcd/*.go "$here"/containerd/go.* "$here"/containerd/*.go | sha256sum | cut -c1-12)"
 tools_dir="$cache_root/k8s-$KUBERNETES_VERSION-$recipe_hash"
 bin_dir="$tools_dir/bin"
 
@@ -37,7 +39,8 @@ log() { echo "[tools] $*" >&2; }
 
 apt_packages=(iproute2 nftables wireguard-tools wireguard-go iperf3 tcpdump iputils-ping
 	util-linux procps conntrack ca-certificates
-	containerd runc musl-tools busybox-static binutils netcat-openbsd curl bind9-dnsutils)
+	containerd runc musl-tools busybox-static binutils netcat-openbsd curl bind9-dnsutils
+	libseccomp-dev pkg-config)
 install_apt_packages() {
 	local missing=()
 	for pkg in "${apt_packages[@]}"; do
@@ -117,6 +120,19 @@ build_kube_e2e() {
 }
 # CoreDNS, static, for the image tools/image/build.sh makes of it.
 build_coredns() { CGO_ENABLED=0 GOBIN="$bin_dir" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"; }
+# containerd 2 and runc (with seccomp, as distributions build it) in a
+# directory of their own: a real node of that runtime runs them from there.
+containerd2_dir="$bin_dir/containerd-$CONTAINERD_VERSION"
+build_containerd2() {
+	local v="github.com/containerd/containerd/v2/version"
+	(cd "$here/containerd" && CGO_ENABLED=0 go build -trimpath -o "$containerd2_dir/" \
+		-ldflags "-s -w -X $v.Version=$CONTAINERD_VERSION -X $v.Package=github.com/containerd/containerd/v2" \
+		github.com/containerd/containerd/v2/cmd/containerd \
+		github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
+		github.com/containerd/containerd/v2/cmd/ctr) &&
+		GOBIN="$containerd2_dir" go install -trimpath -tags seccomp \
+			-ldflags "-s -w -X main.version=${RUNC_VERSION#v}" "github.com/opencontainers/runc@$RUNC_VERSION"
+}
 build_etcd() { (cd "$here/etcd" && go build -trimpath -ldflags "-s -w" -o "$bin_dir/etcd" .); }
 build_helm() { GOBIN="$bin_dir" go install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"; }
 build_cnitool() { GOBIN="$bin_dir" go install -trimpath -ldflags "-s -w" "github.com/containernetworking/cni/cnitool@$CNI_VERSION"; }
@@ -148,6 +164,7 @@ log "tools cache: $tools_dir"
 build_once kube "Kubernetes $KUBERNETES_VERSION: apiserver, controller-manager, scheduler, proxy, kubelet (cold: ~8 min on 2 cores)" build_kube
 build_once kube-e2e "Kubernetes $KUBERNETES_VERSION e2e.test, agnhost and ginkgo (cold: ~5 min, ~2 GB of memory)" build_kube_e2e
 build_once coredns "CoreDNS $COREDNS_VERSION (cold: ~2 min)" build_coredns
+build_once containerd2 "containerd $CONTAINERD_VERSION and runc $RUNC_VERSION (cold: ~2 min)" build_containerd2
 build_once etcd "etcd $ETCD_VERSION" build_etcd
 build_once helm "helm $HELM_VERSION" build_helm
 build_once cnitool "cnitool $CNI_VERSION" build_cnitool

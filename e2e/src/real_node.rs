@@ -1,5 +1,5 @@
-//! Real nodes: a lab node that runs what a Kubernetes node runs — Debian's
-//! containerd with runc, kube-proxy (nftables mode) for Services, and a
+//! Real nodes: a lab node that runs what a Kubernetes node runs — containerd
+//! with runc (containerd 2 or Debian's 1.6, see [`runtime`]), kube-proxy (nftables mode) for Services, and a
 //! kubelet v1.34.4 that registers its own Node,
 //! turns Ready only once a CNI configuration exists, and creates the pods
 //! the scheduler places on it through CRI (so trellis-cni is called by
@@ -25,8 +25,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 pub use credentials::NodeCredentials;
+pub use runtime::{ContainerRuntime, PAUSE_IMAGE};
 
 pub mod credentials;
+pub mod runtime;
 
 use crate::deadline;
 use crate::node::private_dir;
@@ -84,8 +86,6 @@ const SHADOWED_SYSCTLS: [&str; 5] = [
 
 /// The images every real node holds (built here: no registry is reachable).
 pub const NODE_IMAGES: [&str; 3] = ["pause", "busybox", "coredns"];
-/// The sandbox image containerd runs for every pod.
-pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10.1";
 
 /// How long containerd may take to listen, and the kubelet to register.
 const CONTAINERD_UP: Duration = Duration::from_secs(30);
@@ -218,6 +218,7 @@ pub struct RealNodeSpec<'a> {
     pub cluster_cidrs: &'a [ipnet::IpNet],
     /// The cluster DNS Service's address, the pods' nameserver.
     pub cluster_dns: std::net::IpAddr,
+    pub runtime: ContainerRuntime,
 }
 
 impl RealNodeSpec<'_> {
@@ -294,37 +295,6 @@ impl RealNodeSpec<'_> {
         }
         script.push_str("exec sleep infinity\n");
         script
-    }
-
-    fn containerd_config(&self) -> String {
-        format!(
-            r#"version = 2
-root = "/var/lib/containerd"
-state = "/run/containerd"
-[grpc]
-  address = "/run/containerd/containerd.sock"
-[ttrpc]
-  address = "/run/containerd/containerd.sock.ttrpc"
-[debug]
-  address = "/run/containerd/debug.sock"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "/var/lib/containerd/opt"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{PAUSE_IMAGE}"
-  netns_mounts_under_state_dir = true
-  restrict_oom_score_adj = true
-  disable_apparmor = true
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-    runtime_type = "io.containerd.runc.v2"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-      SystemdCgroup = false
-      Root = "/run/containerd/runc"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/opt/cni/bin"
-    conf_dir = "/etc/cni/net.d"
-    max_conf_num = 1
-"#
-        )
     }
 
     fn kubelet_config(&self) -> String {
@@ -490,8 +460,13 @@ pub fn start(
         log: log("mounts").display().to_string(),
     })?;
 
-    let config = spec.write("containerd.toml", &spec.containerd_config())?;
-    let mut containerd = in_node(holder_pid, "containerd");
+    let config = spec.write(
+        "containerd.toml",
+        &spec.runtime.config(spec.runtime.runc(tools)?),
+    )?;
+    let mut containerd = spec
+        .runtime
+        .command(tools, "containerd", |p| in_node(holder_pid, p))?;
     containerd.arg("--config").arg(&config);
     launch("containerd", containerd)?;
     let socket = spec.dir("/run/containerd").join("containerd.sock");
@@ -534,12 +509,13 @@ pub fn start(
 }
 
 /// Imports an OCI archive into the node's containerd (namespace `k8s.io`,
-/// where the kubelet's images live).
+/// where the kubelet's images live). Debian's ctr serves both runtimes:
+/// containerd 2 keeps the v1 API it speaks.
 pub fn import_image(holder: i32, node: &str, archive: &Path) -> Result<(), RealNodeError> {
     let out = in_node(holder, "ctr")
         .args([
             "--address",
-            "/run/containerd/containerd.sock",
+            runtime::SOCKET,
             "-n",
             "k8s.io",
             "images",
@@ -599,14 +575,7 @@ pub async fn wait_registered(
 pub fn container_pid(holder: i32, container_id: &str) -> Option<i32> {
     let id = container_id.trim_start_matches("containerd://");
     let out = in_node(holder, "ctr")
-        .args([
-            "--address",
-            "/run/containerd/containerd.sock",
-            "-n",
-            "k8s.io",
-            "tasks",
-            "ls",
-        ])
+        .args(["--address", runtime::SOCKET, "-n", "k8s.io", "tasks", "ls"])
         .output()
         .ok()?;
     String::from_utf8_lossy(&out.stdout)

@@ -91,6 +91,9 @@ pub struct ClusterState {
     /// [`crate::real_node`]) rather than imitations.
     #[serde(default)]
     pub real_nodes: bool,
+    /// The container runtime of its real nodes.
+    #[serde(default)]
+    pub runtime: crate::real_node::ContainerRuntime,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

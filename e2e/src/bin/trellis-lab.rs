@@ -35,6 +35,9 @@ enum Verb {
         /// kube-scheduler, created through CRI).
         #[arg(long)]
         real_nodes: bool,
+        /// The real nodes' container runtime.
+        #[arg(long, value_enum, default_value_t, requires = "real_nodes")]
+        runtime: trellis_e2e::real_node::ContainerRuntime,
     },
     /// Tear a lab down (works after a killed `up`); --all for every lab.
     Down {
@@ -179,11 +182,13 @@ async fn run(cli: Cli) -> Result<()> {
             ip_family,
             cluster_cidr,
             real_nodes,
+            runtime,
         } => {
             let mut options = LabOptions::new(&name, nodes);
             options.family = ip_family;
             options.cluster_cidrs = cidrs(cluster_cidr);
             options.real_nodes = real_nodes;
+            options.runtime = runtime;
             let lab = Lab::up(options)
                 .await
                 .with_context(|| format!("lab {name} did not come up; `trellis-lab down --name {name}` removes what was built"))?;

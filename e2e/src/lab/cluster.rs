@@ -48,18 +48,20 @@ impl Lab {
         nodes: u8,
         cluster_cidrs: Option<Vec<IpNet>>,
     ) -> Result<(), LabError> {
-        self.add_cluster_of(name, nodes, cluster_cidrs, false).await
+        self.add_cluster_of(name, nodes, cluster_cidrs, None).await
     }
 
     /// [`Lab::add_cluster`], its nodes real ones (containerd and a kubelet)
-    /// when `real_nodes`.
+    /// when `real_nodes` names their runtime.
     pub async fn add_cluster_of(
         &mut self,
         name: &str,
         nodes: u8,
         cluster_cidrs: Option<Vec<IpNet>>,
-        real_nodes: bool,
+        real_nodes: Option<crate::real_node::ContainerRuntime>,
     ) -> Result<(), LabError> {
+        let runtime = real_nodes.unwrap_or_default();
+        let real_nodes = real_nodes.is_some();
         plan::validate_name(name)?;
         if self.state.cluster(name).is_some() {
             return Err(LabError::Invalid {
@@ -106,6 +108,7 @@ impl Lab {
             dir,
             admin_kubeconfig: spec.admin_kubeconfig(),
             real_nodes,
+            runtime,
         });
         self.state.save()?;
         control_plane::write_pki(&spec)?;

@@ -88,6 +88,8 @@ pub struct LabOptions {
     pub cluster_cidrs: Option<Vec<IpNet>>,
     /// The first cluster's nodes are real: containerd and a kubelet each.
     pub real_nodes: bool,
+    /// Their container runtime.
+    pub runtime: crate::real_node::ContainerRuntime,
 }
 
 impl LabOptions {
@@ -98,6 +100,7 @@ impl LabOptions {
             family: IpFamily::Dual,
             cluster_cidrs: None,
             real_nodes: false,
+            runtime: Default::default(),
         }
     }
 }
@@ -176,7 +179,7 @@ impl Lab {
             &options.name,
             options.nodes,
             options.cluster_cidrs.clone(),
-            options.real_nodes,
+            options.real_nodes.then_some(options.runtime),
         )
         .await?;
         info!(lab = %options.name, seconds = start.elapsed().as_secs_f32(), "lab is up");

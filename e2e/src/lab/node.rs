@@ -166,6 +166,7 @@ impl Lab {
             credentials: &credentials,
             cluster_cidrs: cidrs,
             cluster_dns: cluster_dns::service_ip(control_plane::service_cidr(cidrs)),
+            runtime: cluster.runtime,
         };
         let tools = self.tools.clone();
         let state = &mut self.state;

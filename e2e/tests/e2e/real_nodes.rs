@@ -366,7 +366,10 @@ async fn trellis_pods_ready(client: &kube::Client, expected: usize) -> Option<BT
 /// client certificate); a kubelet's own credentials change its Node and
 /// no other (Node authorizer, NodeRestriction); `helm upgrade` rolls the DaemonSet (new pods; traffic
 /// flows again after, the loss printed); deleting the pods goes through CNI
-/// DEL; `helm uninstall` removes the DaemonSet.
+/// DEL; `helm uninstall` removes the DaemonSet. The nodes run containerd 2,
+/// which asks the network's CNI STATUS: once Trellis is gone (its device
+/// with it), the kubelets report the nodes NotReady with trellis-cni's
+/// reason.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root"]
 async fn helm_installs_trellis_on_real_nodes_upgrades_and_uninstalls() {
@@ -383,6 +386,18 @@ async fn helm_installs_trellis_on_real_nodes_upgrades_and_uninstalls() {
     }
     let client = lab.client(HELM_LAB).await.unwrap();
     let nodes: Api<Node> = Api::all(client.clone());
+    for node in nodes.list(&ListParams::default()).await.unwrap().items {
+        let runtime = node
+            .status
+            .and_then(|s| s.node_info)
+            .map(|i| i.container_runtime_version);
+        assert!(
+            runtime
+                .as_deref()
+                .is_some_and(|r| r.starts_with("containerd://2.")),
+            "the nodes run containerd 2: {runtime:?}"
+        );
+    }
     // A real kubelet registers its own Node and keeps it NotReady while no
     // CNI configuration exists.
     for (name, ok, why) in nodes_ready(&nodes).await {
@@ -494,6 +509,28 @@ async fn helm_installs_trellis_on_real_nodes_upgrades_and_uninstalls() {
         },
     )
     .await;
+    // The configuration stays (the agent is gone) but the mesh interface
+    // went with trellis-wg: containerd 2 asks trellis-cni's STATUS, which
+    // says so, and the kubelets turn their nodes NotReady with that reason
+    // (containerd 1.6 would keep them Ready and fail each new pod).
+    eventually(
+        "both nodes NotReady with trellis-cni's STATUS reason",
+        Duration::from_secs(90),
+        || async {
+            nodes_ready(&nodes)
+                .await
+                .iter()
+                .all(|(_, ok, why)| !ok && why.contains("mesh interface trellis does not exist"))
+        },
+    )
+    .await;
+    eprintln!(
+        "after helm uninstall: {:?}",
+        nodes_ready(&nodes)
+            .await
+            .first()
+            .map(|(_, _, why)| why.clone())
+    );
     let _ = trellis_e2e::cmd::ip(None, &["netns", "delete", &flow_netns]);
     assert!(trellis_e2e::down(HELM_LAB).is_clean());
 }
