@@ -60,8 +60,9 @@ pub trait Dataplane {
     /// [`trellis_mesh::relay::probe_address`]). Best effort: a probe that
     /// cannot be sent is only logged.
     async fn probe(&mut self, addresses: &[IpAddr]);
-    /// Whether the mesh interface exists and is up (a failed look counts
-    /// as not up).
+    /// Whether the mesh interface exists, is up and has carrier (a
+    /// persistent TUN with no device attached has none; a failed look
+    /// counts as not up).
     async fn interface_up(&mut self) -> bool;
     /// The MTU of the interface holding `address` (the underlay's).
     async fn underlay_mtu(&mut self, address: IpAddr) -> Option<u32>;
@@ -99,6 +100,13 @@ pub struct NodeDataplane {
     /// Whether creating the interface is ours to do (kernel) or the
     /// userspace device's.
     pub creates_interface: bool,
+    /// The device was just given the node's key: a new device (a
+    /// restarted userspace device, a new interface), whose peers still
+    /// hold sessions with the one before it. The first peers written to it
+    /// are probed at once, so that it starts a handshake with each: a peer
+    /// then drops the old session at once instead of sending into it until
+    /// its own rekey timeout (~15 s) or the next rekey (2 min).
+    pub new_device: bool,
 }
 
 impl std::fmt::Debug for NodeDataplane {
@@ -203,6 +211,7 @@ impl NodeDataplane {
         };
         if state.public_key != Some(self.private_key.public_key()) {
             tracing::info!(interface = %self.interface, "setting the node's key on the device");
+            self.new_device = true;
             self.wg.write(&DeviceUpdate {
                 private_key: Some(self.private_key.clone()),
                 ..Default::default()
@@ -294,6 +303,23 @@ impl Dataplane for NodeDataplane {
             self.record_nft(&record);
             self.last_nft = Some(record);
         }
+        if self.new_device {
+            let probes: Vec<IpAddr> = plan
+                .peers
+                .iter()
+                .filter_map(|c| match c {
+                    trellis_mesh::PeerChange::Add(p) => {
+                        trellis_mesh::relay::probe_address(&p.allowed_ips)
+                    }
+                    _ => None,
+                })
+                .collect();
+            if !probes.is_empty() {
+                tracing::info!(interface = %self.interface, peers = probes.len(), "a new device: starting a handshake with each peer, so that none keeps sending into its session with the device before");
+                self.new_device = false;
+                self.probe(&probes).await;
+            }
+        }
         Ok(())
     }
 
@@ -306,7 +332,7 @@ impl Dataplane for NodeDataplane {
     }
 
     async fn interface_up(&mut self) -> bool {
-        matches!(self.netlink.state(&self.interface).await, Ok(Some(state)) if state.up)
+        matches!(self.netlink.state(&self.interface).await, Ok(Some(state)) if state.up && state.carrier)
     }
 
     async fn underlay_mtu(&mut self, address: IpAddr) -> Option<u32> {

@@ -47,6 +47,9 @@ fn code(e: &rtnetlink::Error) -> Option<i32> {
 pub struct InterfaceState {
     pub index: u32,
     pub up: bool,
+    /// Has carrier: a persistent TUN interface has none while no
+    /// userspace device is attached to it.
+    pub carrier: bool,
     pub mtu: u32,
     pub addresses: Vec<IpNet>,
 }
@@ -89,6 +92,7 @@ impl Netlink {
         let mut state = InterfaceState {
             index: link.header.index,
             up: link.header.flags.contains(LinkFlags::Up),
+            carrier: link.header.flags.contains(LinkFlags::LowerUp),
             ..Default::default()
         };
         for attr in &link.attributes {

@@ -31,6 +31,30 @@ use crate::wg::{Uapi, WireGuard};
 
 /// How long a starting agent waits for the Peers to be listed.
 const PEERS_WAIT: Duration = Duration::from_secs(20);
+/// How long a starting agent waits for a userspace device started beside
+/// it (the DaemonSet starts both at once), polling often: every moment
+/// without it is a moment without traffic after an upgrade. After that the
+/// reconcile loop retries with its backoff.
+const DEVICE_WAIT: Duration = Duration::from_secs(10);
+const DEVICE_POLL: Duration = Duration::from_millis(100);
+
+/// Waits until the userspace device answers on its UAPI socket, at most
+/// [`DEVICE_WAIT`].
+async fn wait_for_userspace_device(config: &Config) {
+    let uapi = Uapi::new(&config.uapi_socket(), &config.interface);
+    let start = std::time::Instant::now();
+    while !uapi.exists() {
+        if start.elapsed() >= DEVICE_WAIT {
+            tracing::warn!(socket = %config.uapi_socket().display(), "no userspace WireGuard device yet (is trellis-wg running?); retrying in the reconcile loop");
+            return;
+        }
+        tokio::time::sleep(DEVICE_POLL).await;
+    }
+    tracing::info!(
+        waited_ms = start.elapsed().as_millis() as u64,
+        "userspace WireGuard device answers"
+    );
+}
 
 fn choose_device(config: &Config) -> anyhow::Result<(Box<dyn WireGuard>, bool)> {
     let uapi = Uapi::new(&config.uapi_socket(), &config.interface);
@@ -152,8 +176,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         last_nft: None,
         nft_record: Some(config.nft_record_path()),
         creates_interface,
+        new_device: false,
     };
     dataplane.load_nft_record();
+    if !creates_interface {
+        wait_for_userspace_device(&config).await;
+    }
     let declared = config.declared();
     tracing::info!(pod_ranges = %format_list(&declared.pods), external_peer_ranges = %format_list(&declared.external_peers), "declared ranges");
     let parts = Parts {

@@ -575,10 +575,13 @@ impl PodNetwork for Netlink {
         self.rt.block_on(Self::delete_link(&self.host, name))
     }
 
-    fn host_link_up(&mut self, name: &str) -> Result<Option<bool>, CniError> {
+    fn host_link_state(&mut self, name: &str) -> Result<Option<podnet::MeshLinkState>, CniError> {
         Ok(self
             .rt
             .block_on(link_by_name(&self.host, name))?
-            .map(|l| l.header.flags.contains(LinkFlags::Up)))
+            .map(|l| podnet::MeshLinkState {
+                up: l.header.flags.contains(LinkFlags::Up),
+                carrier: l.header.flags.contains(LinkFlags::LowerUp),
+            }))
     }
 }

@@ -11,7 +11,7 @@ use crate::config::NetConf;
 use crate::env::{Command, Invocation};
 use crate::error::CniError;
 use crate::ipam::{Owner, Store};
-use crate::podnet::{self, AttachmentSpec, PodNetwork};
+use crate::podnet::{self, AttachmentSpec, MeshLinkState, PodNetwork};
 use crate::result::{CniResult, Interface, IpConfig, Route};
 use crate::version::{self, Version};
 
@@ -309,18 +309,23 @@ fn status(conf: &NetConf, net: &mut impl PodNetwork) -> Result<(), CniError> {
         ));
     }
     if let Some(iface) = &conf.mesh_interface {
-        match net.host_link_up(iface)? {
+        match net.host_link_state(iface)? {
             None => {
                 return Err(CniError::NotAvailable(format!(
                     "mesh interface {iface} does not exist: is trellis-agent running?"
                 )))
             }
-            Some(false) => {
+            Some(MeshLinkState { up: false, .. }) => {
                 return Err(CniError::NotAvailable(format!(
                     "mesh interface {iface} is down"
                 )))
             }
-            Some(true) => {}
+            Some(MeshLinkState { carrier: false, .. }) => {
+                return Err(CniError::NotAvailable(format!(
+                    "mesh interface {iface} has no carrier: no WireGuard device is attached to it (is trellis-wg running?)"
+                )))
+            }
+            Some(MeshLinkState { .. }) => {}
         }
     }
     let store = Store::open(&conf.data_dir, &conf.name)?;

@@ -303,6 +303,13 @@ fn status_is_ready_only_with_pod_cidrs_and_the_mesh_interface_up() {
         .unwrap()
         .contains("down"));
     f.net.host_links[0].2 = true;
+    f.net.no_carrier.push("trellis".into());
+    let details = json_of(&f.call(&status, &conf))["details"].clone();
+    assert!(
+        details.as_str().unwrap().contains("no carrier"),
+        "a TUN without its device process: {details}"
+    );
+    f.net.no_carrier.clear();
     let out = f.call(&status, &conf);
     assert!(out.success, "{}", out.stdout);
     let out = f.call(&status, &f.conf("1.0.0", json!({})));

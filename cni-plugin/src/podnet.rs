@@ -163,8 +163,19 @@ pub trait PodNetwork {
     fn our_host_links(&mut self, alias_prefix: &str) -> Result<Vec<String>, CniError>;
     /// Deletes a host link; one already gone is fine.
     fn delete_host_link(&mut self, name: &str) -> Result<(), CniError>;
-    /// Whether a host link is up (`None`: it does not exist).
-    fn host_link_up(&mut self, name: &str) -> Result<Option<bool>, CniError>;
+    /// Whether a host link is up and has carrier (`None`: it does not
+    /// exist).
+    fn host_link_state(&mut self, name: &str) -> Result<Option<MeshLinkState>, CniError>;
+}
+
+/// What STATUS asks of the mesh interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MeshLinkState {
+    /// Set up (IFF_UP).
+    pub up: bool,
+    /// Has carrier (IFF_LOWER_UP): a TUN interface has none while no
+    /// device process is attached to it (a persistent one outlives it).
+    pub carrier: bool,
 }
 
 /// A borrowed [`PodNetwork`] is one too (tests keep the fake to inspect it).
@@ -207,8 +218,8 @@ impl<T: PodNetwork + ?Sized> PodNetwork for &mut T {
     fn delete_host_link(&mut self, name: &str) -> Result<(), CniError> {
         (**self).delete_host_link(name)
     }
-    fn host_link_up(&mut self, name: &str) -> Result<Option<bool>, CniError> {
-        (**self).host_link_up(name)
+    fn host_link_state(&mut self, name: &str) -> Result<Option<MeshLinkState>, CniError> {
+        (**self).host_link_state(name)
     }
 }
 

@@ -103,7 +103,9 @@ fn cnitool_drives_a_chain_with_portmap_bandwidth_and_tuning() {
     }
     server.join().unwrap();
 
-    // CHECK and STATUS pass; STATUS fails with 50 when the mesh is down.
+    // CHECK and STATUS pass; STATUS fails with 50 when the mesh is down,
+    // and when it is a TUN no device process is attached to (trellis-wg's
+    // persistent interface between one process and the next).
     let check = node.cnitool("check", &p1, Some(caps));
     assert!(
         check.status.success(),
@@ -121,7 +123,29 @@ fn cnitool_drives_a_chain_with_portmap_bandwidth_and_tuning() {
     assert!(!status.status.success());
     let msg = String::from_utf8_lossy(&status.stderr);
     assert!(msg.contains("trellis is down"), "{msg}");
-    cmd::ip(Some(&node.name), &["link", "set", "trellis", "up"]).unwrap();
+    for args in [
+        &["link", "delete", "trellis"][..],
+        &[
+            "tuntap",
+            "add",
+            "dev",
+            "trellis",
+            "mode",
+            "tun",
+            "multi_queue",
+        ],
+        &["link", "set", "trellis", "up"],
+    ] {
+        cmd::ip(Some(&node.name), args).unwrap();
+    }
+    let status = node.cnitool("status", &p1, None);
+    assert!(!status.status.success());
+    let msg = String::from_utf8_lossy(&status.stderr);
+    assert!(msg.contains("trellis has no carrier"), "{msg}");
+    cmd::ip(Some(&node.name), &["link", "delete", "trellis"]).unwrap();
+    for args in common::MESH_INTERFACE {
+        cmd::ip(Some(&node.name), args).unwrap();
+    }
 
     // DEL, twice: addresses released, host link gone.
     assert_eq!(node.allocations().len(), 4);

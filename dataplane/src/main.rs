@@ -16,10 +16,14 @@
 //! CAP_SYS_ADMIN). SIGTERM and SIGINT are boringtun's to take (it reads
 //! them through a signalfd).
 //!
+//! With `--persist`, the interface outlives the process (see `persist`):
+//! a restarted trellis-wg attaches to it, routes and addresses kept.
+//!
 //! With `--dataplane auto`, trellis-wg stays idle on a kernel that has
 //! WireGuard (the agent then uses the kernel), so one DaemonSet fits every
 //! node.
 
+mod persist;
 mod translate;
 mod uapi;
 
@@ -61,6 +65,11 @@ struct Args {
     /// userspace: always run the device.
     #[arg(long, value_enum, env = "TRELLIS_DATAPLANE", default_value_t = Mode::Userspace)]
     dataplane: Mode,
+    /// Keep the interface (its addresses and routes) when trellis-wg stops,
+    /// and attach to it when it is there: traffic stops only between one
+    /// device process and the next (the chart's DaemonSet sets it).
+    #[arg(long, env = "TRELLIS_WG_PERSIST", default_value_t = false, action = clap::ArgAction::Set)]
+    persist: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -158,6 +167,12 @@ fn main() -> ExitCode {
         use_multi_queue: args.multi_queue,
         uapi_fd: -1,
     };
+    if args.persist {
+        if let Err(e) = persist::make_persistent(&args.interface) {
+            eprintln!("trellis-wg: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let inner_for_thread = inner.clone();
     std::thread::spawn(move || {
         let hidden = match hide {
@@ -210,7 +225,14 @@ fn main() -> ExitCode {
         front_socket.display()
     );
     let _ = stopped_rx.recv();
-    eprintln!("trellis-wg: stopping interface {}", args.interface);
+    if args.persist {
+        eprintln!(
+            "trellis-wg: stopping; interface {} stays (persistent) for the next device",
+            args.interface
+        );
+    } else {
+        eprintln!("trellis-wg: stopping interface {}", args.interface);
+    }
     // Remove the socket only if it is still ours: a device started in our
     // place as soon as the interface went may have bound the same path.
     use std::os::unix::fs::MetadataExt;

@@ -20,6 +20,8 @@ pub(crate) struct FakePodNetwork {
     pub(crate) wired: Vec<AttachmentSpec>,
     /// Other host links: (name, alias, up).
     pub(crate) host_links: Vec<(String, String, bool)>,
+    /// Host links (of those) without carrier: a TUN no process holds.
+    pub(crate) no_carrier: Vec<String>,
     /// Paths that name the plugin's own (the host's) network namespace.
     pub(crate) own_netns: Vec<PathBuf>,
     /// Every call, in order.
@@ -187,12 +189,18 @@ impl PodNetwork for FakePodNetwork {
         Ok(())
     }
 
-    fn host_link_up(&mut self, name: &str) -> Result<Option<bool>, CniError> {
+    fn host_link_state(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<crate::podnet::MeshLinkState>, CniError> {
         self.calls.push(format!("up? {name}"));
         Ok(self
             .host_links
             .iter()
             .find(|(n, _, _)| n == name)
-            .map(|(_, _, up)| *up))
+            .map(|(_, _, up)| crate::podnet::MeshLinkState {
+                up: *up,
+                carrier: *up && !self.no_carrier.iter().any(|n| n == name),
+            }))
     }
 }

@@ -17,6 +17,24 @@ pub const POD_CIDR_V6: &str = "fd00:10:244:7::/64";
 /// The node's own address (on a bridge named node0), which pods must reach.
 pub const NODE_ADDR: &str = "10.255.0.1";
 
+/// `ip` commands making the "trellis" mesh interface: up with carrier, as
+/// a WireGuard device is (this kernel has no dummy links; an empty bridge
+/// has no carrier), so a veth pair.
+pub const MESH_INTERFACE: [&[&str]; 3] = [
+    &[
+        "link",
+        "add",
+        "trellis",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "mesh-peer",
+    ],
+    &["link", "set", "mesh-peer", "up"],
+    &["link", "set", "trellis", "up"],
+];
+
 pub struct Node {
     pub name: String,
     /// The node's CNI directories (conf, bin, state, cache): `tmp`'s path.
@@ -67,9 +85,10 @@ impl Node {
             vec!["link", "add", "node0", "type", "bridge"],
             vec!["addr", "add", &format!("{NODE_ADDR}/32"), "dev", "node0"],
             vec!["link", "set", "node0", "up"],
-            vec!["link", "add", "trellis", "type", "bridge"],
-            vec!["link", "set", "trellis", "up"],
-        ] {
+        ]
+        .into_iter()
+        .chain(MESH_INTERFACE.iter().map(|a| a.to_vec()))
+        {
             cmd::ip(Some(&name), &args).unwrap();
         }
         for key in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {

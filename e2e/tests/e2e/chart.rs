@@ -208,6 +208,11 @@ fn other_values_change_what_they_should() {
     let wg = container(&objects, "trellis-wg").unwrap();
     assert_eq!(env_of(&wg, "TRELLIS_WG_THREADS").as_deref(), Some("2"));
     assert_eq!(
+        env_of(&wg, "TRELLIS_WG_PERSIST").as_deref(),
+        Some("true"),
+        "the interface outlives the device's pod by default"
+    );
+    assert_eq!(
         env_of(&wg, "TRELLIS_DATAPLANE").as_deref(),
         Some("userspace")
     );

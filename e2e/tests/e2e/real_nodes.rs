@@ -368,8 +368,8 @@ async fn trellis_pods_ready(client: &kube::Client, expected: usize) -> Option<BT
 /// flows again after, the loss printed); deleting the pods goes through CNI
 /// DEL; `helm uninstall` removes the DaemonSet. The nodes run containerd 2,
 /// which asks the network's CNI STATUS: once Trellis is gone (its device
-/// with it), the kubelets report the nodes NotReady with trellis-cni's
-/// reason.
+/// process with it), the kubelets report the nodes NotReady with
+/// trellis-cni's reason.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root"]
 async fn helm_installs_trellis_on_real_nodes_upgrades_and_uninstalls() {
@@ -509,10 +509,11 @@ async fn helm_installs_trellis_on_real_nodes_upgrades_and_uninstalls() {
         },
     )
     .await;
-    // The configuration stays (the agent is gone) but the mesh interface
-    // went with trellis-wg: containerd 2 asks trellis-cni's STATUS, which
-    // says so, and the kubelets turn their nodes NotReady with that reason
-    // (containerd 1.6 would keep them Ready and fail each new pod).
+    // The configuration stays (the agent is gone), and so does the mesh
+    // interface (persistent) but with no device attached: containerd 2
+    // asks trellis-cni's STATUS, which says so, and the kubelets turn
+    // their nodes NotReady with that reason (containerd 1.6 would keep
+    // them Ready).
     eventually(
         "both nodes NotReady with trellis-cni's STATUS reason",
         Duration::from_secs(90),
@@ -520,7 +521,7 @@ async fn helm_installs_trellis_on_real_nodes_upgrades_and_uninstalls() {
             nodes_ready(&nodes)
                 .await
                 .iter()
-                .all(|(_, ok, why)| !ok && why.contains("mesh interface trellis does not exist"))
+                .all(|(_, ok, why)| !ok && why.contains("mesh interface trellis has no carrier"))
         },
     )
     .await;

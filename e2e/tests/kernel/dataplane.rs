@@ -74,6 +74,7 @@ impl KernelNode {
                         last_nft: None,
                         nft_record: None,
                         creates_interface: true,
+                        new_device: false,
                     };
                     let mut reconciler = Reconciler::new("trellis", dataplane, Metrics::default());
                     let no_dns = |_: &str, _: u16| None;
