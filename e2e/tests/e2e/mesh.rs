@@ -708,13 +708,20 @@ async fn wireguard_go_on_one_node_interoperates() {
     // it over the same UAPI socket.
     lab.signal_daemon("mgo-n2", "agent", nix::sys::signal::Signal::SIGKILL);
     lab.signal_daemon("mgo-n2", "trellis-wg", nix::sys::signal::Signal::SIGTERM);
+    // trellis-wg leaves its interface (persistent, as the chart runs it)
+    // without carrier; wireguard-go opens a TUN of other flags, so the
+    // interface goes first, as a user switching devices removes it.
     let ns = lab.node("mgo-n2").unwrap().netns.clone();
     trellis_e2e::mesh::wait_for(
         Duration::from_secs(10),
-        || trellis_e2e::cmd::ip(Some(&ns), &["link", "show", "trellis"]).is_err(),
-        || "trellis-wg did not stop".into(),
+        || {
+            trellis_e2e::cmd::ip(Some(&ns), &["link", "show", "trellis"])
+                .is_ok_and(|l| l.contains("NO-CARRIER"))
+        },
+        || "trellis-wg did not stop, or took its persistent interface with it".into(),
     )
     .unwrap();
+    trellis_e2e::cmd::ip(Some(&ns), &["link", "delete", "trellis"]).unwrap();
     lab.start_device("mgo-n2", Device::WireguardGo)
         .await
         .unwrap();
