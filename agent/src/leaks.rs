@@ -116,8 +116,12 @@ mod tests {
         let dir = tmp.path().join("ipam");
         let store = Store::open(&dir, "trellis").unwrap();
         let cidrs = ["10.244.1.0/24".parse().unwrap()];
-        let gone = store.allocate(&Owner::new("gone", "eth0"), &cidrs).unwrap();
-        let live = store.allocate(&Owner::new("live", "eth0"), &cidrs).unwrap();
+        let gone = store
+            .allocate(&Owner::new("gone", "eth0"), &cidrs, &[])
+            .unwrap();
+        let live = store
+            .allocate(&Owner::new("live", "eth0"), &cidrs, &[])
+            .unwrap();
         drop(store);
         let mut c = LeakCollector::new(&dir, "trellis", Duration::ZERO);
         let live_link = host_ifname("live", "eth0");

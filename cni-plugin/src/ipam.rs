@@ -156,9 +156,16 @@ impl Store {
     }
 
     /// One address per CIDR for `owner`: the ones it holds already, new ones
-    /// otherwise. All or nothing: when one CIDR is full, nothing new stays
-    /// allocated.
-    pub fn allocate(&self, owner: &Owner, cidrs: &[IpNet]) -> Result<Vec<IpAddr>, CniError> {
+    /// otherwise, never one of `taken_elsewhere` (addresses the host routes
+    /// to a live interface that is none of ours: a pod of another network,
+    /// as while a node moves from another CNI). All or nothing: when one
+    /// CIDR is full, nothing new stays allocated.
+    pub fn allocate(
+        &self,
+        owner: &Owner,
+        cidrs: &[IpNet],
+        taken_elsewhere: &[IpAddr],
+    ) -> Result<Vec<IpAddr>, CniError> {
         let all = self.allocations()?;
         let mut result = Vec::new();
         let mut fresh = Vec::new();
@@ -173,6 +180,7 @@ impl Store {
             let used: Vec<IpAddr> = all
                 .iter()
                 .map(|(a, _)| *a)
+                .chain(taken_elsewhere.iter().copied())
                 .filter(|a| cidr.contains(a))
                 .collect();
             match self.next_free(cidr, &used) {
@@ -415,9 +423,9 @@ mod tests {
             Owner::new("lost", "eth0"),
             Owner::new("young", "eth0"),
         );
-        let live_addr = store.allocate(&live, &cidrs).unwrap();
-        let lost_addr = store.allocate(&lost, &cidrs).unwrap();
-        store.allocate(&young, &cidrs).unwrap();
+        let live_addr = store.allocate(&live, &cidrs, &[]).unwrap();
+        let lost_addr = store.allocate(&lost, &cidrs, &[]).unwrap();
+        store.allocate(&young, &cidrs, &[]).unwrap();
         let grace = Duration::from_secs(120);
         let later = SystemTime::now() + Duration::from_secs(600);
         // Everything young: nothing goes, whatever is attached.
@@ -448,7 +456,7 @@ mod tests {
         let store = Store::open(tmp.path(), "net").unwrap();
         let cidrs = nets(&["10.244.1.0/24"]);
         let owner = Owner::new("c1", "eth0");
-        let addr = store.allocate(&owner, &cidrs).unwrap()[0];
+        let addr = store.allocate(&owner, &cidrs, &[]).unwrap()[0];
         let file = tmp.path().join("net").join(addr.to_string());
         let old = SystemTime::now() - Duration::from_secs(3600);
         fs::File::options()
@@ -457,7 +465,7 @@ mod tests {
             .unwrap()
             .set_modified(old)
             .unwrap();
-        store.allocate(&owner, &cidrs).unwrap();
+        store.allocate(&owner, &cidrs, &[]).unwrap();
         let modified = fs::metadata(&file).unwrap().modified().unwrap();
         assert!(modified > old + Duration::from_secs(3000), "{modified:?}");
     }
@@ -468,14 +476,44 @@ mod tests {
         let store = Store::open(tmp.path(), "net").unwrap();
         let cidrs = nets(&["10.244.1.0/24", "fd00:10:244:1::/64"]);
         let owner = Owner::new("c1", "eth0");
-        let first = store.allocate(&owner, &cidrs).unwrap();
+        let first = store.allocate(&owner, &cidrs, &[]).unwrap();
         assert_eq!(first.len(), 2);
-        assert_eq!(store.allocate(&owner, &cidrs).unwrap(), first);
-        let other = store.allocate(&Owner::new("c1", "net1"), &cidrs).unwrap();
+        assert_eq!(store.allocate(&owner, &cidrs, &[]).unwrap(), first);
+        let other = store
+            .allocate(&Owner::new("c1", "net1"), &cidrs, &[])
+            .unwrap();
         assert!(
             other.iter().all(|a| !first.contains(a)),
             "another ifname is another attachment"
         );
+    }
+
+    #[test]
+    fn addresses_the_host_routes_elsewhere_are_skipped() {
+        let tmp = TempDir::new().unwrap();
+        let store = Store::open(tmp.path(), "net").unwrap();
+        let cidrs = nets(&["10.244.1.0/24", "fd00:10:244:1::/64"]);
+        let elsewhere: Vec<IpAddr> = ["10.244.1.2", "10.244.1.3", "fd00:10:244:1::2", "10.9.9.9"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let got = store
+            .allocate(&Owner::new("c1", "eth0"), &cidrs, &elsewhere)
+            .unwrap();
+        assert_eq!(
+            got,
+            vec![
+                "10.244.1.4".parse::<IpAddr>().unwrap(),
+                "fd00:10:244:1::3".parse().unwrap()
+            ]
+        );
+        // A /30 has one usable address; taken elsewhere, the range is full.
+        let small = nets(&["10.0.0.0/30"]);
+        let taken = ["10.0.0.2".parse().unwrap()];
+        let err = store
+            .allocate(&Owner::new("c2", "eth0"), &small, &taken)
+            .unwrap_err();
+        assert!(matches!(err, CniError::RangeExhausted { .. }), "{err}");
     }
 
     #[test]
@@ -487,7 +525,7 @@ mod tests {
         for i in 0..5 {
             got.extend(
                 store
-                    .allocate(&Owner::new(&format!("c{i}"), "eth0"), &cidrs)
+                    .allocate(&Owner::new(&format!("c{i}"), "eth0"), &cidrs, &[])
                     .unwrap(),
             );
         }
@@ -501,7 +539,7 @@ mod tests {
             "not .0 (network), .1 (mesh address), .7 (broadcast)"
         );
         let err = store
-            .allocate(&Owner::new("c9", "eth0"), &cidrs)
+            .allocate(&Owner::new("c9", "eth0"), &cidrs, &[])
             .unwrap_err();
         assert_eq!(err.code(), crate::error::code::RANGE_EXHAUSTED);
         assert!(err.to_string().contains("10.0.0.0/29"), "{err}");
@@ -512,9 +550,11 @@ mod tests {
         let tmp = TempDir::new().unwrap();
         let store = Store::open(tmp.path(), "net").unwrap();
         let v4 = nets(&["10.0.0.0/30"]);
-        store.allocate(&Owner::new("a", "eth0"), &v4).unwrap();
+        store.allocate(&Owner::new("a", "eth0"), &v4, &[]).unwrap();
         let dual = nets(&["fd00::/64", "10.0.0.0/30"]);
-        assert!(store.allocate(&Owner::new("b", "eth0"), &dual).is_err());
+        assert!(store
+            .allocate(&Owner::new("b", "eth0"), &dual, &[])
+            .is_err());
         assert!(store
             .addresses_of(&Owner::new("b", "eth0"))
             .unwrap()
@@ -527,10 +567,12 @@ mod tests {
         let store = Store::open(tmp.path(), "net").unwrap();
         let cidrs = nets(&["10.0.0.0/24"]);
         let a = Owner::new("a", "eth0");
-        let first = store.allocate(&a, &cidrs).unwrap();
+        let first = store.allocate(&a, &cidrs, &[]).unwrap();
         assert_eq!(store.release(&a).unwrap(), first);
         assert!(store.release(&a).unwrap().is_empty());
-        let next = store.allocate(&Owner::new("b", "eth0"), &cidrs).unwrap();
+        let next = store
+            .allocate(&Owner::new("b", "eth0"), &cidrs, &[])
+            .unwrap();
         assert_ne!(next, first, "a freed address is not reused at once");
     }
 
@@ -540,7 +582,7 @@ mod tests {
         let store = Store::open(tmp.path(), "net").unwrap();
         let cidrs = nets(&["10.0.0.0/24"]);
         for c in ["a", "b", "c"] {
-            store.allocate(&Owner::new(c, "eth0"), &cidrs).unwrap();
+            store.allocate(&Owner::new(c, "eth0"), &cidrs, &[]).unwrap();
         }
         let (released, errors) = store.release_all_but(&[Owner::new("b", "eth0")]);
         assert!(errors.is_empty());
@@ -561,7 +603,9 @@ mod tests {
         {
             let store = Store::open(tmp.path(), "net").unwrap();
             assert_eq!(
-                store.allocate(&Owner::new("a", "eth0"), &cidrs).unwrap(),
+                store
+                    .allocate(&Owner::new("a", "eth0"), &cidrs, &[])
+                    .unwrap(),
                 vec!["10.0.0.2".parse::<IpAddr>().unwrap()]
             );
         }
@@ -578,7 +622,9 @@ mod tests {
             2,
             "the unreadable file still holds its address"
         );
-        let next = store.allocate(&Owner::new("b", "eth0"), &cidrs).unwrap();
+        let next = store
+            .allocate(&Owner::new("b", "eth0"), &cidrs, &[])
+            .unwrap();
         assert_eq!(next, vec!["10.0.0.4".parse::<IpAddr>().unwrap()]);
     }
 
@@ -602,7 +648,7 @@ mod tests {
         let cidrs = nets(&["fd00::/64"]);
         for i in 0..50 {
             let a = store
-                .allocate(&Owner::new(&format!("c{i}"), "eth0"), &cidrs)
+                .allocate(&Owner::new(&format!("c{i}"), "eth0"), &cidrs, &[])
                 .unwrap();
             assert!(cidrs[0].contains(&a[0]));
         }

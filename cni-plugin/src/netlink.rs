@@ -105,6 +105,37 @@ async fn routes_via(handle: &Handle, index: u32) -> Result<Vec<(IpNet, Option<Ip
     Ok(out)
 }
 
+/// Destinations of full-length routes (any table) within `cidrs`.
+async fn routed_addresses(handle: &Handle, cidrs: &[IpNet]) -> Result<Vec<IpAddr>, CniError> {
+    let mut out = Vec::new();
+    let requests = [
+        RouteMessageBuilder::<Ipv4Addr>::new().table_id(0).build(),
+        RouteMessageBuilder::<Ipv6Addr>::new().table_id(0).build(),
+    ];
+    for request in requests {
+        let mut stream = handle.route().get(request).execute();
+        while let Some(route) = stream.try_next().await.map_err(nl_err("listing routes"))? {
+            let full = match route.header.address_family {
+                netlink_packet_route::AddressFamily::Inet => 32,
+                _ => 128,
+            };
+            if route.header.destination_prefix_length != full {
+                continue;
+            }
+            let dst = route.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(d) => route_address(d),
+                _ => None,
+            });
+            if let Some(dst) = dst.filter(|d| cidrs.iter().any(|c| c.contains(d))) {
+                out.push(dst);
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 fn route_address(a: &RouteAddress) -> Option<IpAddr> {
     match a {
         RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
@@ -569,6 +600,10 @@ impl PodNetwork for Netlink {
             }
             Ok(names)
         })
+    }
+
+    fn host_routed_addresses(&mut self, cidrs: &[IpNet]) -> Result<Vec<IpAddr>, CniError> {
+        self.rt.block_on(routed_addresses(&self.host, cidrs))
     }
 
     fn delete_host_link(&mut self, name: &str) -> Result<(), CniError> {

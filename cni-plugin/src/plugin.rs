@@ -105,8 +105,14 @@ fn add(inv: &Invocation, conf: &NetConf, net: &mut impl PodNetwork) -> Result<Va
         });
     }
     let owner = owner(inv);
+    // Addresses the host routes already are a live pod's (of another
+    // network, e.g. while a node moves from another CNI) or the host's own:
+    // handing one out would fail at the host route. Our own pods' are in
+    // the store anyway.
+    let routed = net.host_routed_addresses(&conf.pod_cidrs)?;
     // The lock is held only while allocating; the allocation is on disk.
-    let addresses = Store::open(&conf.data_dir, &conf.name)?.allocate(&owner, &conf.pod_cidrs)?;
+    let addresses =
+        Store::open(&conf.data_dir, &conf.name)?.allocate(&owner, &conf.pod_cidrs, &routed)?;
     let spec = AttachmentSpec {
         host_ifname,
         pod_ifname: inv.ifname().to_string(),

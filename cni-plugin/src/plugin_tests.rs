@@ -120,6 +120,26 @@ fn add_wires_and_reports_one_address_per_family() {
     assert_eq!(f.allocations(), 2);
 }
 
+/// A node moving from another network plugin: its pods still hold
+/// 10.244.1.2 and .3 (host routes to their interfaces). ADD hands out the
+/// next free address instead of one whose host route it could not add.
+#[test]
+fn add_skips_addresses_the_host_routes_to_pods_of_another_network() {
+    let mut f = Fixture::new("routed");
+    f.net.routed = ["10.244.1.2", "10.244.1.3", "fd00:10:244:1::2"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let out = f.call(
+        &vars("ADD", "c1", "/run/netns/pod1"),
+        &f.conf("1.1.0", json!({})),
+    );
+    assert!(out.success, "{}", out.stdout);
+    let ips = json_of(&out)["ips"].clone();
+    assert_eq!(ips[0]["address"], "10.244.1.4/32");
+    assert_eq!(ips[1]["address"], "fd00:10:244:1::3/128");
+}
+
 #[test]
 fn add_in_an_old_version_writes_the_old_shape() {
     let mut f = Fixture::new("old");

@@ -166,6 +166,9 @@ pub trait PodNetwork {
     /// Whether a host link is up and has carrier (`None`: it does not
     /// exist).
     fn host_link_state(&mut self, name: &str) -> Result<Option<MeshLinkState>, CniError>;
+    /// Addresses within `cidrs` that the host has a route of full length
+    /// to (a /32 or /128, in any table): a pod's, or the host's own.
+    fn host_routed_addresses(&mut self, cidrs: &[IpNet]) -> Result<Vec<IpAddr>, CniError>;
 }
 
 /// What STATUS asks of the mesh interface.
@@ -220,6 +223,9 @@ impl<T: PodNetwork + ?Sized> PodNetwork for &mut T {
     }
     fn host_link_state(&mut self, name: &str) -> Result<Option<MeshLinkState>, CniError> {
         (**self).host_link_state(name)
+    }
+    fn host_routed_addresses(&mut self, cidrs: &[IpNet]) -> Result<Vec<IpAddr>, CniError> {
+        (**self).host_routed_addresses(cidrs)
     }
 }
 

@@ -739,3 +739,39 @@ fn the_plugins_own_namespace_is_refused_as_cni_netns() {
     );
     assert!(node.allocations().is_empty(), "{:?}", node.allocations());
 }
+
+/// A node moving from another network plugin: a pod of that network holds
+/// 10.244.7.2 (its host route on a veth of its own). ADD skips it and the
+/// next pod gets the next address, its route added, the other pod's route
+/// untouched.
+#[test]
+#[ignore = "needs root"]
+fn add_skips_an_address_a_pod_of_another_network_holds() {
+    let node = Node::new("foreign");
+    for args in [
+        &[
+            "link", "add", "foreign0", "type", "veth", "peer", "name", "foreign1",
+        ][..],
+        &["link", "set", "foreign0", "up"],
+        &["link", "set", "foreign1", "up"],
+        &["route", "add", "10.244.7.2/32", "dev", "foreign0"],
+        &["route", "add", "fd00:10:244:7::2/128", "dev", "foreign0"],
+    ] {
+        cmd::ip(Some(&node.name), args).unwrap();
+    }
+    let path = node.cni_path();
+    let conf = serde_json::to_vec(&node.plugin_conf("1.1.0")).unwrap();
+    let mut node = node;
+    let p1 = node.pod("p1").display().to_string();
+    let add = node.plugin(&add_env(&path, "foreign", &p1), &conf);
+    assert_success("ADD beside a foreign pod", &add);
+    let result = json(&add);
+    assert_eq!(addr_of(&result, true), "10.244.7.3");
+    assert_eq!(addr_of(&result, false), "fd00:10:244:7::3");
+    let routes = cmd::ip(Some(&node.name), &["route", "show", "10.244.7.2/32"]).unwrap();
+    assert!(
+        routes.contains("dev foreign0"),
+        "the foreign pod's route: {routes}"
+    );
+    assert!(ping(&node.name, "10.244.7.3"), "node to the new pod");
+}

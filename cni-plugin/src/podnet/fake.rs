@@ -1,6 +1,7 @@
 //! The recording fake of [`PodNetwork`] the unit tests drive the plugin
 //! against: an in-memory kernel. Compiled for tests only.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
@@ -22,6 +23,8 @@ pub(crate) struct FakePodNetwork {
     pub(crate) host_links: Vec<(String, String, bool)>,
     /// Host links (of those) without carrier: a TUN no process holds.
     pub(crate) no_carrier: Vec<String>,
+    /// Addresses the host routes (full-length routes) besides wired pods'.
+    pub(crate) routed: Vec<IpAddr>,
     /// Paths that name the plugin's own (the host's) network namespace.
     pub(crate) own_netns: Vec<PathBuf>,
     /// Every call, in order.
@@ -187,6 +190,16 @@ impl PodNetwork for FakePodNetwork {
         self.wired.retain(|w| w.host_ifname != name);
         self.host_links.retain(|(n, _, _)| n != name);
         Ok(())
+    }
+
+    fn host_routed_addresses(&mut self, cidrs: &[IpNet]) -> Result<Vec<IpAddr>, CniError> {
+        self.calls.push("routed?".into());
+        Ok(self
+            .routed
+            .iter()
+            .copied()
+            .filter(|a| cidrs.iter().any(|c| c.contains(a)))
+            .collect())
     }
 
     fn host_link_state(
