@@ -1,5 +1,5 @@
 //! `make bench` (pod start-up part): from Pod creation to Running on real
-//! nodes (kube-scheduler, kubelet v1.34.4, containerd 1.6), 30 pods with
+//! nodes (kube-scheduler, kubelet v1.34.4, containerd 2), 30 pods with
 //! Trellis installed by helm, against the same nodes with the reference
 //! plugins (ptp + host-local, the CNI project's own) in the same run. The
 //! pods are made one at a time, each waited for before the next, so each
@@ -35,13 +35,15 @@ async fn pod_startup() -> String {
     trellis_e2e::down(LAB);
     let mut options = LabOptions::new(LAB, 2);
     options.real_nodes = true;
+    let runtime = options.runtime;
     let lab = Lab::up(options).await.expect("a lab of real nodes");
     let client = lab.client(LAB).await.unwrap();
     let node_names: Vec<String> = lab.state.nodes.iter().map(|n| n.name.clone()).collect();
 
     // CoreDNS's pods would start on the reference network and keep its
-    // addresses when Trellis comes (trellis-cni then refuses the first
-    // addresses it hands out: their host routes are a live pod's).
+    // addresses when Trellis comes (trellis-cni skips those, as it skips
+    // any address the host routes already), and their restarts would land
+    // among the measured pods: none run.
     stop_coredns(&client).await;
     eprintln!("[bench] reference: ptp + host-local on {node_names:?}");
     write_reference_confs(&lab, &client).await;
@@ -91,7 +93,7 @@ async fn pod_startup() -> String {
         )
     };
     let body = format!(
-        "Two real nodes of the lab (kubelet v1.34.4, containerd 1.6 with runc, kube-proxy; dual-stack pods). \
+        "Two real nodes of the lab (kubelet v1.34.4, {runtime}, kube-proxy; dual-stack pods). \
 {PODS} pods (busybox `sleep`, the image present), made one at a time: from the create call to \
 the Pod's phase `Running` (the API read every 20 ms), so scheduling, the sandbox, the CNI ADD \
 and the container start are all in. The reference is the same nodes with the CNI project's \
@@ -99,6 +101,7 @@ ptp + host-local plugins (v1.9.1, one range per family), measured first in the s
 | CNI | p50 ms | p99 ms | max ms | p50 vs reference | p99 vs reference |\n|---|---|---|---|---|---|\n{}{}",
         row("ptp + host-local (reference)", &reference),
         row("Trellis (trellis-cni, helm-installed)", &trellis),
+        runtime = runtime.description(),
     ) + &format!(
         "\nEach pod in order (ms), reference: {:?}\n\nTrellis: {:?}\n",
         millis(&reference),

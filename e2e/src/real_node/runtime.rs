@@ -157,6 +157,18 @@ state = "{STATE}"
         Ok(self.bin_dir(tools)?.map(|d| d.join("runc")))
     }
 
+    /// What it is, for reports: "containerd v2.4.2 with runc v1.5.3".
+    pub fn description(self) -> String {
+        match self {
+            ContainerRuntime::Containerd16 => "Debian's containerd 1.6 with its runc 1.1".into(),
+            ContainerRuntime::Containerd2 => format!(
+                "containerd {} with runc {}",
+                containerd2_version(),
+                pinned("RUNC_VERSION")
+            ),
+        }
+    }
+
     /// How it shows in `kubectl get nodes -o wide` (CONTAINER-RUNTIME).
     pub fn version_prefix(self) -> &'static str {
         match self {
@@ -169,12 +181,17 @@ state = "{STATE}"
 /// `CONTAINERD_VERSION` of tools/versions.env (the directory bootstrap
 /// builds containerd 2 into is named by it).
 fn containerd2_version() -> &'static str {
+    pinned("CONTAINERD_VERSION")
+}
+
+/// A version tools/versions.env pins.
+fn pinned(name: &str) -> &'static str {
     const VERSIONS: &str = include_str!("../../../tools/versions.env");
     VERSIONS
         .lines()
-        .find_map(|l| l.strip_prefix("CONTAINERD_VERSION="))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
         .map(str::trim)
-        .expect("tools/versions.env pins CONTAINERD_VERSION")
+        .unwrap_or_else(|| panic!("tools/versions.env pins {name}"))
 }
 
 #[cfg(test)]
@@ -187,6 +204,11 @@ mod tests {
             containerd2_version().starts_with("v2."),
             "{}",
             containerd2_version()
+        );
+        let described = ContainerRuntime::Containerd2.description();
+        assert!(
+            described.contains("containerd v2.") && described.contains("runc v1."),
+            "{described}"
         );
     }
 
