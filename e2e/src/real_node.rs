@@ -314,7 +314,7 @@ failSwapOn: false
 address: {address}
 readOnlyPort: 0
 podLogsDir: /var/log/pods
-containerRuntimeEndpoint: unix:///run/containerd/containerd.sock
+containerRuntimeEndpoint: unix://{socket}
 authentication:
   anonymous:
     enabled: false
@@ -341,6 +341,7 @@ clusterDomain: {domain}
             cert = self.credentials.serving_cert.display(),
             key = self.credentials.serving_key.display(),
             domain = crate::cluster_dns::DOMAIN,
+            socket = runtime::SOCKET,
         )
     }
 }
