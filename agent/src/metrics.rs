@@ -31,6 +31,13 @@ pub struct PeerLabel {
     pub peer: String,
 }
 
+/// A peer and how its traffic goes (`lan`, `direct`, `relayed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabel {
+    pub peer: String,
+    pub path: String,
+}
+
 /// A range a peer claimed outside what its cluster declared.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UndeclaredLabel {
@@ -51,6 +58,7 @@ pub struct Metrics {
     pub handshake_age: Family<PeerLabel, Gauge<f64, AtomicU64>>,
     pub rx_bytes: Family<PeerLabel, Gauge>,
     pub tx_bytes: Family<PeerLabel, Gauge>,
+    pub path: Family<PathLabel, Gauge>,
     pub reconcile_duration: Histogram,
     pub reconcile_errors: Counter,
     pub dataplane_operations: Counter,
@@ -67,6 +75,7 @@ impl Default for Metrics {
             handshake_age: Family::default(),
             rx_bytes: Family::default(),
             tx_bytes: Family::default(),
+            path: Family::default(),
             reconcile_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             reconcile_errors: Counter::default(),
             dataplane_operations: Counter::default(),
@@ -112,6 +121,11 @@ impl Metrics {
             "peer_tx_bytes",
             "Bytes sent to a peer",
             self.tx_bytes.clone(),
+        );
+        r.register(
+            "peer_path",
+            "How traffic to a peer goes (1 for the path in use: lan, direct or relayed)",
+            self.path.clone(),
         );
         r.register(
             "reconcile_duration_seconds",
@@ -161,6 +175,7 @@ impl Metrics {
         self.handshake_age.clear();
         self.rx_bytes.clear();
         self.tx_bytes.clear();
+        self.path.clear();
         let now = SystemTime::now();
         for (key, peer) in &desired.peers {
             let label = PeerLabel {
@@ -179,6 +194,12 @@ impl Metrics {
             self.tx_bytes
                 .get_or_create(&label)
                 .set(stats.map(|s| s.tx_bytes as i64).unwrap_or(0));
+            self.path
+                .get_or_create(&PathLabel {
+                    peer: peer.name.to_string(),
+                    path: desired.path_kind(key).into(),
+                })
+                .set(1);
         }
     }
 }
@@ -349,6 +370,56 @@ mod tests {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &m.registry()).unwrap();
         assert!(!text.contains("hijacker"), "gone once the peer is: {text}");
+    }
+
+    #[test]
+    fn each_peer_is_exported_with_the_kind_of_path_its_traffic_takes() {
+        use trellis_mesh::model::{Candidate, CandidateKind, Candidates, Relayed};
+        use trellis_mesh::{DesiredPeer, PeerName, PublicKey};
+        let key = |b: u8| PublicKey([b; 32]);
+        let peer = |b: u8| DesiredPeer {
+            name: PeerName::Node(format!("n{b}")),
+            public_key: key(b),
+            endpoint: None,
+            allowed_ips: Vec::new(),
+            persistent_keepalive: None,
+            preshared_key: None,
+        };
+        let mut d = Desired::default();
+        for b in 1..=3 {
+            d.peers.insert(key(b), peer(b));
+        }
+        let candidate = |kind, endpoint: &str| Candidate {
+            kind,
+            endpoint: endpoint.parse().unwrap(),
+        };
+        d.candidates.insert(
+            key(2),
+            Candidates::new(vec![
+                candidate(CandidateKind::Lan, "172.31.0.2:51820"),
+                candidate(CandidateKind::Public, "198.51.100.9:1002"),
+            ])
+            .unwrap(),
+        );
+        d.relayed.insert(
+            key(3),
+            Relayed {
+                via: key(1),
+                via_name: PeerName::Node("n1".into()),
+                allowed_ips: Vec::new(),
+            },
+        );
+        let m = Metrics::default();
+        m.record_state(&d, &DeviceState::default());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &m.registry()).unwrap();
+        for line in [
+            "trellis_peer_path{peer=\"n1\",path=\"direct\"} 1",
+            "trellis_peer_path{peer=\"n2\",path=\"lan\"} 1",
+            "trellis_peer_path{peer=\"n3\",path=\"relayed\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing in:\n{text}");
+        }
     }
 
     #[test]

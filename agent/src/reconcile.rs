@@ -125,6 +125,13 @@ impl<D: Dataplane> Reconciler<D> {
                 PathChange::RelayLost { peer } => {
                     tracing::warn!(%peer, "no node reaches both ends any more: trying direct only")
                 }
+                PathChange::Candidate {
+                    peer,
+                    kind,
+                    endpoint,
+                } => {
+                    tracing::info!(%peer, kind = kind.as_str(), %endpoint, "no handshake at the endpoint tried: trying the next candidate")
+                }
             }
         }
         let observed = self.applied_endpoints.keep_roamed(

@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use trellis_api::status::{
-    EarlierLook, LeftOut, LinkedClusterReport, NodeReport, PathEvidence, PathState, PeerReport,
-    HANDSHAKE_RETRY_SECONDS,
+    CandidateReport, EarlierLook, LeftOut, LinkedClusterReport, NodeReport, PathEvidence,
+    PathState, PeerReport, HANDSHAKE_RETRY_SECONDS,
 };
+use trellis_mesh::model::CandidateKind;
 use trellis_mesh::{Desired, PublicKey};
 
 use crate::kube_io::reason_name;
@@ -119,6 +120,8 @@ pub fn node_report(
             let tx_bytes = seen.map(|s| s.tx_bytes).unwrap_or(0);
             let current = seen.and_then(|s| s.endpoint);
             let relayed = desired.relayed.get(key);
+            let candidates = desired.candidates.get(key);
+            let on_lan = candidates.is_some_and(|c| c.current().kind == CandidateKind::Lan);
             let allowed_ips = relayed.map_or(&want.allowed_ips, |r| &r.allowed_ips);
             let evidence = PathEvidence {
                 last_handshake,
@@ -137,11 +140,25 @@ pub fn node_report(
                 last_handshake,
                 rx_bytes: seen.map(|s| s.rx_bytes).unwrap_or(0),
                 tx_bytes,
-                path: match relayed {
-                    Some(_) => PathState::Relayed,
-                    None => PathState::of(&evidence, now_s),
+                path: match (relayed, PathState::of(&evidence, now_s)) {
+                    (Some(_), _) => PathState::Relayed,
+                    (None, PathState::Direct) if on_lan => PathState::Lan,
+                    (None, state) => state,
                 },
                 relay: relayed.map(|r| r.via_name.to_string()),
+                candidates: candidates
+                    .map(|c| {
+                        c.list
+                            .iter()
+                            .enumerate()
+                            .map(|(i, one)| CandidateReport {
+                                kind: one.kind.as_str().into(),
+                                endpoint: one.endpoint.to_string(),
+                                current: i == c.current,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             }
         })
         .collect();

@@ -81,6 +81,9 @@ pub struct LinkedClusterReport {
 pub enum PathState {
     /// A handshake within the session lifetime: traffic flows directly.
     Direct,
+    /// Like `Direct`, over the private network of a site both ends share
+    /// (both behind one NAT): the packets never leave the site.
+    Lan,
     /// Had a session, which expired: nothing is trying to talk to the peer
     /// now, and nothing says it is not reachable. Not a problem.
     Idle,
@@ -168,6 +171,7 @@ impl PathState {
     pub fn as_str(self) -> &'static str {
         match self {
             PathState::Direct => "direct",
+            PathState::Lan => "lan",
             PathState::Idle => "idle",
             PathState::Down => "down",
             PathState::Relayed => "relayed",
@@ -198,6 +202,21 @@ pub struct PeerReport {
     /// The node traffic goes through when `path` is relayed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay: Option<String>,
+    /// The endpoints the peer may be reached at, best first, when it has
+    /// more than one (a node of this node's site: `lan`, then `public`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<CandidateReport>,
+}
+
+/// One candidate endpoint of a peer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CandidateReport {
+    /// `lan` or `public`.
+    pub kind: String,
+    pub endpoint: String,
+    /// Whether the peer is set to it now (tried, or in use).
+    pub current: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]

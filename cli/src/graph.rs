@@ -25,7 +25,7 @@ pub struct Mesh {
 /// How telling a state is, when the two ends of an edge disagree.
 fn rank(p: PathState) -> u8 {
     match p {
-        PathState::Direct => 4,
+        PathState::Direct | PathState::Lan => 4,
         PathState::Relayed => 3,
         PathState::Down => 2,
         PathState::Idle => 1,
@@ -34,8 +34,9 @@ fn rank(p: PathState) -> u8 {
 }
 
 /// The states in the order of the legend.
-const LEGEND: [PathState; 5] = [
+const LEGEND: [PathState; 6] = [
     PathState::Direct,
+    PathState::Lan,
     PathState::Relayed,
     PathState::Idle,
     PathState::Unused,
@@ -75,6 +76,7 @@ impl Mesh {
 fn style(p: PathState) -> (&'static str, &'static str) {
     match p {
         PathState::Direct => ("solid", "#2e7d32"),
+        PathState::Lan => ("solid", "#1565c0"),
         PathState::Relayed => ("dashed", "#ef6c00"),
         PathState::Idle => ("dashed", "#9e9e9e"),
         PathState::Unused => ("dotted", "#bdbdbd"),
@@ -325,7 +327,7 @@ mod tests {
             .lines()
             .filter(|l| l.starts_with("<g class=\"legend\">"))
             .collect();
-        assert_eq!(legend.len(), 5, "{s}");
+        assert_eq!(legend.len(), 6, "{s}");
         for (class, stroke) in [("idle", &idle), ("unused", &unused), ("down", &down)] {
             assert!(
                 legend

@@ -82,9 +82,28 @@ fn problem(p: &PeerReport, now: i64) -> String {
             ago(now - t)
         ),
         (PathState::Down, None) => "no handshake yet: is the peer reachable?".into(),
-        (PathState::Relayed, _) => "no direct handshake completes (NAT?)".into(),
-        (PathState::Direct | PathState::Idle | PathState::Unused, _) => String::new(),
+        (PathState::Relayed, _) => format!("no direct handshake completes (NAT?){}", tried(p)),
+        (PathState::Direct | PathState::Lan | PathState::Idle | PathState::Unused, _) => {
+            String::new()
+        }
     }
+}
+
+/// `; tried lan 172.31.0.2:51820, public 198.51.100.7:51820 (now)`: the
+/// candidate endpoints of a peer with more than one; empty without.
+fn tried(p: &PeerReport) -> String {
+    if p.candidates.is_empty() {
+        return String::new();
+    }
+    let each: Vec<String> = p
+        .candidates
+        .iter()
+        .map(|c| {
+            let now = if c.current { " (now)" } else { "" };
+            format!("{} {}{now}", c.kind, c.endpoint)
+        })
+        .collect();
+    format!("; tried {}", each.join(", "))
 }
 
 /// The table `status` prints: the HANDSHAKE column has the age of the last

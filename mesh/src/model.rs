@@ -204,9 +204,31 @@ pub struct Desired {
     /// Peers reached through a relay for now (their AllowedIPs are on the
     /// relay's peer); filled by [`crate::relay::PathTracker`].
     pub relayed: BTreeMap<PublicKey, Relayed>,
+    /// The endpoints each node peer with more than one can be reached at,
+    /// best first, and the one its peer is set to now (chosen by
+    /// [`crate::relay::PathTracker`]). A peer without an entry has one way
+    /// only: its `endpoint`.
+    pub candidates: BTreeMap<PublicKey, Candidates>,
 }
 
 impl Desired {
+    /// How traffic to the peer `key` is sent as configured: `relayed`
+    /// (through another node), `lan` (a node of this node's site, on the
+    /// site's network) or `direct`.
+    pub fn path_kind(&self, key: &PublicKey) -> &'static str {
+        if self.relayed.contains_key(key) {
+            "relayed"
+        } else if self
+            .candidates
+            .get(key)
+            .is_some_and(|c| c.current().kind == CandidateKind::Lan)
+        {
+            "lan"
+        } else {
+            "direct"
+        }
+    }
+
     /// The route to `dst` over the mesh, from this node's mesh address of
     /// the same family (none when the node has no address of it).
     pub(crate) fn route_to(&self, dst: IpNet) -> Route {
@@ -305,6 +327,54 @@ pub struct Relayed {
     pub via_name: PeerName,
     /// The peer's own AllowedIPs, now on the relay's peer.
     pub allowed_ips: Vec<IpNet>,
+}
+
+/// What kind of way to a node peer an endpoint is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CandidateKind {
+    /// The address the node published, on the private network of the site
+    /// this node shares with it (both are seen behind one public address).
+    Lan,
+    /// Where the other nodes see it: its NAT's public mapping.
+    Public,
+}
+
+impl CandidateKind {
+    /// `lan` or `public`, as status and metrics print it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CandidateKind::Lan => "lan",
+            CandidateKind::Public => "public",
+        }
+    }
+}
+
+/// One endpoint a node peer may be reached at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Candidate {
+    pub kind: CandidateKind,
+    pub endpoint: SocketAddr,
+}
+
+/// A node peer's candidate endpoints, best first, and the index of the
+/// one its WireGuard peer is set to now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidates {
+    pub list: Vec<Candidate>,
+    pub current: usize,
+}
+
+impl Candidates {
+    /// `list` starting at its first, best candidate; `None` unless it
+    /// holds two or more (one way is just the peer's endpoint).
+    pub fn new(list: Vec<Candidate>) -> Option<Self> {
+        (list.len() > 1).then_some(Candidates { list, current: 0 })
+    }
+
+    /// The candidate the peer is set to now.
+    pub fn current(&self) -> Candidate {
+        self.list[self.current.min(self.list.len() - 1)]
+    }
 }
 
 /// A route over the WireGuard interface, with the preferred source.

@@ -7,7 +7,10 @@ use std::net::SocketAddr;
 
 use crate::admission::{key_taken, overlaps, parse_cidrs, Declaration, Refusal, Taken};
 use crate::annotations::{Endpoint, NodeAnnotations};
-use crate::model::{Desired, DesiredPeer, LocalNode, NodeInfo, PeerName, RejectReason};
+use crate::model::{
+    Candidate, CandidateKind, Candidates, Desired, DesiredPeer, LocalNode, NodeInfo, PeerName,
+    RejectReason,
+};
 use crate::nat::NAT_KEEPALIVE;
 use crate::ranges::{self, Undeclared};
 
@@ -26,7 +29,10 @@ pub(crate) fn add_nodes(
     for node in sorted {
         let name = PeerName::node(declaration.cluster, &node.name);
         match validate_node(d, local, node, &name, declaration, taken, resolve) {
-            Ok(Some((peer, relay))) => {
+            Ok(Some((peer, relay, candidates))) => {
+                if let Some(c) = candidates {
+                    d.candidates.insert(peer.public_key, c);
+                }
                 if relay {
                     d.relays.insert(peer.public_key);
                 }
@@ -46,8 +52,9 @@ pub(crate) fn add_nodes(
     }
 }
 
-/// `node` as a peer (and whether it offers to relay), `None` when it is not
-/// ready yet (no key or pod CIDR), or why it is left out.
+/// `node` as a peer (whether it offers to relay, and its candidate
+/// endpoints when it has more than one), `None` when it is not ready yet
+/// (no key or pod CIDR), or why it is left out.
 fn validate_node(
     d: &Desired,
     local: &LocalNode,
@@ -56,7 +63,7 @@ fn validate_node(
     declaration: Declaration<'_>,
     taken: &Taken,
     resolve: &dyn Fn(&str, u16) -> Option<SocketAddr>,
-) -> Result<Option<(DesiredPeer, bool)>, Refusal> {
+) -> Result<Option<(DesiredPeer, bool, Option<Candidates>)>, Refusal> {
     use RejectReason::*;
     let annotations = NodeAnnotations::parse(&node.annotations)
         .map_err(|e| (InvalidAnnotation, e.to_string()))?;
@@ -123,11 +130,29 @@ fn validate_node(
         })?),
     };
     // Behind a NAT (seen elsewhere than it says), a node is dialled where
-    // the others see it, unless someone forced an endpoint.
+    // the others see it, unless someone forced an endpoint; a node of this
+    // node's own site is dialled on the site's network first.
     let published = if forced { own_endpoint } else { configured };
-    let endpoint = match forced {
-        true => configured,
-        false => d.sightings.translated(&key, published).or(configured),
+    let public = d.sightings.translated(&key, published);
+    let candidates = match (forced, published, public) {
+        (false, Some(lan), Some(public)) if same_site(d.public_endpoint, public) => {
+            Candidates::new(vec![
+                Candidate {
+                    kind: CandidateKind::Lan,
+                    endpoint: lan,
+                },
+                Candidate {
+                    kind: CandidateKind::Public,
+                    endpoint: public,
+                },
+            ])
+        }
+        _ => None,
+    };
+    let endpoint = match (&candidates, forced) {
+        (Some(c), _) => Some(c.current().endpoint),
+        (None, true) => configured,
+        (None, false) => public.or(configured),
     };
     let nat = d.sightings.behind_nat(&key, published);
     let keepalive = annotations
@@ -144,5 +169,14 @@ fn validate_node(
             preshared_key: None,
         },
         annotations.relay,
+        candidates,
     )))
+}
+
+/// Whether a node seen at `public` shares this node's site: the others see
+/// both at one public address (this node's is `local_public`), so both sit
+/// behind one NAT, where its public mapping needs the NAT to hairpin and
+/// its own address may well be reachable.
+pub fn same_site(local_public: Option<SocketAddr>, public: SocketAddr) -> bool {
+    local_public.is_some_and(|l| l.ip() == public.ip())
 }

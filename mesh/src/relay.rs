@@ -13,6 +13,13 @@
 //! [`probe_address`]; when a handshake completes on it again, its AllowedIPs
 //! move back.
 //!
+//! A node peer with more than one candidate endpoint (a node of this
+//! node's site: its LAN address, then its public mapping — see
+//! [`crate::model::Candidates`]) is tried at each in turn, best first, for
+//! [`DIRECT_DEADLINE`] each, before it is relayed; while relayed, its own
+//! peer goes on cycling through them (it carries no traffic then), so the
+//! pair leaves the relay for whichever works first again.
+//!
 //! Keepalives alone do not keep a peer without a session trying: a fresh
 //! userspace peer waits a whole keepalive interval before its first
 //! handshake, and gives up after 90 s of failed retries. So the agent sends
@@ -27,7 +34,7 @@ use std::time::{Duration, SystemTime};
 use ipnet::IpNet;
 
 use crate::key::PublicKey;
-use crate::model::{Desired, DesiredPeer, PeerName, Relayed};
+use crate::model::{CandidateKind, Desired, DesiredPeer, PeerName, Relayed};
 use crate::session::is_live;
 
 /// How long a probed peer gets to complete a handshake before its traffic
@@ -63,6 +70,13 @@ pub enum PathChange {
     Relayed { peer: PeerName, via: PeerName },
     /// A handshake completed: traffic goes direct again.
     Direct { peer: PeerName },
+    /// No handshake within the deadline at one candidate endpoint: the
+    /// next one is tried.
+    Candidate {
+        peer: PeerName,
+        kind: CandidateKind,
+        endpoint: SocketAddr,
+    },
     /// Was relayed, but no node reaches both ends any more.
     RelayLost { peer: PeerName },
 }
@@ -77,6 +91,8 @@ pub struct PathTracker {
     /// The probe addresses of the probed peers without a live session, as
     /// of the last call.
     probes: Vec<IpAddr>,
+    /// Per peer with candidates: the index of the one being tried.
+    step: BTreeMap<PublicKey, usize>,
 }
 
 impl PathTracker {
@@ -92,9 +108,10 @@ impl PathTracker {
     ) -> Vec<PathChange> {
         let live = |k: &PublicKey| is_live(handshakes.get(k).copied(), now);
         self.trying.retain(|k, _| desired.peers.contains_key(k));
+        self.step.retain(|k, _| desired.candidates.contains_key(k));
         self.probes.clear();
         let mut chosen: BTreeMap<PublicKey, PublicKey> = BTreeMap::new();
-        let mut changes = Vec::new();
+        let mut changes = self.choose_candidates(desired, &live, now);
         for (key, peer) in &desired.peers {
             if !is_probed(peer) {
                 continue;
@@ -170,6 +187,49 @@ impl PathTracker {
             );
         }
         self.relayed = chosen;
+        changes
+    }
+
+    /// Sets each peer with candidates to the one to try now: the one it was
+    /// at, or the next when that had [`DIRECT_DEADLINE`] without a live
+    /// session (after the last: relayed, and from the first again while
+    /// relayed).
+    fn choose_candidates(
+        &mut self,
+        desired: &mut Desired,
+        live: &dyn Fn(&PublicKey) -> bool,
+        now: SystemTime,
+    ) -> Vec<PathChange> {
+        let mut changes = Vec::new();
+        for (key, candidates) in desired.candidates.iter_mut() {
+            let Some(peer) = desired.peers.get_mut(key) else {
+                continue;
+            };
+            let step = self.step.get(key).copied().unwrap_or(0) % candidates.list.len();
+            let at = candidates.list[step].endpoint;
+            let waited = match self.trying.get(key) {
+                Some((endpoint, since)) if *endpoint == Some(at) => {
+                    now.duration_since(*since).unwrap_or_default()
+                }
+                _ => Duration::ZERO,
+            };
+            let more = step + 1 < candidates.list.len() || self.relayed.contains_key(key);
+            let next = match !live(key) && waited >= DIRECT_DEADLINE && more {
+                true => (step + 1) % candidates.list.len(),
+                false => step,
+            };
+            if next != step {
+                let c = candidates.list[next];
+                changes.push(PathChange::Candidate {
+                    peer: peer.name.clone(),
+                    kind: c.kind,
+                    endpoint: c.endpoint,
+                });
+            }
+            self.step.insert(*key, next);
+            candidates.current = next;
+            peer.endpoint = Some(candidates.list[next].endpoint);
+        }
         changes
     }
 

@@ -1,6 +1,6 @@
 //! The status table from hand-made reports.
 
-use trellis_api::status::{LeftOut, LinkState, LinkedClusterReport, PeerReport};
+use trellis_api::status::{CandidateReport, LeftOut, LinkState, LinkedClusterReport, PeerReport};
 
 use super::*;
 
@@ -23,6 +23,7 @@ pub(crate) fn report(node: &str, peers: &[(&str, PathState, Option<i64>)]) -> No
                 tx_bytes: 3 * 1024 * 1024,
                 path: *path,
                 relay: (*path == PathState::Relayed).then(|| "n2".into()),
+                candidates: Vec::new(),
             })
             .collect(),
         left_out: vec![],
@@ -196,6 +197,39 @@ fn a_node_behind_nat_and_its_relayed_peers_are_shown() {
         lines[3].contains("n3")
             && lines[3].contains("relayed via n2")
             && lines[3].contains("no direct handshake"),
+        "{t}"
+    );
+}
+
+#[test]
+fn a_site_mate_on_the_lan_says_lan_and_a_relayed_one_lists_the_candidates_tried() {
+    let mut n1 = report(
+        "n1",
+        &[
+            ("n2", PathState::Lan, Some(995)),
+            ("n3", PathState::Relayed, None),
+        ],
+    );
+    let candidate = |kind: &str, endpoint: &str, current| CandidateReport {
+        kind: kind.into(),
+        endpoint: endpoint.into(),
+        current,
+    };
+    n1.peers[1].candidates = vec![
+        candidate("lan", "172.31.0.3:51820", false),
+        candidate("public", "198.51.100.7:1003", true),
+    ];
+    let t = table(&[("n1".to_string(), Ok(n1))], 1000);
+    let lines: Vec<&str> = t.lines().collect();
+    let path = lines[0].find("PATH").unwrap();
+    assert_eq!(
+        lines[1][path..].split_whitespace().next(),
+        Some("lan"),
+        "{t}"
+    );
+    assert!(
+        lines[2].contains("relayed via n2")
+            && lines[2].contains("tried lan 172.31.0.3:51820, public 198.51.100.7:1003 (now)"),
         "{t}"
     );
 }

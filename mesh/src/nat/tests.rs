@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use super::*;
-use crate::model::{DesiredPeer, NodeInfo, PeerName};
+use crate::model::{CandidateKind, DesiredPeer, NodeInfo, PeerName};
 use crate::names::*;
 use crate::session::LIVE;
 use crate::sightings::{is_private, Sightings};
@@ -160,6 +160,60 @@ fn a_node_learns_it_is_behind_nat_and_keeps_every_pair_alive() {
     let d = desired_of(&local(), &[private, node(1, 1)], &[], &no_dns).unwrap();
     assert!(d.behind_nat && d.public_endpoint.is_none());
     assert_eq!(d.peers[&key(1)].persistent_keepalive, Some(NAT_KEEPALIVE));
+}
+
+#[test]
+fn nodes_seen_behind_one_public_address_form_a_site_and_dial_each_other_on_its_lan_first() {
+    // We (key 100, 172.31.9.10) and n2 (172.31.9.2) are seen by n1 at one
+    // public address, n3 behind another NAT: n2 is of our site.
+    let mut me = node(0, 0);
+    me.annotations
+        .insert(ANNOTATION_PUBLIC_KEY.into(), key(100).to_string());
+    me.annotations
+        .insert(ANNOTATION_ENDPOINT.into(), "172.31.9.10:51820".into());
+    let mut n2 = natted(2);
+    n2.annotations
+        .insert(ANNOTATION_ENDPOINT.into(), "172.31.9.2:51820".into());
+    let nodes = vec![
+        me,
+        reporting(
+            1,
+            &[
+                (100, "198.51.100.9:1100"),
+                (2, "198.51.100.9:1002"),
+                (3, "198.51.100.33:51820"),
+            ],
+        ),
+        n2,
+        natted(3),
+    ];
+    let d = desired_of(&local(), &nodes, &[], &no_dns).unwrap();
+    assert_eq!(d.public_endpoint, Some(addr("198.51.100.9:1100")));
+    let site_mate = &d.candidates[&key(2)];
+    assert_eq!(
+        site_mate
+            .list
+            .iter()
+            .map(|c| (c.kind, c.endpoint))
+            .collect::<Vec<_>>(),
+        vec![
+            (CandidateKind::Lan, addr("172.31.9.2:51820")),
+            (CandidateKind::Public, addr("198.51.100.9:1002")),
+        ]
+    );
+    assert_eq!(d.peers[&key(2)].endpoint, Some(addr("172.31.9.2:51820")));
+    assert_eq!(d.peers[&key(2)].persistent_keepalive, Some(NAT_KEEPALIVE));
+    // Another site: its public mapping, one way only.
+    assert!(!d.candidates.contains_key(&key(3)));
+    assert_eq!(d.peers[&key(3)].endpoint, Some(addr("198.51.100.33:51820")));
+    // A forced endpoint is the one way to n2, site or not.
+    let mut forced = nodes.clone();
+    forced[2]
+        .annotations
+        .insert(ANNOTATION_FORCE_ENDPOINT.into(), "203.0.113.5:4500".into());
+    let d = desired_of(&local(), &forced, &[], &no_dns).unwrap();
+    assert!(d.candidates.is_empty());
+    assert_eq!(d.peers[&key(2)].endpoint, Some(addr("203.0.113.5:4500")));
 }
 
 fn peer(name: &str, k: u8, endpoint: &str, keepalive: Option<u16>) -> DesiredPeer {

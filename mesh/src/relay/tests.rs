@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use super::*;
-use crate::model::DesiredPeer;
+use crate::model::{Candidate, CandidateKind, Candidates, DesiredPeer};
 use crate::testing::key;
 
 const ME: u8 = 100;
@@ -239,4 +239,98 @@ fn a_new_endpoint_restarts_the_deadline_unless_already_relayed() {
     let mut d = mesh();
     tracker.route_via_relays(&mut d, &key(ME), &relays_live(t), t);
     assert!(d.relayed.contains_key(&key(3)));
+}
+
+/// `mesh()` with n3 a node of our site: its LAN address first, then its
+/// public mapping.
+fn mesh_with_site_mate() -> Desired {
+    let mut d = mesh();
+    let list = vec![
+        Candidate {
+            kind: CandidateKind::Lan,
+            endpoint: "172.31.0.3:51820".parse().unwrap(),
+        },
+        Candidate {
+            kind: CandidateKind::Public,
+            endpoint: "198.51.100.200:40003".parse().unwrap(),
+        },
+    ];
+    d.candidates
+        .insert(key(3), Candidates::new(list).expect("two candidates"));
+    d
+}
+
+#[test]
+fn a_site_mate_is_tried_on_the_lan_then_at_its_mapping_then_relayed_and_cycles_while_relayed() {
+    let mut tracker = PathTracker::default();
+    let endpoint_of = |d: &Desired| d.peers[&key(3)].endpoint.unwrap().to_string();
+    let mut step = |s: u64, live: BTreeMap<PublicKey, SystemTime>| {
+        let mut d = mesh_with_site_mate();
+        let changes = tracker.route_via_relays(&mut d, &key(ME), &live, at(s));
+        (d, changes)
+    };
+    let (d, changes) = step(0, relays_live(at(0)));
+    assert!(changes.is_empty(), "{changes:?}");
+    assert_eq!(endpoint_of(&d), "172.31.0.3:51820", "the LAN first");
+    assert_eq!(d.candidates[&key(3)].current, 0);
+    let (d, _) = step(14, relays_live(at(14)));
+    assert_eq!(endpoint_of(&d), "172.31.0.3:51820", "within its deadline");
+    let (d, changes) = step(15, relays_live(at(15)));
+    assert_eq!(
+        changes,
+        vec![PathChange::Candidate {
+            peer: PeerName::Node("n3".into()),
+            kind: CandidateKind::Public,
+            endpoint: "198.51.100.200:40003".parse().unwrap(),
+        }]
+    );
+    assert_eq!(endpoint_of(&d), "198.51.100.200:40003");
+    assert!(
+        d.relayed.is_empty(),
+        "the public mapping gets its own deadline"
+    );
+    let (d, _) = step(29, relays_live(at(29)));
+    assert!(d.relayed.is_empty());
+    let (d, changes) = step(30, relays_live(at(30)));
+    assert!(
+        matches!(&changes[..], [PathChange::Relayed { .. }]),
+        "{changes:?}"
+    );
+    assert_eq!(d.relayed[&key(3)].via, key(1));
+    assert_eq!(endpoint_of(&d), "198.51.100.200:40003");
+    // Relayed, its own peer carries no traffic: the LAN is tried again.
+    let (d, changes) = step(45, relays_live(at(45)));
+    assert!(
+        matches!(
+            &changes[..],
+            [PathChange::Candidate {
+                kind: CandidateKind::Lan,
+                ..
+            }]
+        ),
+        "{changes:?}"
+    );
+    assert_eq!(endpoint_of(&d), "172.31.0.3:51820");
+    assert!(d.relayed.contains_key(&key(3)), "still relayed meanwhile");
+    // The LAN works again: direct, on the LAN.
+    let mut live = relays_live(at(50));
+    live.insert(key(3), at(50));
+    let (d, changes) = step(50, live.clone());
+    assert_eq!(
+        changes,
+        vec![PathChange::Direct {
+            peer: PeerName::Node("n3".into())
+        }]
+    );
+    assert!(d.relayed.is_empty());
+    assert_eq!(d.candidates[&key(3)].current().kind, CandidateKind::Lan);
+    // A live pair stays where it is, however long.
+    let (d, changes) = step(200, {
+        live.insert(key(3), at(190));
+        live.insert(key(1), at(190));
+        live.insert(key(2), at(190));
+        live
+    });
+    assert!(changes.is_empty(), "{changes:?}");
+    assert_eq!(endpoint_of(&d), "172.31.0.3:51820");
 }
