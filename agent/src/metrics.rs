@@ -197,7 +197,9 @@ impl Metrics {
             self.path
                 .get_or_create(&PathLabel {
                     peer: peer.name.to_string(),
-                    path: desired.path_kind(key).into(),
+                    path: desired
+                        .path_kind(key, stats.and_then(|s| s.endpoint))
+                        .into(),
                 })
                 .set(1);
         }
@@ -409,8 +411,18 @@ mod tests {
                 allowed_ips: Vec::new(),
             },
         );
+        // n2's session is on its LAN address (wherever the set candidate is).
+        let mut device = DeviceState::default();
+        device.peers.insert(
+            key(2),
+            crate::wg::PeerState {
+                endpoint: Some("172.31.0.2:51820".parse().unwrap()),
+                ..Default::default()
+            },
+        );
+        d.candidates.get_mut(&key(2)).unwrap().current = 1;
         let m = Metrics::default();
-        m.record_state(&d, &DeviceState::default());
+        m.record_state(&d, &device);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &m.registry()).unwrap();
         for line in [

@@ -12,7 +12,6 @@ use trellis_api::status::{
     CandidateReport, EarlierLook, LeftOut, LinkedClusterReport, NodeReport, PathEvidence,
     PathState, PeerReport, HANDSHAKE_RETRY_SECONDS,
 };
-use trellis_mesh::model::CandidateKind;
 use trellis_mesh::{Desired, PublicKey};
 
 use crate::kube_io::reason_name;
@@ -121,7 +120,7 @@ pub fn node_report(
             let current = seen.and_then(|s| s.endpoint);
             let relayed = desired.relayed.get(key);
             let candidates = desired.candidates.get(key);
-            let on_lan = candidates.is_some_and(|c| c.current().kind == CandidateKind::Lan);
+            let on_lan = desired.on_lan(key, current);
             let allowed_ips = relayed.map_or(&want.allowed_ips, |r| &r.allowed_ips);
             let evidence = PathEvidence {
                 last_handshake,

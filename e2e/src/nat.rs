@@ -31,8 +31,14 @@ pub enum NatMode {
 
 /// Name of the router's interface on the underlay.
 pub const ROUTER_WAN: &str = "wan0";
-/// Name of the router's interface towards the node.
+/// Name of the router's interface towards its nodes: a bridge, the site's
+/// private network, with a port per node.
 pub const ROUTER_LAN: &str = "lan0";
+
+/// Name of the router's bridge port towards its `i`-th node.
+pub fn router_port(i: usize) -> String {
+    format!("port{i}")
+}
 
 /// The router's nftables ruleset: one table, replaced as a whole.
 pub fn nft_ruleset(mode: NatMode) -> String {
@@ -48,20 +54,49 @@ pub fn nft_ruleset(mode: NatMode) -> String {
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
          \t\toifname \"{ROUTER_WAN}\" {masquerade}\n\
          \t}}\n\
+         \tcounter {HAIRPIN_COUNTER} {{ }}\n\
          \tchain input {{\n\
          \t\ttype filter hook input priority filter; policy accept;\n\
          \t\tiifname \"{ROUTER_WAN}\" ct state new drop\n\
+         \t\tiifname \"{ROUTER_LAN}\" ip daddr != {SITES} counter name {HAIRPIN_COUNTER}\n\
          \t}}\n\
          }}\n"
     )
 }
 
-/// The private /30-style addresses of the `index`-th NAT: (router, node).
-pub fn private_addrs(index: u8) -> (Ipv4Addr, Ipv4Addr) {
+/// The private addresses of the `index`-th NAT's site (a /24): the
+/// router's, and those of its first `nodes` nodes.
+pub fn private_addrs(index: u8, nodes: usize) -> (Ipv4Addr, Vec<Ipv4Addr>) {
     (
         Ipv4Addr::new(172, 31, index, 1),
-        Ipv4Addr::new(172, 31, index, 2),
+        (0..nodes)
+            .map(|i| Ipv4Addr::new(172, 31, index, 2 + i as u8))
+            .collect(),
     )
+}
+
+/// The router's hairpin counter: packets from its site to its own public
+/// address (a node dialling a site-mate at its public mapping, which this
+/// router, like most, does not hairpin).
+pub const HAIRPIN_COUNTER: &str = "hairpin";
+
+/// Where every site's private network lies ([`private_addrs`]).
+pub const SITES: &str = "172.31.0.0/16";
+
+/// How many packets the router in `router_netns` was sent by its site to
+/// its own public address (see [`HAIRPIN_COUNTER`]).
+pub fn hairpin_packets(router_netns: &str) -> Result<u64, CommandError> {
+    let listing = cmd::in_netns(
+        router_netns,
+        "nft",
+        &["list", "counter", "ip", "trellis-lab-nat", HAIRPIN_COUNTER],
+    )?;
+    Ok(listing
+        .split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0))
 }
 
 /// Loads the ruleset into the router's namespace (atomically: `nft -f`
@@ -94,22 +129,25 @@ fn nft_load(netns: &str, what: &str, rules: &str) -> Result<(), CommandError> {
 pub const BLOCK_TABLE: &str = "trellis-lab-block";
 
 /// The block's ruleset: packets from and to `other` dropped before
-/// connection tracking sees them (a firewall between two sites).
+/// connection tracking sees them (a firewall between two sites), whether
+/// they pass through the namespace (a router) or start or end in it (a
+/// node).
 pub fn block_ruleset(other: Ipv4Addr) -> String {
     format!(
-        "table ip {BLOCK_TABLE} {{\n\tchain pre {{\n\t\ttype filter hook prerouting priority -300; policy accept;\n\t\tip saddr {other} drop\n\t\tip daddr {other} drop\n\t}}\n}}\n"
+        "table ip {BLOCK_TABLE} {{\n\tchain pre {{\n\t\ttype filter hook prerouting priority -300; policy accept;\n\t\tip saddr {other} drop\n\t\tip daddr {other} drop\n\t}}\n\tchain out {{\n\t\ttype filter hook output priority -300; policy accept;\n\t\tip daddr {other} drop\n\t}}\n}}\n"
     )
 }
 
-/// Makes the router in `router_netns` drop everything between its node and
-/// the public address `other` (both ways), until [`unblock`].
-pub fn block(router_netns: &str, other: Ipv4Addr) -> Result<(), CommandError> {
-    nft_load(router_netns, "block", &block_ruleset(other))
+/// Makes the namespace `netns` (a router, or a node) drop everything
+/// between it (or the nodes behind it) and the address `other` (both
+/// ways), until [`unblock`].
+pub fn block(netns: &str, other: Ipv4Addr) -> Result<(), CommandError> {
+    nft_load(netns, "block", &block_ruleset(other))
 }
 
-/// Removes the router's [`block`].
-pub fn unblock(router_netns: &str) -> Result<(), CommandError> {
-    cmd::in_netns(router_netns, "nft", &["delete", "table", "ip", BLOCK_TABLE]).map(drop)
+/// Removes the namespace's [`block`].
+pub fn unblock(netns: &str) -> Result<(), CommandError> {
+    cmd::in_netns(netns, "nft", &["delete", "table", "ip", BLOCK_TABLE]).map(drop)
 }
 
 #[cfg(test)]
@@ -133,6 +171,10 @@ mod tests {
         assert!(rules.contains("ip daddr 198.51.100.9 drop"), "{rules}");
         // Conntrack hooks prerouting at -200: a dropped packet leaves no flow.
         assert!(rules.contains("priority -300"), "{rules}");
+        assert!(
+            rules.contains("hook output priority -300"),
+            "a node's own packets too: {rules}"
+        );
     }
 
     #[test]
@@ -142,12 +184,20 @@ mod tests {
         assert!(!rules.contains("flush ruleset"));
         assert!(rules.contains(&format!("oifname \"{ROUTER_WAN}\"")));
         assert!(rules.contains(&format!("iifname \"{ROUTER_WAN}\" ct state new drop")));
+        assert!(
+            rules.contains(&format!(
+                "iifname \"{ROUTER_LAN}\" ip daddr != {SITES} counter name {HAIRPIN_COUNTER}"
+            )),
+            "{rules}"
+        );
     }
 
     #[test]
-    fn private_addresses_differ_per_router() {
-        assert_ne!(private_addrs(0), private_addrs(1));
-        let (r, n) = private_addrs(3);
-        assert_eq!(r.octets()[..3], n.octets()[..3]);
+    fn private_addresses_differ_per_router_and_per_node_of_a_site() {
+        assert_ne!(private_addrs(0, 1), private_addrs(1, 1));
+        let (r, n) = private_addrs(3, 3);
+        assert_eq!(n.len(), 3);
+        assert!(n.iter().all(|n| r.octets()[..3] == n.octets()[..3]));
+        assert!(n[0] != n[1] && n[1] != n[2] && !n.contains(&r));
     }
 }

@@ -212,21 +212,30 @@ pub struct Desired {
 }
 
 impl Desired {
-    /// How traffic to the peer `key` is sent as configured: `relayed`
-    /// (through another node), `lan` (a node of this node's site, on the
-    /// site's network) or `direct`.
-    pub fn path_kind(&self, key: &PublicKey) -> &'static str {
+    /// How traffic to the peer `key`, whose device endpoint is `endpoint`
+    /// now, is sent: `relayed` (through another node), `lan` (a node of
+    /// this node's site, on the site's network) or `direct`.
+    pub fn path_kind(&self, key: &PublicKey, endpoint: Option<SocketAddr>) -> &'static str {
         if self.relayed.contains_key(key) {
             "relayed"
-        } else if self
-            .candidates
-            .get(key)
-            .is_some_and(|c| c.current().kind == CandidateKind::Lan)
-        {
+        } else if self.on_lan(key, endpoint) {
             "lan"
         } else {
             "direct"
         }
+    }
+
+    /// Whether the peer `key`, at `endpoint` on the device now, is a node
+    /// of this node's site reached on the site's network. The device's
+    /// endpoint, not the candidate set: the other end may have reached this
+    /// one on the LAN while this one still tried its public mapping (the
+    /// session roamed there).
+    pub fn on_lan(&self, key: &PublicKey, endpoint: Option<SocketAddr>) -> bool {
+        self.candidates.get(key).is_some_and(|c| {
+            c.list
+                .iter()
+                .any(|one| one.kind == CandidateKind::Lan && Some(one.endpoint) == endpoint)
+        })
     }
 
     /// The route to `dst` over the mesh, from this node's mesh address of

@@ -1,5 +1,6 @@
-//! NAT routers in the lab: putting a node behind one (see [`crate::nat`]
-//! for the routers' rulesets).
+//! NAT routers in the lab: putting a node, or a site of several nodes on
+//! one private network, behind one (see [`crate::nat`] for the routers'
+//! rulesets).
 
 use std::net::IpAddr;
 
@@ -14,40 +15,66 @@ use crate::state::RouterState;
 use crate::underlay;
 
 impl Lab {
-    /// Puts `node` behind a NAT router: the node's cable to the switch is
-    /// replaced by one to a router namespace that masquerades its traffic
-    /// onto the underlay. The Node object's address becomes the private one,
-    /// as a real node behind NAT reports.
+    /// Puts `node` behind a NAT router of its own (a site of one node):
+    /// see [`Lab::put_site_behind_nat`].
     pub async fn put_behind_nat(
         &mut self,
         node: &str,
         mode: NatMode,
     ) -> Result<RouterState, LabError> {
-        let node_state = self.node(node)?.clone();
-        if node_state.nat.is_some() {
-            return Err(LabError::Invalid {
-                what: "node",
-                name: node.into(),
-                problem: "is behind a NAT already".into(),
-            });
+        let mut routers = self.put_site_behind_nat(&[node], mode).await?;
+        Ok(routers.remove(0))
+    }
+
+    /// Puts `nodes` on one private network, a site, behind one NAT router:
+    /// each node's cable to the switch is replaced by one to the router's
+    /// bridge, and the router masquerades the site's traffic onto the
+    /// underlay (without hairpinning, as most NAT gateways). The Node
+    /// objects' addresses become the private ones, as real nodes behind NAT
+    /// report. The router as each node's state records it, in order.
+    pub async fn put_site_behind_nat(
+        &mut self,
+        nodes: &[&str],
+        mode: NatMode,
+    ) -> Result<Vec<RouterState>, LabError> {
+        let Some(first) = nodes.first() else {
+            return Ok(Vec::new());
+        };
+        let mut states = Vec::new();
+        for node in nodes {
+            let state = self.node(node)?.clone();
+            if state.nat.is_some() {
+                return Err(LabError::Invalid {
+                    what: "node",
+                    name: node.to_string(),
+                    problem: "is behind a NAT already".into(),
+                });
+            }
+            states.push(state);
         }
-        let router_netns = self.names.router_netns(node);
+        let router_netns = self.names.router_netns(first);
         let router_index = self.state.next_router;
         self.state.next_router += 1;
         let wan_index = self.next_underlay_index()?;
-        let (router_private, node_private) = nat::private_addrs(router_index);
+        let (router_private, node_private) = nat::private_addrs(router_index, nodes.len());
         netns::create(&router_netns)?;
-        let router = RouterState {
-            netns: router_netns.clone(),
-            mode,
-            underlay_index: wan_index,
-            public_v4: plan::underlay_addr(self.state.slot, wan_index)?.0,
-            private_v4: node_private,
-        };
-        let entry = self.state.node_mut(node).expect("checked above");
-        entry.nat = Some(router.clone());
+        let public_v4 = plan::underlay_addr(self.state.slot, wan_index)?.0;
+        let routers: Vec<RouterState> = node_private
+            .iter()
+            .map(|private| RouterState {
+                netns: router_netns.clone(),
+                mode,
+                underlay_index: wan_index,
+                public_v4,
+                private_v4: *private,
+            })
+            .collect();
+        for (node, router) in nodes.iter().zip(&routers) {
+            self.state.node_mut(node).expect("checked above").nat = Some(router.clone());
+        }
         self.state.save()?;
-        // The router: wan0 on the underlay (IPv4 only), lan0 towards the node.
+        // The router: wan0 on the underlay (IPv4 only), the bridge lan0
+        // towards its nodes.
         underlay::attach(
             &self.names,
             &router_netns,
@@ -56,19 +83,29 @@ impl Lab {
             IpFamily::Ipv4,
             true,
         )?;
-        crate::cmd::ip(
-            Some(&router_netns),
-            &["link", "set", underlay::UPLINK, "name", nat::ROUTER_WAN],
-        )?;
-        if let Some(index) = node_state.underlay_index {
-            underlay::detach(&self.names, index)?;
-        }
-        crate::cmd::ip(
-            Some(&router_netns),
-            &[
+        let in_router = |args: &[&str]| crate::cmd::ip(Some(&router_netns), args).map(drop);
+        in_router(&["link", "set", underlay::UPLINK, "name", nat::ROUTER_WAN])?;
+        in_router(&["link", "add", nat::ROUTER_LAN, "type", "bridge"])?;
+        in_router(&[
+            "addr",
+            "add",
+            &format!("{router_private}/24"),
+            "dev",
+            nat::ROUTER_LAN,
+        ])?;
+        in_router(&["link", "set", nat::ROUTER_LAN, "up"])?;
+        underlay::sysctl(&router_netns, "net.ipv4.ip_forward", "1")?;
+        nat::load_ruleset(&router_netns, mode)?;
+        let control_plane = self.names.control_plane_netns(&states[0].cluster);
+        for (i, (node_state, private)) in states.iter().zip(&node_private).enumerate() {
+            if let Some(index) = node_state.underlay_index {
+                underlay::detach(&self.names, index)?;
+            }
+            let port = nat::router_port(i);
+            in_router(&[
                 "link",
                 "add",
-                nat::ROUTER_LAN,
+                &port,
                 "type",
                 "veth",
                 "peer",
@@ -76,67 +113,56 @@ impl Lab {
                 underlay::UPLINK,
                 "netns",
                 &node_state.netns,
-            ],
-        )?;
-        crate::cmd::ip(
-            Some(&router_netns),
-            &[
+            ])?;
+            in_router(&["link", "set", &port, "master", nat::ROUTER_LAN, "up"])?;
+            let in_node = |args: &[&str]| crate::cmd::ip(Some(&node_state.netns), args).map(drop);
+            in_node(&[
                 "addr",
                 "add",
-                &format!("{router_private}/24"),
-                "dev",
-                nat::ROUTER_LAN,
-            ],
-        )?;
-        crate::cmd::ip(Some(&router_netns), &["link", "set", nat::ROUTER_LAN, "up"])?;
-        underlay::sysctl(&router_netns, "net.ipv4.ip_forward", "1")?;
-        nat::load_ruleset(&router_netns, mode)?;
-        let ns = &node_state.netns;
-        crate::cmd::ip(
-            Some(ns),
-            &[
-                "addr",
-                "add",
-                &format!("{node_private}/24"),
+                &format!("{private}/24"),
                 "dev",
                 underlay::UPLINK,
-            ],
-        )?;
-        crate::cmd::ip(Some(ns), &["link", "set", underlay::UPLINK, "up"])?;
-        crate::cmd::ip(
-            Some(ns),
-            &[
+            ])?;
+            in_node(&["link", "set", underlay::UPLINK, "up"])?;
+            in_node(&[
                 "route",
                 "add",
                 "default",
                 "via",
                 &router_private.to_string(),
-            ],
-        )?;
-        // The control plane still reaches the node's private address, as
-        // API servers reach kubelets over a private network or a tunnel
-        // (node proxy: logs, exec, the agent's /status). Only the cluster's
-        // control-plane namespace has this route: nodes on the underlay
-        // still see the node only through its NAT.
-        let control_plane = self.names.control_plane_netns(&node_state.cluster);
-        crate::cmd::ip(
-            Some(&control_plane),
-            &[
-                "route",
-                "replace",
-                &format!("{node_private}/32"),
-                "via",
-                &router.public_v4.to_string(),
-            ],
-        )?;
-        let entry = self.state.node_mut(node).expect("checked above");
-        entry.underlay_index = None;
-        entry.v4 = Some(node_private);
-        entry.v6 = None;
-        self.state.save()?;
-        let client = self.client(&node_state.cluster).await?;
-        node::set_addresses(&client, node, &[IpAddr::V4(node_private)]).await?;
-        info!(node, ?mode, public = %router.public_v4, private = %node_private, "node is behind NAT");
-        Ok(router)
+            ])?;
+            // The control plane still reaches the node's private address,
+            // as API servers reach kubelets over a private network or a
+            // tunnel (node proxy: logs, exec, the agent's /status). Only
+            // the cluster's control-plane namespace has this route: nodes
+            // on the underlay still see the node only through its NAT.
+            let control_plane = if node_state.cluster == states[0].cluster {
+                control_plane.clone()
+            } else {
+                self.names.control_plane_netns(&node_state.cluster)
+            };
+            crate::cmd::ip(
+                Some(&control_plane),
+                &[
+                    "route",
+                    "replace",
+                    &format!("{private}/32"),
+                    "via",
+                    &public_v4.to_string(),
+                ],
+            )?;
+            let entry = self
+                .state
+                .node_mut(&node_state.name)
+                .expect("checked above");
+            entry.underlay_index = None;
+            entry.v4 = Some(*private);
+            entry.v6 = None;
+            self.state.save()?;
+            let client = self.client(&node_state.cluster).await?;
+            node::set_addresses(&client, &node_state.name, &[IpAddr::V4(*private)]).await?;
+            info!(node = %node_state.name, ?mode, public = %public_v4, private = %private, site = %router_netns, "node is behind NAT");
+        }
+        Ok(routers)
     }
 }

@@ -18,6 +18,7 @@ mod mesh;
 mod nat;
 mod peers;
 mod real_nodes;
+mod sites;
 
 /// The module whose tests run labs now, and how many of its tests do.
 static TURN: Mutex<(Option<&'static str>, usize)> = Mutex::new((None, 0));

@@ -1,0 +1,150 @@
+//! End-to-end: a site — two nodes (n2, n3) on one private network behind
+//! one NAT router that does not hairpin, as most gateways — beside a public
+//! node (n1) and a node behind a symmetric NAT of its own (n4). No
+//! configuration says which nodes share a site: the agents find out from
+//! where the others see them (one public address). n3 drops n2 at first,
+//! so the pair tries the LAN, then the public mapping (which the router
+//! refuses to hairpin: its counter shows the attempts), then goes through
+//! n1; once the rule goes, it is back on the LAN, and from then on no
+//! packet of the pair reaches the router. Every pod pair answers. Root only.
+
+use std::time::{Duration, Instant};
+
+use trellis_e2e::mesh::Device;
+use trellis_e2e::plugin::{self, wait_until};
+use trellis_e2e::pod::{ping_flow, NodePod};
+use trellis_e2e::{nat, ping, Lab, LabOptions, NatMode};
+
+const S: &str = "site";
+
+fn status(lab: &Lab) -> String {
+    plugin::kubectl_trellis(&lab.all_kubeconfigs(), &["status", "--context", S])
+        .unwrap_or_else(|e| panic!("kubectl trellis status: {e}"))
+        .0
+}
+
+/// The `status` row of `node`'s peer `peer`.
+fn row(table: &str, node: &str, peer: &str) -> String {
+    table
+        .lines()
+        .find(|l| {
+            let mut cols = l.split("  ").map(str::trim).filter(|c| !c.is_empty());
+            cols.next() == Some(node) && cols.next() == Some(peer)
+        })
+        .unwrap_or_else(|| panic!("no row {node} -> {peer} in\n{table}"))
+        .to_string()
+}
+
+/// The PATH cell of a status row (the 8th column).
+fn path_of(row: &str) -> String {
+    row.split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .nth(7)
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Waits until every pod pair answers (panics with the failures after
+/// `limit`); how long it took.
+fn wait_all_pings(pods: &[NodePod], limit: Duration) -> Duration {
+    let start = Instant::now();
+    let mut failures = ping::all_pairs(pods);
+    while !failures.is_empty() {
+        assert!(start.elapsed() < limit, "{failures:?}");
+        std::thread::sleep(Duration::from_secs(1));
+        failures = ping::all_pairs(pods);
+    }
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root"]
+async fn nodes_of_one_site_talk_over_its_lan_without_configuration_or_hairpinning() {
+    trellis_e2e::assert_root();
+    let _turn = crate::module_turn(module_path!());
+    trellis_e2e::down(S);
+    let mut lab = Lab::up(LabOptions::new(S, 4)).await.expect("lab up");
+    let [n1, n2, n3, n4] = [1, 2, 3, 4].map(|i| format!("{S}-n{i}"));
+    let site = lab
+        .put_site_behind_nat(&[&n2, &n3], NatMode::EndpointIndependent)
+        .await
+        .expect("a site of two nodes");
+    lab.put_behind_nat(&n4, NatMode::Symmetric)
+        .await
+        .expect("n4 behind a NAT of its own");
+    let (router, public) = (site[0].netns.clone(), site[0].public_v4);
+    let (n2_lan, n3_lan) = (site[0].private_v4, site[1].private_v4);
+    let n3_netns = lab.node(&n3).unwrap().netns.clone();
+    nat::block(&n3_netns, n2_lan).expect("n3 drops n2");
+    lab.start_mesh(Device::TrellisWg).await.expect("mesh");
+    lab.wait_mesh(3, Duration::from_secs(90)).expect("mesh up");
+    let pods = lab.one_pod_per_node().expect("a pod on every node");
+    let took = wait_all_pings(&pods, Duration::from_secs(120));
+    eprintln!("every pod pair of 4 nodes (a site of 2, 1 behind symmetric NAT) answered {took:?} after the mesh was up");
+
+    // The site-mates, kept apart on their LAN, try each other's public
+    // mapping, which the router does not hairpin, and go through n1.
+    let relayed = wait_until(
+        "n2 and n3 relayed, their public mappings tried",
+        Duration::from_secs(90),
+        || {
+            let t = status(&lab);
+            row(&t, &n2, &n3).contains("relayed via ")
+                && row(&t, &n3, &n2).contains("relayed via ")
+                && nat::hairpin_packets(&router).unwrap_or(0) > 0
+        },
+    );
+    let t = status(&lab);
+    eprintln!("{t}");
+    let r = row(&t, &n2, &n3);
+    assert!(
+        r.contains(&format!("lan {n3_lan}:51820")) && r.contains(&format!("public {public}:")),
+        "the candidates tried: {r}"
+    );
+    eprintln!(
+        "site pair relayed {relayed:?} later; the router refused {} hairpin packets",
+        nat::hairpin_packets(&router).unwrap()
+    );
+    // n1 sees the site at one public address; n4 reaches it through it.
+    for mate in [&n2, &n3] {
+        let r = row(&t, &n1, mate);
+        assert!(r.contains(&format!("{public}:")), "{r}");
+    }
+
+    // The rule goes: the pair finds its LAN again, both ends.
+    let unblocked = Instant::now();
+    nat::unblock(&n3_netns).expect("unblock");
+    wait_until("n2 and n3 on their LAN", Duration::from_secs(90), || {
+        let t = status(&lab);
+        path_of(&row(&t, &n2, &n3)) == "lan" && path_of(&row(&t, &n3, &n2)) == "lan"
+    });
+    eprintln!(
+        "relayed -> lan {:?} after the rule went",
+        unblocked.elapsed()
+    );
+    let n3_key = lab.wg_public_key(&n3).unwrap();
+    let seen = lab
+        .wg_dump(&n2)
+        .unwrap()
+        .into_iter()
+        .find(|p| p.public_key == n3_key)
+        .unwrap();
+    assert_eq!(seen.endpoint, format!("{n3_lan}:51820"), "{seen:?}");
+
+    // From now on nothing between them leaves the site: the router sees
+    // none of their packets (a flow between their pods, and keepalives).
+    let before = nat::hairpin_packets(&router).unwrap();
+    let pod_n2 = pods.iter().find(|p| p.node == n2).unwrap();
+    let pod_n3 = pods.iter().find(|p| p.node == n3).unwrap();
+    let (sent, received) = ping_flow(&pod_n2.netns, &pod_n3.v4, 10).join().unwrap();
+    let after = nat::hairpin_packets(&router).unwrap();
+    eprintln!(
+        "over the LAN: {received} of {sent} pings answered; hairpin packets {before} -> {after}"
+    );
+    assert!(sent > 100 && received == sent, "{received} of {sent}");
+    assert_eq!(before, after, "no packet of the pair reached the router");
+    let failures = ping::all_pairs(&pods);
+    assert!(failures.is_empty(), "{failures:?}");
+    trellis_e2e::down(S);
+}
