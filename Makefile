@@ -101,9 +101,9 @@ demo-imitation: tools
 	@echo "  or: target/debug/trellis-lab exec --name $(LAB_NAME) $(LAB_NAME)-n1 -- wg show"
 	@echo "Tear it down with: make demo-down"
 
-## demo-clusters: two lab clusters (2 + 2 nodes, three of them behind NAT routers) linked
+## demo-clusters: two lab clusters (2 + 3 nodes, four of them behind NAT routers, two of those a site) linked
 ## with `kubectl trellis cluster link`: a ping matrix of all pods, and which paths are direct
-## and which relayed
+## which on a site's LAN and which relayed
 demo-clusters: tools
 	$(CARGO) build --workspace --bins
 	tools/demo-clusters.sh

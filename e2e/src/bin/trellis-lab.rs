@@ -150,11 +150,14 @@ enum Verb {
         #[arg(long, default_value_t = 0)]
         wait: u64,
     },
-    /// Put a node behind a NAT router.
+    /// Put a node, or a site of several nodes, behind a NAT router.
     Nat {
         #[arg(long, default_value = "lab")]
         name: String,
-        node: String,
+        /// The node, or several: a site, one private network behind one
+        /// router (which does not hairpin).
+        #[arg(required = true)]
+        nodes: Vec<String>,
         #[arg(long, value_enum)]
         mode: trellis_e2e::NatMode,
     },
@@ -322,12 +325,15 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Verb::Show { name, wait } => show_mesh(&Lab::open(&name)?, Duration::from_secs(wait))?,
-        Verb::Nat { name, node, mode } => {
-            let router = Lab::open(&name)?.put_behind_nat(&node, mode).await?;
-            println!(
-                "{node} is behind {:?} NAT: public {} private {}",
-                mode, router.public_v4, router.private_v4
-            );
+        Verb::Nat { name, nodes, mode } => {
+            let site: Vec<&str> = nodes.iter().map(String::as_str).collect();
+            let routers = Lab::open(&name)?.put_site_behind_nat(&site, mode).await?;
+            for (node, router) in nodes.iter().zip(routers) {
+                println!(
+                    "{node} is behind {:?} NAT: public {} private {}",
+                    mode, router.public_v4, router.private_v4
+                );
+            }
         }
     }
     Ok(())
