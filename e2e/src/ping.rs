@@ -63,6 +63,19 @@ pub fn failures<P: Pingable>(pods: &[P], pair: impl Fn(&P, &P) -> bool) -> Vec<S
         .collect()
 }
 
+/// Waits until every pod pair answers (panics with the failures after
+/// `limit`); how long it took.
+pub fn wait_all_pairs<P: Pingable>(pods: &[P], limit: Duration) -> Duration {
+    let start = Instant::now();
+    let mut failed = all_pairs(pods);
+    while !failed.is_empty() {
+        assert!(start.elapsed() < limit, "{failed:?}");
+        std::thread::sleep(Duration::from_secs(1));
+        failed = all_pairs(pods);
+    }
+    start.elapsed()
+}
+
 /// [`failures`] of every ordered pair of pods.
 pub fn all_pairs<P: Pingable>(pods: &[P]) -> Vec<String> {
     failures(pods, |_, _| true)

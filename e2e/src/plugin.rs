@@ -51,3 +51,16 @@ pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -
     }
     start.elapsed()
 }
+
+/// The row of `kubectl trellis status` output `table` for `node`'s peer
+/// `peer` (as `node` names it); panics when there is none.
+pub fn status_row(table: &str, node: &str, peer: &str) -> String {
+    table
+        .lines()
+        .find(|l| {
+            let mut cols = l.split("  ").map(str::trim).filter(|c| !c.is_empty());
+            cols.next() == Some(node) && cols.next() == Some(peer)
+        })
+        .unwrap_or_else(|| panic!("no row {node} -> {peer} in\n{table}"))
+        .to_string()
+}

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use trellis_e2e::mesh::Device;
 use trellis_e2e::plugin::{self, wait_until};
-use trellis_e2e::pod::{ping_flow, ping_from, NodePod};
+use trellis_e2e::pod::{ping_flow, ping_from};
 use trellis_e2e::{ping, Lab, LabOptions, NatMode};
 
 const A: &str = "nata";
@@ -31,31 +31,6 @@ fn annotate(lab: &Lab, cluster: &str, node: &str, change: &str) {
     let args = ["--context", cluster, "annotate", "node", node, change];
     plugin::kubectl(&lab.all_kubeconfigs(), &args)
         .unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"));
-}
-
-/// The `status` row of `node`'s peer `peer` (as `node` names it).
-fn row(table: &str, node: &str, peer: &str) -> String {
-    table
-        .lines()
-        .find(|l| {
-            let mut cols = l.split("  ").map(str::trim).filter(|c| !c.is_empty());
-            cols.next() == Some(node) && cols.next() == Some(peer)
-        })
-        .unwrap_or_else(|| panic!("no row {node} -> {peer} in\n{table}"))
-        .to_string()
-}
-
-/// Waits until every pod pair answers (panics with the failures after
-/// `limit`); how long it took.
-fn wait_all_pings(pods: &[NodePod], limit: Duration) -> Duration {
-    let start = Instant::now();
-    let mut failures = ping::all_pairs(pods);
-    while !failures.is_empty() {
-        assert!(start.elapsed() < limit, "{failures:?}");
-        std::thread::sleep(Duration::from_secs(1));
-        failures = ping::all_pairs(pods);
-    }
-    start.elapsed()
 }
 
 fn keepalive_of(lab: &Lab, node: &str, peer_key: &str) -> Option<u16> {
@@ -102,7 +77,7 @@ async fn nat_traversal_hole_punching_and_relays_across_linked_clusters() {
 
     let start = Instant::now();
     trellis(&lab, &["cluster", "link", "--from", A, "--to", B, "--wait"]);
-    wait_all_pings(&pods, Duration::from_secs(120));
+    ping::wait_all_pairs(&pods, Duration::from_secs(120));
     eprintln!(
         "every pod pair of 5 nodes (4 behind NAT) answered {:?} after the link command",
         start.elapsed()
@@ -114,15 +89,15 @@ async fn nat_traversal_hole_punching_and_relays_across_linked_clusters() {
     let b_status = trellis(&lab, &["status", "--context", B]);
     eprintln!("{a_status}\n{b_status}");
     for peer in [&b1, &b2, &b3] {
-        assert!(row(&a_status, &a1, &format!("{B}:{peer}")).contains("direct"));
+        assert!(plugin::status_row(&a_status, &a1, &format!("{B}:{peer}")).contains("direct"));
     }
     for peer in [&b1, &b2, &b3] {
-        let r = row(&a_status, &a2, &format!("{B}:{peer}"));
+        let r = plugin::status_row(&a_status, &a2, &format!("{B}:{peer}"));
         assert!(r.contains(&format!("relayed via {a1}")), "{r}");
     }
-    let r = row(&b_status, &b1, &b2);
+    let r = plugin::status_row(&b_status, &b1, &b2);
     assert!(r.contains(&format!("relayed via {A}:{a1}")), "{r}");
-    let r = row(&a_status, &a2, "(this node)");
+    let r = plugin::status_row(&a_status, &a2, "(this node)");
     assert!(
         r.contains("behind NAT") && r.contains(&format!("{}:51820", ra2.public_v4)),
         "a2 learnt its public endpoint: {r}"
@@ -143,8 +118,8 @@ async fn nat_traversal_hole_punching_and_relays_across_linked_clusters() {
     let switched = wait_until("a2 and b3 go direct", Duration::from_secs(40), || {
         let a = trellis(&lab, &["status", "--context", A]);
         let b = trellis(&lab, &["status", "--context", B]);
-        row(&a, &a2, &format!("{B}:{b3}")).contains("direct")
-            && row(&b, &b3, &format!("{A}:{a2}")).contains("direct")
+        plugin::status_row(&a, &a2, &format!("{B}:{b3}")).contains("direct")
+            && plugin::status_row(&b, &b3, &format!("{A}:{a2}")).contains("direct")
     });
     let (sent, received) = flow.join().unwrap();
     eprintln!(
@@ -240,7 +215,7 @@ async fn nat_traversal_hole_punching_and_relays_across_linked_clusters() {
         Duration::from_secs(20),
         || {
             let t = trellis(&lab, &["status", "--context", B]);
-            row(&t, &b3, &format!("{A}:{a1}")).contains("198.51.100.250:51820")
+            plugin::status_row(&t, &b3, &format!("{A}:{a1}")).contains("198.51.100.250:51820")
         },
     );
     annotate(&lab, A, &a1, "trellis.dev/force-endpoint-");
@@ -249,18 +224,18 @@ async fn nat_traversal_hole_punching_and_relays_across_linked_clusters() {
         Duration::from_secs(20),
         || {
             let t = trellis(&lab, &["status", "--context", B]);
-            !row(&t, &b3, &format!("{A}:{a1}")).contains("198.51.100.250")
+            !plugin::status_row(&t, &b3, &format!("{A}:{a1}")).contains("198.51.100.250")
         },
     );
     annotate(&lab, A, &a1, "trellis.dev/relay=true");
     // The wrong endpoint cost a1's sessions (a userspace device re-creates a
     // changed peer; the other end finds out at its next handshake): they
     // come back on their own.
-    let again = wait_all_pings(&pods, Duration::from_secs(90));
+    let again = ping::wait_all_pairs(&pods, Duration::from_secs(90));
     eprintln!("every pod pair answers again {again:?} after the forced endpoint went");
     let t = trellis(&lab, &["status", "--context", B]);
     assert!(
-        row(&t, &b1, &b2).contains(&format!("relayed via {A}:{a1}")),
+        plugin::status_row(&t, &b1, &b2).contains(&format!("relayed via {A}:{a1}")),
         "{t}"
     );
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use trellis_e2e::mesh::Device;
 use trellis_e2e::plugin::{self, wait_until};
-use trellis_e2e::pod::{ping_flow, NodePod};
+use trellis_e2e::pod::ping_flow;
 use trellis_e2e::{nat, ping, Lab, LabOptions, NatMode};
 
 const S: &str = "site";
@@ -23,18 +23,6 @@ fn status(lab: &Lab) -> String {
         .0
 }
 
-/// The `status` row of `node`'s peer `peer`.
-fn row(table: &str, node: &str, peer: &str) -> String {
-    table
-        .lines()
-        .find(|l| {
-            let mut cols = l.split("  ").map(str::trim).filter(|c| !c.is_empty());
-            cols.next() == Some(node) && cols.next() == Some(peer)
-        })
-        .unwrap_or_else(|| panic!("no row {node} -> {peer} in\n{table}"))
-        .to_string()
-}
-
 /// The PATH cell of a status row (the 8th column).
 fn path_of(row: &str) -> String {
     row.split("  ")
@@ -43,19 +31,6 @@ fn path_of(row: &str) -> String {
         .nth(7)
         .unwrap_or("")
         .to_string()
-}
-
-/// Waits until every pod pair answers (panics with the failures after
-/// `limit`); how long it took.
-fn wait_all_pings(pods: &[NodePod], limit: Duration) -> Duration {
-    let start = Instant::now();
-    let mut failures = ping::all_pairs(pods);
-    while !failures.is_empty() {
-        assert!(start.elapsed() < limit, "{failures:?}");
-        std::thread::sleep(Duration::from_secs(1));
-        failures = ping::all_pairs(pods);
-    }
-    start.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -80,7 +55,7 @@ async fn nodes_of_one_site_talk_over_its_lan_without_configuration_or_hairpinnin
     lab.start_mesh(Device::TrellisWg).await.expect("mesh");
     lab.wait_mesh(3, Duration::from_secs(90)).expect("mesh up");
     let pods = lab.one_pod_per_node().expect("a pod on every node");
-    let took = wait_all_pings(&pods, Duration::from_secs(120));
+    let took = ping::wait_all_pairs(&pods, Duration::from_secs(120));
     eprintln!("every pod pair of 4 nodes (a site of 2, 1 behind symmetric NAT) answered {took:?} after the mesh was up");
 
     // The site-mates, kept apart on their LAN, try each other's public
@@ -90,14 +65,14 @@ async fn nodes_of_one_site_talk_over_its_lan_without_configuration_or_hairpinnin
         Duration::from_secs(90),
         || {
             let t = status(&lab);
-            row(&t, &n2, &n3).contains("relayed via ")
-                && row(&t, &n3, &n2).contains("relayed via ")
+            plugin::status_row(&t, &n2, &n3).contains("relayed via ")
+                && plugin::status_row(&t, &n3, &n2).contains("relayed via ")
                 && nat::hairpin_packets(&router).unwrap_or(0) > 0
         },
     );
     let t = status(&lab);
     eprintln!("{t}");
-    let r = row(&t, &n2, &n3);
+    let r = plugin::status_row(&t, &n2, &n3);
     assert!(
         r.contains(&format!("lan {n3_lan}:51820")) && r.contains(&format!("public {public}:")),
         "the candidates tried: {r}"
@@ -108,7 +83,7 @@ async fn nodes_of_one_site_talk_over_its_lan_without_configuration_or_hairpinnin
     );
     // n1 sees the site at one public address; n4 reaches it through it.
     for mate in [&n2, &n3] {
-        let r = row(&t, &n1, mate);
+        let r = plugin::status_row(&t, &n1, mate);
         assert!(r.contains(&format!("{public}:")), "{r}");
     }
 
@@ -117,7 +92,8 @@ async fn nodes_of_one_site_talk_over_its_lan_without_configuration_or_hairpinnin
     nat::unblock(&n3_netns).expect("unblock");
     wait_until("n2 and n3 on their LAN", Duration::from_secs(90), || {
         let t = status(&lab);
-        path_of(&row(&t, &n2, &n3)) == "lan" && path_of(&row(&t, &n3, &n2)) == "lan"
+        path_of(&plugin::status_row(&t, &n2, &n3)) == "lan"
+            && path_of(&plugin::status_row(&t, &n3, &n2)) == "lan"
     });
     eprintln!(
         "relayed -> lan {:?} after the rule went",
