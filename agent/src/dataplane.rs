@@ -223,44 +223,33 @@ impl NodeDataplane {
     }
 }
 
-impl NodeDataplane {
-    /// Probes each of `probes` (a peer and its probe address), again every
-    /// [`NEW_DEVICE_PROBE_EVERY`] while its peer has no handshake, for
-    /// [`NEW_DEVICE_PROBES`] rounds at most: a device started beside the
-    /// agent (wireguard-go) may bring its peers up only a moment after the
-    /// interface is, and drop the first datagram; a peer whose handshake
-    /// never starts goes on sending into its session with the old device
-    /// until its own rekey timeout (~15 s lost).
-    async fn probe_until_handshakes(&mut self, mut probes: Vec<(trellis_mesh::PublicKey, IpAddr)>) {
+/// Probes each of `addresses` through `interface` now, then again every
+/// [`NEW_DEVICE_PROBE_EVERY`], [`NEW_DEVICE_PROBES`] times in all, in a
+/// task of its own (the reconcile goes on): a device started beside the
+/// agent (wireguard-go) may bring its peers up only a moment after the
+/// interface is, and drop the first datagram; a peer whose handshake never
+/// starts goes on sending into its session with the old device until its
+/// own rekey timeout (~15 s lost). A probe after the handshake is one
+/// datagram the peer drops.
+fn probe_new_device_peers(interface: &str, addresses: Vec<IpAddr>) {
+    let interface = interface.to_string();
+    tokio::spawn(async move {
         for round in 0..NEW_DEVICE_PROBES {
             if round > 0 {
                 tokio::time::sleep(NEW_DEVICE_PROBE_EVERY).await;
-                let Ok(device) = self.wg.read() else {
-                    return;
-                };
-                probes.retain(|(key, _)| {
-                    device
-                        .peers
-                        .get(key)
-                        .is_none_or(|p| p.last_handshake.is_none())
-                });
-                if probes.is_empty() {
-                    return;
-                }
             }
-            for (_, address) in &probes {
-                if let Err(e) = send_probe(&self.interface, *address) {
+            for address in &addresses {
+                if let Err(e) = send_probe(&interface, *address) {
                     tracing::debug!(%address, error = %e, "probe not sent");
                 }
             }
         }
-        tracing::info!(interface = %self.interface, peers = probes.len(), "no handshake yet with some peers of the new device: the device goes on trying by itself");
-    }
+    });
 }
 
-/// How often a new device's peers without a handshake are probed again.
+/// How often a new device's peers are probed again.
 const NEW_DEVICE_PROBE_EVERY: Duration = Duration::from_millis(250);
-/// How many times at most (3 s in all).
+/// How many times in all (3 s).
 const NEW_DEVICE_PROBES: u32 = 12;
 
 impl Dataplane for NodeDataplane {
@@ -345,13 +334,12 @@ impl Dataplane for NodeDataplane {
             self.last_nft = Some(record);
         }
         if self.new_device {
-            let probes: Vec<(trellis_mesh::PublicKey, IpAddr)> = plan
+            let probes: Vec<IpAddr> = plan
                 .peers
                 .iter()
                 .filter_map(|c| match c {
                     trellis_mesh::PeerChange::Add(p) => {
                         trellis_mesh::relay::probe_address(&p.allowed_ips)
-                            .map(|a| (p.public_key, a))
                     }
                     _ => None,
                 })
@@ -359,7 +347,7 @@ impl Dataplane for NodeDataplane {
             if !probes.is_empty() {
                 tracing::info!(interface = %self.interface, peers = probes.len(), "a new device: starting a handshake with each peer, so that none keeps sending into its session with the device before");
                 self.new_device = false;
-                self.probe_until_handshakes(probes).await;
+                probe_new_device_peers(&self.interface, probes);
             }
         }
         Ok(())

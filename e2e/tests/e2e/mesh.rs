@@ -731,8 +731,14 @@ async fn wireguard_go_on_one_node_interoperates() {
     lab.wait_mesh(2, Duration::from_secs(60))
         .expect("mesh up with wireguard-go on n2");
     let pods = add_pods(&mut lab, 1);
-    let failures = ping::all_pairs(&pods);
-    assert!(failures.is_empty(), "{failures:#?}");
+    // boringtun stamps its handshake initiations 27 s later than
+    // wireguard-go and the kernel do (TAI64N base 2^62 + 37 against + 10):
+    // a peer that took an initiation from n2's trellis-wg within the last
+    // 27 s refuses wireguard-go's as replays, until it initiates itself
+    // (its rekey, ~15 s after its packets go unanswered). A device switch
+    // away from trellis-wg costs such pairs that long; the pairs answer.
+    let took = ping::wait_all_pairs(&pods, Duration::from_secs(60));
+    eprintln!("every pod pair answered {took:?} after the pods were added, wireguard-go on n2");
     assert!(trellis_e2e::down("mgo").is_clean());
 }
 
