@@ -137,6 +137,11 @@ impl Config {
         self.state_dir.join("nft-ruleset")
     }
 
+    /// The last listing of each linked cluster ([`crate::remote_cache`]).
+    pub fn linked_clusters_cache_dir(&self) -> PathBuf {
+        self.state_dir.join("linked-clusters")
+    }
+
     pub fn ipam_dir(&self) -> PathBuf {
         self.state_dir.join("ipam")
     }

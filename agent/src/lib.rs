@@ -19,6 +19,7 @@ pub mod peers;
 pub mod reconcile;
 pub mod reflectors;
 pub mod remote;
+pub mod remote_cache;
 pub mod runtime;
 pub mod status;
 pub mod wg;

@@ -3,7 +3,10 @@
 //! Node and a Peer reflector per linked cluster, started with the Secret's
 //! kubeconfig, restarted when it changes, stopped when the Secret goes —
 //! and turned into the mesh's [`RemoteCluster`] inputs. A cluster whose
-//! API server becomes unreachable keeps its last known objects.
+//! API server becomes unreachable keeps its last known objects; what each
+//! cluster served last is also kept on the node ([`crate::remote_cache`]),
+//! so that an agent started while the remote does not answer serves that
+//! until it does.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,6 +23,7 @@ use trellis_api::Peer;
 use trellis_mesh::{Desired, PresharedKeySource, RemoteCluster};
 
 use crate::reflectors::{spawn_reflector, Reflector};
+use crate::remote_cache::{CachedNode, RemoteCache, Snapshot};
 
 /// One link Secret and what follows from it.
 struct Link {
@@ -29,6 +33,9 @@ struct Link {
     /// Secret, or what is wrong.
     source: Result<LinkSource, String>,
     watch: Result<Watch, String>,
+    /// What the cluster served last, from the node's cache, when there
+    /// was one as the link was followed: served until the cluster lists.
+    cached: Option<Snapshot>,
 }
 
 struct Watch {
@@ -41,6 +48,10 @@ pub struct RemoteClusters {
     changed: Arc<Notify>,
     /// By Secret name.
     links: BTreeMap<String, Link>,
+    cache: Option<RemoteCache>,
+    /// The snapshot text last written per cluster (written again only
+    /// when it changes).
+    written: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 impl std::fmt::Debug for RemoteClusters {
@@ -61,10 +72,60 @@ async fn client_of(kubeconfig: &str) -> Result<kube::Client, String> {
 }
 
 impl RemoteClusters {
-    pub fn new(changed: Arc<Notify>) -> Self {
+    /// Linked clusters announced on `changed`, each one's last listing
+    /// kept in `cache` (none: kept in memory only).
+    pub fn new(changed: Arc<Notify>, cache: Option<RemoteCache>) -> Self {
         RemoteClusters {
             changed,
             links: BTreeMap::new(),
+            cache,
+            written: std::sync::Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The cached snapshot of `cluster`, saying why there is none usable.
+    fn load_cached(&self, cluster: &str) -> Option<Snapshot> {
+        let cache = self.cache.as_ref()?;
+        match cache.load(cluster) {
+            Ok(Some(snapshot)) => {
+                tracing::info!(
+                    cluster,
+                    nodes = snapshot.nodes.len(),
+                    "the linked cluster's nodes as last seen, from this node's cache: served until it lists"
+                );
+                Some(snapshot)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(cluster, error = %e, "no cached listing of the linked cluster");
+                None
+            }
+        }
+    }
+
+    /// Keeps what `cluster` serves now on the node, when it changed.
+    fn save_cached(&self, cluster: &str, nodes: &[trellis_mesh::NodeInfo], peers: &[Arc<Peer>]) {
+        let Some(cache) = &self.cache else {
+            return;
+        };
+        let snapshot = Snapshot {
+            nodes: nodes.iter().map(CachedNode::from).collect(),
+            peers: peers.iter().map(|p| (**p).clone()).collect(),
+        };
+        let Ok(text) = serde_json::to_string(&snapshot) else {
+            return;
+        };
+        let mut written = self.written.lock().expect("cache lock");
+        if written.get(cluster) == Some(&text) {
+            return;
+        }
+        match cache.save(cluster, &text) {
+            Ok(()) => {
+                written.insert(cluster.to_string(), text);
+            }
+            Err(e) => {
+                tracing::warn!(cluster, error = %e, "cannot keep the linked cluster's listing on this node")
+            }
         }
     }
 
@@ -106,6 +167,10 @@ impl RemoteClusters {
                     problems.push((reference.clone(), e.clone()));
                 }
             }
+            let cached = match (&watch, &source) {
+                (Ok(_), Ok(_)) => self.load_cached(&cluster),
+                _ => None,
+            };
             self.links.insert(
                 name,
                 Link {
@@ -113,9 +178,11 @@ impl RemoteClusters {
                     secret: reference,
                     source,
                     watch,
+                    cached,
                 },
             );
         }
+        let cache = self.cache.clone();
         self.links.retain(|name, link| {
             let keep = seen.contains(name);
             if !keep {
@@ -124,6 +191,9 @@ impl RemoteClusters {
                     secret = name,
                     "unlinked: its peers go"
                 );
+                if let Some(Err(e)) = cache.as_ref().map(|c| c.remove(&link.cluster)) {
+                    tracing::warn!(cluster = link.cluster, error = %e, "cannot remove the unlinked cluster's cached listing");
+                }
             }
             keep
         });
@@ -148,7 +218,8 @@ impl RemoteClusters {
     }
 
     /// The linked clusters as the mesh sees them: those listed at least
-    /// once (the others are not known yet). Their Peers' preshared keys
+    /// once, and those not listed yet that this node has a cached listing
+    /// of (the others are not known yet). Their Peers' preshared keys
     /// live in their cluster: such a Peer is left out here, saying so.
     pub fn remote_clusters(&self) -> Vec<RemoteCluster> {
         let mut out = Vec::new();
@@ -156,13 +227,28 @@ impl RemoteClusters {
             let (Ok(w), Ok(source)) = (&link.watch, &link.source) else {
                 continue;
             };
-            if !w.nodes.is_ready() {
+            let (nodes, peers) = if w.nodes.is_ready() {
+                let nodes: Vec<_> = w
+                    .nodes
+                    .store
+                    .state()
+                    .iter()
+                    .map(|n| trellis_api::node::node_info(n))
+                    .collect();
+                let peers = w.peers.store.state();
+                if w.peers.is_ready() {
+                    self.save_cached(&link.cluster, &nodes, &peers);
+                }
+                (nodes, peers.iter().map(|p| (**p).clone()).collect())
+            } else if let Some(cached) = &link.cached {
+                (
+                    cached.nodes.iter().map(Into::into).collect(),
+                    cached.peers.clone(),
+                )
+            } else {
                 continue;
-            }
-            let external = w
-                .peers
-                .store
-                .state()
+            };
+            let external = peers
                 .iter()
                 .map(|p| {
                     let psk = match &p.spec.preshared_key_secret_ref {
@@ -177,13 +263,7 @@ impl RemoteClusters {
                 .collect();
             out.push(RemoteCluster {
                 name: link.cluster.clone(),
-                nodes: w
-                    .nodes
-                    .store
-                    .state()
-                    .iter()
-                    .map(|n| trellis_api::node::node_info(n))
-                    .collect(),
+                nodes,
                 external,
                 declared: source.declared.clone(),
             });
@@ -221,6 +301,21 @@ impl RemoteClusters {
                 let (state, nodes, message) = match (&link.watch, refused) {
                     (Err(e), _) => (LinkState::Refused, 0, Some(e.clone())),
                     (Ok(_), Some(r)) => (LinkState::Refused, 0, Some(r.message.clone())),
+                    (Ok(w), None) if !w.nodes.is_ready() && link.cached.is_some() => {
+                        let cached = link.cached.as_ref().map_or(0, |c| c.nodes.len());
+                        let why = w
+                            .nodes
+                            .health
+                            .last_error()
+                            .unwrap_or_else(|| "not listed yet".into());
+                        (
+                            LinkState::Unreachable,
+                            cached,
+                            Some(format!(
+                                "{why}; serving its {cached} nodes as this node last saw them"
+                            )),
+                        )
+                    }
                     (Ok(w), None) => {
                         let nodes = w.nodes.store.len();
                         match w.nodes.health.last_error() {

@@ -26,10 +26,12 @@ use crate::metrics::{self, Metrics, Readiness};
 use crate::netlink::{self, Netlink};
 use crate::reflectors::spawn_reflector;
 use crate::remote::RemoteClusters;
+use crate::remote_cache::RemoteCache;
 use crate::status::{DeviceReader, StatusBoard};
 use crate::wg::{Uapi, WireGuard};
 
-/// How long a starting agent waits for the Peers to be listed.
+/// How long a starting agent waits for the Peers, and for the link
+/// Secrets, to be listed.
 const PEERS_WAIT: Duration = Duration::from_secs(20);
 /// How long a starting agent waits for a userspace device started beside
 /// it (the DaemonSet starts both at once), polling often: every moment
@@ -166,6 +168,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     {
         tracing::error!("cannot list Peers (is the peers.trellis.dev CRD installed?); going on with the nodes only");
     }
+    // Nor does it drop its linked clusters' peers before it knows the links.
+    if tokio::time::timeout(PEERS_WAIT, link_reflector.store.wait_until_ready())
+        .await
+        .is_err()
+    {
+        tracing::error!(namespace = %config.links_namespace, "cannot list the linked-cluster Secrets; going on without linked clusters until they list");
+    }
 
     let mut dataplane = NodeDataplane {
         wg,
@@ -192,7 +201,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         dataplane,
         cluster: KubeCluster::new(client.clone(), client.default_namespace()),
-        linked: RemoteClusters::new(changed.clone()),
+        linked: RemoteClusters::new(
+            changed.clone(),
+            Some(RemoteCache::new(config.linked_clusters_cache_dir())),
+        ),
         clock: Arc::new(SystemTime::now),
         metrics,
         readiness,

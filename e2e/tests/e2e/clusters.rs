@@ -64,14 +64,10 @@ async fn linked_clusters_mesh_directly_refuse_overlaps_and_unlink() {
     lab.start_mesh(Device::TrellisWg)
         .await
         .expect("mesh started");
-    for cluster in [LAB, FAR, CLASH] {
-        let nodes = nodes_of(&lab, cluster);
-        for node in &nodes {
-            wait_until("each cluster meshes alone", Duration::from_secs(60), || {
-                peer_count(&lab, node) == nodes.len() - 1
-            });
-        }
-    }
+    // Each cluster meshes alone, every agent with its CNI configuration
+    // written (clash-n1 has no peer: a peer count says nothing there).
+    lab.wait_clusters_meshed(Duration::from_secs(60))
+        .expect("each cluster meshes alone");
     let pods = lab.one_pod_per_node().expect("a pod on every node");
     assert!(!cross_pings(&pods, LAB, FAR).is_empty(), "not linked yet");
 
@@ -290,4 +286,82 @@ async fn linked_clusters_mesh_directly_refuse_overlaps_and_unlink() {
     kubectl_trellis(&lab, &["cluster", "unlink", "--from", LAB, "--to", FAR])
         .expect("unlinking twice is fine");
     trellis_e2e::down(LAB);
+}
+
+const KEPT: &str = "kept";
+const KEPT_FAR: &str = "keptfar";
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root"]
+async fn an_agent_restarted_while_the_linked_api_server_is_stopped_keeps_its_cross_cluster_pairs() {
+    trellis_e2e::assert_root();
+    let _turn = crate::module_turn(module_path!());
+    trellis_e2e::down(KEPT);
+    let mut lab = Lab::up(LabOptions::new(KEPT, 2)).await.expect("lab up");
+    lab.add_cluster(KEPT_FAR, 2, None)
+        .await
+        .expect("cluster keptfar");
+    lab.start_mesh(Device::TrellisWg)
+        .await
+        .expect("mesh started");
+    lab.wait_clusters_meshed(Duration::from_secs(60))
+        .expect("each cluster meshes alone");
+    let pods = lab.one_pod_per_node().expect("a pod on every node");
+    kubectl_trellis(
+        &lab,
+        &[
+            "cluster", "link", "--from", KEPT, "--to", KEPT_FAR, "--wait",
+        ],
+    )
+    .expect("cluster link");
+    let failures = cross_pings(&pods, KEPT, KEPT_FAR);
+    assert!(failures.is_empty(), "{failures:?}");
+    let node = format!("{KEPT}-n1");
+    let from = pods.iter().find(|p| p.node == node).unwrap();
+    let to = pods.iter().find(|p| p.cluster == KEPT_FAR).unwrap();
+
+    // keptfar's API server stops answering (SIGSTOP: connections hang, as
+    // behind a dead link); kept-n1's agent is killed and started again.
+    let apiserver = lab
+        .state
+        .daemons
+        .iter()
+        .find(|d| d.name == format!("{KEPT_FAR}/kube-apiserver"))
+        .expect("keptfar's kube-apiserver")
+        .pid;
+    let signal = |sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(apiserver), sig).unwrap();
+    let flow = trellis_e2e::pod::ping_flow(&from.netns, &to.v4, 40);
+    signal(nix::sys::signal::Signal::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(3));
+    lab.signal_daemon(&node, "agent", nix::sys::signal::Signal::SIGKILL);
+    lab.start_agent(&node, Device::TrellisWg)
+        .await
+        .expect("agent started again");
+    // Long enough for the new agent to list, reconcile and resync.
+    std::thread::sleep(Duration::from_secs(25));
+    let peers = peer_count(&lab, &node);
+    let failures = cross_pings(&pods, KEPT, KEPT_FAR);
+    let (table, _) = kubectl_trellis(&lab, &["status", "--context", KEPT]).unwrap();
+    signal(nix::sys::signal::Signal::SIGCONT);
+    let (sent, received) = flow.join().unwrap();
+    eprintln!("{table}");
+    eprintln!(
+        "agent restarted with the linked API server stopped: {peers} peers on {node}; a flow to {} lost {} of {sent} pings",
+        to.node,
+        sent - received
+    );
+    assert_eq!(peers, 3, "1 own + 2 remote peers, from the node's cache");
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(
+        table.lines().any(|l| l.starts_with(&node)
+            && l.contains(" unreachable ")
+            && l.contains("as this node last saw them")),
+        "the link says it serves the cached listing: {table}"
+    );
+    assert!(
+        (sent - received) * 50 <= 3_000,
+        "more than 3 s of pings lost: {} of {sent}",
+        sent - received
+    );
+    trellis_e2e::down(KEPT);
 }
