@@ -42,6 +42,27 @@ pub fn masquerade_ruleset(desired: &Desired, table: &str) -> String {
             ));
         }
     }
+    out.push_str("\t}\n");
+    // A probe (see crate::relay) goes to the network address of a peer's
+    // pod range, which no pod has: the peer decrypts it and would route it
+    // on by its default route, onto the underlay in plaintext. It ends here.
+    out.push_str(
+        "\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n",
+    );
+    for (v4, ip) in [(true, "ip"), (false, "ip6")] {
+        let probed: Vec<String> = desired
+            .own_pod_cidrs
+            .iter()
+            .filter(|c| c.addr().is_ipv4() == v4 && c.prefix_len() < c.max_prefix_len())
+            .map(|c| c.network().to_string())
+            .collect();
+        if !probed.is_empty() {
+            out.push_str(&format!(
+                "\t\tiifname \"{iface}\" {ip} daddr {{ {} }} drop\n",
+                probed.join(", ")
+            ));
+        }
+    }
     out.push_str("\t}\n}\n");
     out
 }
@@ -57,6 +78,27 @@ mod tests {
             mesh_cidrs: mesh.iter().map(|s| s.parse().unwrap()).collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn probes_to_this_node_end_here_instead_of_leaving_by_the_default_route() {
+        let d = desired(
+            &["10.244.1.0/24", "fd00:1::/64"],
+            &["10.244.0.0/24", "10.244.1.0/24", "fd00:1::/64"],
+        );
+        let rules = masquerade_ruleset(&d, "trellis");
+        assert!(
+            rules.contains("type filter hook forward priority filter; policy accept;"),
+            "{rules}"
+        );
+        assert!(
+            rules.contains("iifname \"trellis\" ip daddr { 10.244.1.0 } drop"),
+            "{rules}"
+        );
+        assert!(
+            rules.contains("iifname \"trellis\" ip6 daddr { fd00:1:: } drop"),
+            "{rules}"
+        );
     }
 
     #[test]
