@@ -15,13 +15,15 @@
 //! 0.8) is GPL-3.0 and calls itself rough and built by trial and error, and
 //! `nf_tables` is at 0.1; none is yet the maintained base this deserves.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::io::AsyncWriteExt;
 use trellis_mesh::{Observed, ObservedPeer, Plan};
 
+use crate::echo::EchoProber;
 use crate::key::PrivateKey;
 use crate::netlink::{Netlink, NetlinkError};
 use crate::wg::{DeviceState, DeviceUpdate, WgError, WireGuard};
@@ -40,12 +42,14 @@ pub enum DataplaneError {
     Other(String),
 }
 
-/// What observing returns: the state to plan against, and the device's
-/// per-peer statistics (handshakes, bytes) for metrics.
+/// What observing returns: the state to plan against, the device's
+/// per-peer statistics (handshakes, bytes) for metrics, and when each
+/// address sent echo requests last answered.
 #[derive(Debug, Clone, Default)]
 pub struct Observation {
     pub observed: Observed,
     pub device: DeviceState,
+    pub echo_answers: BTreeMap<IpAddr, SystemTime>,
 }
 
 #[allow(async_fn_in_trait)]
@@ -61,6 +65,10 @@ pub trait Dataplane {
     /// [`trellis_mesh::relay::probe_address`]). Best effort: a probe that
     /// cannot be sent is only logged.
     async fn probe(&mut self, addresses: &[IpAddr]);
+    /// Keeps ICMP echo requests going to each of `targets`, and to no
+    /// other address, until the next call; their answers are observed
+    /// (see [`crate::echo`]).
+    async fn echo(&mut self, targets: &[IpAddr]);
     /// Whether the mesh interface exists, is up and has carrier (a
     /// persistent TUN with no device attached has none; a failed look
     /// counts as not up).
@@ -108,6 +116,8 @@ pub struct NodeDataplane {
     /// then drops the old session at once instead of sending into it until
     /// its own rekey timeout (~15 s) or the next rekey (2 min).
     pub new_device: bool,
+    /// The echo prober, opened at the first `echo` call.
+    pub echoes: Option<EchoProber>,
 }
 
 impl std::fmt::Debug for NodeDataplane {
@@ -291,7 +301,16 @@ impl Dataplane for NodeDataplane {
             routes,
             nft_ruleset,
         };
-        Ok(Observation { observed, device })
+        let echo_answers = self
+            .echoes
+            .as_ref()
+            .map(EchoProber::answers)
+            .unwrap_or_default();
+        Ok(Observation {
+            observed,
+            device,
+            echo_answers,
+        })
     }
 
     async fn apply(&mut self, plan: &Plan) -> Result<(), DataplaneError> {
@@ -359,6 +378,15 @@ impl Dataplane for NodeDataplane {
                 tracing::debug!(%address, error = %e, "probe not sent");
             }
         }
+    }
+
+    async fn echo(&mut self, targets: &[IpAddr]) {
+        if self.echoes.is_none() && targets.is_empty() {
+            return;
+        }
+        self.echoes
+            .get_or_insert_with(EchoProber::open)
+            .set_targets(targets);
     }
 
     async fn interface_up(&mut self) -> bool {

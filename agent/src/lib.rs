@@ -8,6 +8,7 @@ pub mod cluster_api;
 pub mod cni_conf;
 pub mod config;
 pub mod dataplane;
+pub mod echo;
 pub mod install_cni;
 pub mod kernel_wg;
 pub mod key;

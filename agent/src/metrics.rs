@@ -53,6 +53,7 @@ pub struct UndeclaredLabel {
 pub struct Metrics {
     pub peers: Gauge,
     pub relayed: Gauge,
+    pub silent: Gauge,
     pub rejected: Family<ReasonLabel, Gauge>,
     pub undeclared: Family<UndeclaredLabel, Gauge>,
     pub handshake_age: Family<PeerLabel, Gauge<f64, AtomicU64>>,
@@ -70,6 +71,7 @@ impl Default for Metrics {
         Metrics {
             peers: Gauge::default(),
             relayed: Gauge::default(),
+            silent: Gauge::default(),
             rejected: Family::default(),
             undeclared: Family::default(),
             handshake_age: Family::default(),
@@ -96,6 +98,11 @@ impl Metrics {
             "relayed_peers",
             "Node peers reached through a relay because no direct handshake completes",
             self.relayed.clone(),
+        );
+        r.register(
+            "silent_paths",
+            "Node peers whose direct path answered echoes, then none for 5 s or more",
+            self.silent.clone(),
         );
         r.register(
             "rejected_peers",
@@ -154,6 +161,7 @@ impl Metrics {
     pub fn record_state(&self, desired: &Desired, device: &DeviceState) {
         self.peers.set(desired.peers.len() as i64);
         self.relayed.set(desired.relayed.len() as i64);
+        self.silent.set(desired.silent.len() as i64);
         self.rejected.clear();
         self.undeclared.clear();
         for r in &desired.rejected {

@@ -111,16 +111,27 @@ impl<D: Dataplane> Reconciler<D> {
             .iter()
             .filter_map(|(key, peer)| Some((*key, peer.last_handshake?)))
             .collect();
-        for change in self
-            .paths
-            .route_via_relays(&mut desired, &local.public_key, &handshakes, now)
-        {
+        for change in self.paths.route_via_relays(
+            &mut desired,
+            &local.public_key,
+            &handshakes,
+            &observation.echo_answers,
+            now,
+        ) {
             match change {
                 PathChange::Relayed { peer, via } => {
-                    tracing::warn!(%peer, %via, "no direct handshake completes: relaying")
+                    tracing::warn!(%peer, %via, "no working direct path (no handshake, or silent): relaying")
                 }
                 PathChange::Direct { peer } => {
-                    tracing::info!(%peer, "direct handshake completed: leaving the relay")
+                    tracing::info!(%peer, "the direct path works again: leaving the relay")
+                }
+                PathChange::Silent {
+                    peer,
+                    endpoint,
+                    for_,
+                } => {
+                    let endpoint = endpoint.map(|e| e.to_string()).unwrap_or_default();
+                    tracing::warn!(%peer, %endpoint, silent_s = for_.as_secs_f64(), "the direct path stopped answering echoes: moving off it")
                 }
                 PathChange::RelayLost { peer } => {
                     tracing::warn!(%peer, "no node reaches both ends any more: trying direct only")
@@ -151,6 +162,7 @@ impl<D: Dataplane> Reconciler<D> {
         }
         // After the plan: a relayed peer's probe address is on its peer now.
         self.dataplane.probe(self.paths.probes()).await;
+        self.dataplane.echo(self.paths.echo_targets()).await;
         self.metrics.record_state(&desired, &observation.device);
         let current: BTreeSet<(String, String)> = desired
             .rejected
@@ -322,6 +334,11 @@ mod tests {
             r.dataplane.probed,
             vec![vec!["10.244.2.0".parse::<std::net::IpAddr>().unwrap()]],
             "n2 (kept alive, no handshake on the fake device) only"
+        );
+        assert_eq!(
+            r.dataplane.echo_targets,
+            vec!["10.244.2.1".parse::<std::net::IpAddr>().unwrap()],
+            "echoes go to n2's mesh address (kept alive), not to n1's"
         );
         let plan = &r.dataplane.applied[0];
         assert!(

@@ -186,6 +186,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         nft_record: Some(config.nft_record_path()),
         creates_interface,
         new_device: false,
+        echoes: None,
     };
     dataplane.load_nft_record();
     if !creates_interface {

@@ -158,6 +158,7 @@ pub fn node_report(
                             .collect()
                     })
                     .unwrap_or_default(),
+                silent_for_s: desired.silent.get(key).map(|d| d.as_secs()),
             }
         })
         .collect();

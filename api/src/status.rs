@@ -206,6 +206,10 @@ pub struct PeerReport {
     /// more than one (a node of this node's site: `lan`, then `public`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub candidates: Vec<CandidateReport>,
+    /// The direct path answered echoes, then none for this many seconds:
+    /// its traffic was moved off it (relayed when a relay reaches both ends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silent_for_s: Option<u64>,
 }
 
 /// One candidate endpoint of a peer.

@@ -76,6 +76,16 @@ pub fn ago(seconds: i64) -> String {
 /// What is wrong with the path to a peer; empty when nothing is (idle and
 /// unused paths are not problems: nothing is trying to use them).
 fn problem(p: &PeerReport, now: i64) -> String {
+    if let Some(silent) = p.silent_for_s {
+        let now_on = match p.path {
+            PathState::Relayed => "relayed",
+            _ => "no relay reaches both ends",
+        };
+        return format!(
+            "the direct path has answered no echo for {silent}s: {now_on}{}",
+            tried(p)
+        );
+    }
     match (p.path, p.last_handshake) {
         (PathState::Down, Some(t)) => format!(
             "handshakes fail (last one {}): is the peer reachable?",

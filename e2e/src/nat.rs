@@ -150,6 +150,29 @@ pub fn unblock(netns: &str) -> Result<(), CommandError> {
     cmd::in_netns(netns, "nft", &["delete", "table", "ip", BLOCK_TABLE]).map(drop)
 }
 
+/// The table [`cut_off`] adds to a node.
+pub const CUT_OFF_TABLE: &str = "trellis-lab-cut-off";
+
+/// The ruleset of [`cut_off`]: nothing in or out of the uplink `uplink`,
+/// either family, whether sent by the node or forwarded.
+pub fn cut_off_ruleset(uplink: &str) -> String {
+    format!(
+        "table inet {CUT_OFF_TABLE} {{\n\tchain pre {{\n\t\ttype filter hook prerouting priority -300; policy accept;\n\t\tiifname \"{uplink}\" drop\n\t}}\n\tchain post {{\n\t\ttype filter hook postrouting priority 300; policy accept;\n\t\toifname \"{uplink}\" drop\n\t}}\n}}\n"
+    )
+}
+
+/// Takes the node in `netns` off the network, as a node that lost power
+/// looks to everyone else (its processes go on, its uplink carries
+/// nothing), until [`reconnect`].
+pub fn cut_off(netns: &str) -> Result<(), CommandError> {
+    nft_load(netns, "cut-off", &cut_off_ruleset(crate::underlay::UPLINK))
+}
+
+/// Undoes [`cut_off`].
+pub fn reconnect(netns: &str) -> Result<(), CommandError> {
+    cmd::in_netns(netns, "nft", &["delete", "table", "inet", CUT_OFF_TABLE]).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -52,6 +52,24 @@ pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -
     start.elapsed()
 }
 
+/// `kubectl trellis status` of the lab's cluster `context`; panics when it
+/// fails.
+pub fn lab_status(lab: &crate::Lab, context: &str) -> String {
+    kubectl_trellis(&lab.all_kubeconfigs(), &["status", "--context", context])
+        .unwrap_or_else(|e| panic!("kubectl trellis status: {e}"))
+        .0
+}
+
+/// The PATH cell (the 8th column) of a `kubectl trellis status` row.
+pub fn path_cell(row: &str) -> String {
+    row.split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .nth(7)
+        .unwrap_or("")
+        .to_string()
+}
+
 /// The row of `kubectl trellis status` output `table` for `node`'s peer
 /// `peer` (as `node` names it); panics when there is none.
 pub fn status_row(table: &str, node: &str, peer: &str) -> String {

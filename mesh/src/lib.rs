@@ -8,12 +8,13 @@
 //! `annotations`, `session` and `sightings` need nothing of the mesh;
 //! [`model`] (the types everything speaks) needs only those; `admission`,
 //! `nat`, `nodes`, `external`, `remote` and then [`desired`] compute the
-//! desired state; `relay`, `roaming`, [`plan`] and `nft` work on it.
+//! desired state; `health`, `relay`, `roaming`, [`plan`] and `nft` work on it.
 
 pub mod admission;
 pub mod annotations;
 pub mod desired;
 pub mod external;
+pub mod health;
 pub mod key;
 pub mod model;
 pub mod names;

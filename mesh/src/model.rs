@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use ipnet::IpNet;
 
@@ -209,6 +210,10 @@ pub struct Desired {
     /// [`crate::relay::PathTracker`]). A peer without an entry has one way
     /// only: its `endpoint`.
     pub candidates: BTreeMap<PublicKey, Candidates>,
+    /// Probed peers whose direct path answered echoes, then nothing for
+    /// this long (filled by [`crate::relay::PathTracker`]; see
+    /// [`crate::health`]): not published as seen, not chosen as relays.
+    pub silent: BTreeMap<PublicKey, Duration>,
 }
 
 impl Desired {

@@ -34,7 +34,9 @@ pub struct Session {
 /// What this node publishes as its discovered endpoints: every peer of
 /// `desired` with a live session whose endpoint matters to the others — a
 /// pair kept alive (NAT in the way, or someone asked for a keepalive) or a
-/// peer that roamed away from its configured endpoint.
+/// peer that roamed away from its configured endpoint. A peer reached
+/// through a relay, or whose direct path went silent (see
+/// [`crate::health`]), is not seen: no one should relay through it.
 pub fn discovered_endpoints(
     desired: &Desired,
     sessions: &BTreeMap<PublicKey, Session>,
@@ -47,7 +49,7 @@ pub fn discovered_endpoints(
             let s = sessions.get(key)?;
             let at = s.endpoint?;
             let matters = want.persistent_keepalive.is_some() || want.endpoint != Some(at);
-            let direct = !desired.relayed.contains_key(key);
+            let direct = !desired.relayed.contains_key(key) && !desired.silent.contains_key(key);
             (matters && direct && is_live(s.last_handshake, now)).then_some((*key, at))
         })
         .collect()

@@ -20,6 +20,20 @@
 //! peer goes on cycling through them (it carries no traffic then), so the
 //! pair leaves the relay for whichever works first again.
 //!
+//! A session's handshake says little about a path that broke after it
+//! worked: the session stays live for 180 s. So every probed peer is also
+//! judged by echoes ([`crate::health`]): a direct path that stops answering
+//! is *silent*, and counts as having no session — its traffic goes through
+//! a relay at once (and the next candidate is tried), and it is published
+//! as seen no more, so that no one picks this node to relay for it. A relay
+//! is chosen only among peers whose own direct path is not silent: a relay
+//! that stops answering is left for another, or for the direct path. The
+//! way back needs the direct path answering again (or, for a peer that
+//! never answered an echo, a live session), so a pair does not flap
+//! between a relay and a path that only just went quiet. While relayed, a
+//! peer's own WireGuard peer keeps its mesh address with its probe address:
+//! the echoes go on testing the direct path.
+//!
 //! Keepalives alone do not keep a peer without a session trying: a fresh
 //! userspace peer waits a whole keepalive interval before its first
 //! handshake, and gives up after 90 s of failed retries. So the agent sends
@@ -27,12 +41,14 @@
 //! session ([`PathTracker::probes`]) at each path check: the device starts
 //! (or keeps) handshaking with it, relayed or not, as long as it is tried.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
 
+pub use crate::health::probe_address;
+use crate::health::{echo_address, PathHealth, Verdict};
 use crate::key::PublicKey;
 use crate::model::{CandidateKind, Desired, DesiredPeer, PeerName, Relayed};
 use crate::session::is_live;
@@ -45,22 +61,6 @@ pub const DIRECT_DEADLINE: Duration = Duration::from_secs(15);
 /// handshakes are tried all the time and a path that fails is noticed.
 pub fn is_probed(peer: &DesiredPeer) -> bool {
     peer.name.is_node() && peer.persistent_keepalive.is_some()
-}
-
-/// The address whose datagrams start a handshake with a peer whose ranges
-/// are `allowed_ips`: the network address of its first IPv4 range (else of
-/// its first range), which no pod and no node has (the node's mesh address
-/// is the one after it). `None` when every range is a single address.
-pub fn probe_address(allowed_ips: &[IpNet]) -> Option<IpAddr> {
-    let ranges = || {
-        allowed_ips
-            .iter()
-            .filter(|net| net.prefix_len() < net.max_prefix_len())
-    };
-    ranges()
-        .find(|net| net.addr().is_ipv4())
-        .or_else(|| ranges().next())
-        .map(IpNet::network)
 }
 
 /// A change of path, for the log.
@@ -79,6 +79,13 @@ pub enum PathChange {
     },
     /// Was relayed, but no node reaches both ends any more.
     RelayLost { peer: PeerName },
+    /// The direct path at `endpoint` answered echoes, then nothing for
+    /// `for_`: it is left.
+    Silent {
+        peer: PeerName,
+        endpoint: Option<SocketAddr>,
+        for_: Duration,
+    },
 }
 
 /// The agent's memory of its direct attempts, across reconciles.
@@ -93,25 +100,70 @@ pub struct PathTracker {
     probes: Vec<IpAddr>,
     /// Per peer with candidates: the index of the one being tried.
     step: BTreeMap<PublicKey, usize>,
+    /// What the echoes say of each probed peer's direct path.
+    health: PathHealth,
+    /// The mesh addresses of the probed peers, as of the last call.
+    echoes: Vec<IpAddr>,
+    /// The peers whose direct path was silent at the last call.
+    quiet: BTreeSet<PublicKey>,
 }
 
 impl PathTracker {
-    /// Moves the AllowedIPs of each probed node peer without a live session
-    /// (per `handshakes`, read from the device) onto its relay's peer, and
-    /// records them in `desired.relayed`. `local` is this node's key.
+    /// Moves the AllowedIPs of each probed node peer without a working
+    /// direct path onto its relay's peer, and records them in
+    /// `desired.relayed`. A path works when its session is live (per
+    /// `handshakes`, read from the device) and its echoes are not silent
+    /// (per `answers`: when each echo address last answered). `local` is
+    /// this node's key.
     pub fn route_via_relays(
         &mut self,
         desired: &mut Desired,
         local: &PublicKey,
         handshakes: &BTreeMap<PublicKey, SystemTime>,
+        answers: &BTreeMap<IpAddr, SystemTime>,
         now: SystemTime,
     ) -> Vec<PathChange> {
-        let live = |k: &PublicKey| is_live(handshakes.get(k).copied(), now);
         self.trying.retain(|k, _| desired.peers.contains_key(k));
         self.step.retain(|k, _| desired.candidates.contains_key(k));
+        self.health.retain(|k| desired.peers.contains_key(k));
         self.probes.clear();
+        let mut changes = Vec::new();
+        let verdicts = self.judge_paths(desired, answers, now);
+        let works: BTreeSet<PublicKey> = desired
+            .peers
+            .keys()
+            .filter(|k| {
+                let live = is_live(handshakes.get(*k).copied(), now);
+                match verdicts.get(*k) {
+                    // Answers prove the path, whatever the device says of
+                    // handshakes (a userspace device re-creates a peer it
+                    // is told to change: its handshake is gone for a while).
+                    Some(Verdict::Answering) => true,
+                    Some(Verdict::Silent { .. }) => false,
+                    // Back from a relay only once it answers.
+                    Some(Verdict::Waiting) => live && !self.relayed.contains_key(*k),
+                    Some(Verdict::Unjudged) | None => live,
+                }
+            })
+            .copied()
+            .collect();
+        for (key, verdict) in &verdicts {
+            if let Verdict::Silent { for_ } = verdict {
+                desired.silent.insert(*key, *for_);
+                if !self.quiet.contains(key) {
+                    let peer = &desired.peers[key];
+                    changes.push(PathChange::Silent {
+                        peer: peer.name.clone(),
+                        endpoint: peer.endpoint,
+                        for_: *for_,
+                    });
+                }
+            }
+        }
+        self.quiet = desired.silent.keys().copied().collect();
+        let live = |k: &PublicKey| works.contains(k);
         let mut chosen: BTreeMap<PublicKey, PublicKey> = BTreeMap::new();
-        let mut changes = self.choose_candidates(desired, &live, now);
+        changes.extend(self.choose_candidates(desired, &live, now));
         for (key, peer) in &desired.peers {
             if !is_probed(peer) {
                 continue;
@@ -136,7 +188,7 @@ impl PathTracker {
             self.trying.insert(*key, (peer.endpoint, since));
             self.probes.extend(probe_address(&peer.allowed_ips));
             let waited = now.duration_since(since).unwrap_or_default();
-            if was.is_none() && waited < DIRECT_DEADLINE {
+            if was.is_none() && waited < DIRECT_DEADLINE && !desired.silent.contains_key(key) {
                 continue;
             }
             let relay = desired
@@ -169,11 +221,12 @@ impl PathTracker {
         }
         for (key, via) in &chosen {
             let direct = desired.peers.get_mut(key).expect("chosen from the peers");
-            let probe = probe_address(&direct.allowed_ips);
-            let moved = std::mem::replace(
-                &mut direct.allowed_ips,
-                probe.map(IpNet::from).into_iter().collect(),
-            );
+            let kept = probe_address(&direct.allowed_ips)
+                .into_iter()
+                .chain(echo_address(&direct.allowed_ips))
+                .map(IpNet::from)
+                .collect();
+            let moved = std::mem::replace(&mut direct.allowed_ips, kept);
             let relay = desired.peers.get_mut(via).expect("chosen from the peers");
             relay.allowed_ips.extend(moved.iter().copied());
             relay.allowed_ips.sort();
@@ -188,6 +241,37 @@ impl PathTracker {
         }
         self.relayed = chosen;
         changes
+    }
+
+    /// The echoes' verdict on each probed peer's direct path at the endpoint
+    /// tried now (for a peer with candidates, the one chosen last time);
+    /// records the probed peers' echo addresses.
+    fn judge_paths(
+        &mut self,
+        desired: &Desired,
+        answers: &BTreeMap<IpAddr, SystemTime>,
+        now: SystemTime,
+    ) -> BTreeMap<PublicKey, Verdict> {
+        self.echoes.clear();
+        let mut verdicts = BTreeMap::new();
+        for (key, peer) in desired.peers.iter().filter(|(_, p)| is_probed(p)) {
+            let Some(address) = echo_address(&peer.allowed_ips) else {
+                continue;
+            };
+            self.echoes.push(address);
+            let endpoint = match desired.candidates.get(key) {
+                Some(c) => {
+                    let step = self.step.get(key).copied().unwrap_or(0) % c.list.len();
+                    Some(c.list[step].endpoint)
+                }
+                None => peer.endpoint,
+            };
+            let verdict = self
+                .health
+                .judge(*key, endpoint, answers.get(&address).copied(), now);
+            verdicts.insert(*key, verdict);
+        }
+        verdicts
     }
 
     /// Sets each peer with candidates to the one to try now: the one it was
@@ -238,6 +322,12 @@ impl PathTracker {
     /// within its deadline), as of the last [`PathTracker::route_via_relays`].
     pub fn probes(&self) -> &[IpAddr] {
         &self.probes
+    }
+
+    /// Where to keep sending echo requests: the echo address of every
+    /// probed peer, as of the last [`PathTracker::route_via_relays`].
+    pub fn echo_targets(&self) -> &[IpAddr] {
+        &self.echoes
     }
 }
 

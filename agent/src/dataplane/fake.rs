@@ -1,7 +1,9 @@
 //! A recording dataplane for unit tests: an in-memory node (compiled for
 //! tests only).
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::time::SystemTime;
 
 use trellis_mesh::{Observed, Plan};
 
@@ -19,6 +21,10 @@ pub struct FakeDataplane {
     pub observations: usize,
     /// The addresses of each `probe` call.
     pub probed: Vec<Vec<IpAddr>>,
+    /// The targets of the last `echo` call.
+    pub echo_targets: Vec<IpAddr>,
+    /// When each echo target last answered, as observed.
+    pub echo_answers: BTreeMap<IpAddr, SystemTime>,
     /// Makes the next observe fail with this message (the device is gone).
     pub fail_observe: Option<String>,
     /// Makes every observe fail with this message until cleared.
@@ -39,6 +45,7 @@ impl Dataplane for FakeDataplane {
         Ok(Observation {
             observed: self.observed.clone(),
             device: self.device.clone(),
+            echo_answers: self.echo_answers.clone(),
         })
     }
 
@@ -50,6 +57,10 @@ impl Dataplane for FakeDataplane {
 
     async fn probe(&mut self, addresses: &[IpAddr]) {
         self.probed.push(addresses.to_vec());
+    }
+
+    async fn echo(&mut self, targets: &[IpAddr]) {
+        self.echo_targets = targets.to_vec();
     }
 
     async fn interface_up(&mut self) -> bool {

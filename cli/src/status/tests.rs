@@ -24,6 +24,7 @@ pub(crate) fn report(node: &str, peers: &[(&str, PathState, Option<i64>)]) -> No
                 path: *path,
                 relay: (*path == PathState::Relayed).then(|| "n2".into()),
                 candidates: Vec::new(),
+                silent_for_s: None,
             })
             .collect(),
         left_out: vec![],
@@ -230,6 +231,31 @@ fn a_site_mate_on_the_lan_says_lan_and_a_relayed_one_lists_the_candidates_tried(
     assert!(
         lines[2].contains("relayed via n2")
             && lines[2].contains("tried lan 172.31.0.3:51820, public 198.51.100.7:1003 (now)"),
+        "{t}"
+    );
+}
+
+#[test]
+fn a_path_that_went_silent_says_so_and_what_carries_the_traffic_now() {
+    let mut n1 = report(
+        "n1",
+        &[
+            ("n2", PathState::Relayed, Some(990)),
+            ("n3", PathState::Direct, Some(990)),
+        ],
+    );
+    n1.peers[0].silent_for_s = Some(7);
+    n1.peers[1].silent_for_s = Some(12);
+    let t = table(&[("n1".to_string(), Ok(n1))], 1000);
+    let lines: Vec<&str> = t.lines().collect();
+    assert!(
+        lines[1].contains("relayed via n2")
+            && lines[1].ends_with("the direct path has answered no echo for 7s: relayed"),
+        "{t}"
+    );
+    assert!(
+        lines[2]
+            .ends_with("the direct path has answered no echo for 12s: no relay reaches both ends"),
         "{t}"
     );
 }

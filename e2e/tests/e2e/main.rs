@@ -13,6 +13,7 @@ use std::sync::{Condvar, Mutex, PoisonError};
 
 mod chart;
 mod clusters;
+mod failover;
 mod lab;
 mod mesh;
 mod nat;

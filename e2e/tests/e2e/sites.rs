@@ -17,22 +17,6 @@ use trellis_e2e::{nat, ping, Lab, LabOptions, NatMode};
 
 const S: &str = "site";
 
-fn status(lab: &Lab) -> String {
-    plugin::kubectl_trellis(&lab.all_kubeconfigs(), &["status", "--context", S])
-        .unwrap_or_else(|e| panic!("kubectl trellis status: {e}"))
-        .0
-}
-
-/// The PATH cell of a status row (the 8th column).
-fn path_of(row: &str) -> String {
-    row.split("  ")
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-        .nth(7)
-        .unwrap_or("")
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root"]
 async fn nodes_of_one_site_talk_over_its_lan_without_configuration_or_hairpinning() {
@@ -64,13 +48,13 @@ async fn nodes_of_one_site_talk_over_its_lan_without_configuration_or_hairpinnin
         "n2 and n3 relayed, their public mappings tried",
         Duration::from_secs(90),
         || {
-            let t = status(&lab);
+            let t = plugin::lab_status(&lab, S);
             plugin::status_row(&t, &n2, &n3).contains("relayed via ")
                 && plugin::status_row(&t, &n3, &n2).contains("relayed via ")
                 && nat::hairpin_packets(&router).unwrap_or(0) > 0
         },
     );
-    let t = status(&lab);
+    let t = plugin::lab_status(&lab, S);
     eprintln!("{t}");
     let r = plugin::status_row(&t, &n2, &n3);
     assert!(
@@ -91,9 +75,9 @@ async fn nodes_of_one_site_talk_over_its_lan_without_configuration_or_hairpinnin
     let unblocked = Instant::now();
     nat::unblock(&n3_netns).expect("unblock");
     wait_until("n2 and n3 on their LAN", Duration::from_secs(90), || {
-        let t = status(&lab);
-        path_of(&plugin::status_row(&t, &n2, &n3)) == "lan"
-            && path_of(&plugin::status_row(&t, &n3, &n2)) == "lan"
+        let t = plugin::lab_status(&lab, S);
+        plugin::path_cell(&plugin::status_row(&t, &n2, &n3)) == "lan"
+            && plugin::path_cell(&plugin::status_row(&t, &n3, &n2)) == "lan"
     });
     eprintln!(
         "relayed -> lan {:?} after the rule went",

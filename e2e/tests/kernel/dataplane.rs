@@ -75,6 +75,7 @@ impl KernelNode {
                         nft_record: None,
                         creates_interface: true,
                         new_device: false,
+                        echoes: None,
                     };
                     let mut reconciler = Reconciler::new("trellis", dataplane, Metrics::default());
                     let no_dns = |_: &str, _: u16| None;
