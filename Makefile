@@ -76,6 +76,7 @@ bench: tools
 	$(CARGO) bench -p trellis-cni --bench cni_latency
 	$(CARGO) bench -p trellis-e2e --bench mesh
 	$(CARGO) bench -p trellis-e2e --bench clusters
+	$(CARGO) bench -p trellis-e2e --bench paths
 	$(CARGO) bench -p trellis-e2e --bench pod_startup
 
 ## demo: a lab cluster of real nodes (containerd, kubelet, kube-proxy, CoreDNS), Trellis
