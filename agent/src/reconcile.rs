@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime};
 
 use trellis_mesh::nat::{discovered_endpoints, Session};
 use trellis_mesh::nft::masquerade_ruleset;
-use trellis_mesh::relay::{is_probed, PathChange, PathTracker};
+use trellis_mesh::relay::{is_probed, PathChange, PathReadings, PathTracker};
 use trellis_mesh::roaming::AppliedEndpoints;
 use trellis_mesh::LocalError;
 use trellis_mesh::{
@@ -105,19 +105,19 @@ impl<D: Dataplane> Reconciler<D> {
         let mut desired = desired_mesh(local, inputs, resolve)?;
         let ruleset = masquerade_ruleset(&desired, &self.nft_table);
         let observation = self.dataplane.observe().await?;
-        let handshakes = observation
-            .device
-            .peers
-            .iter()
-            .filter_map(|(key, peer)| Some((*key, peer.last_handshake?)))
-            .collect();
-        for change in self.paths.route_via_relays(
-            &mut desired,
-            &local.public_key,
-            &handshakes,
-            &observation.echo_answers,
-            now,
-        ) {
+        let device = &observation.device.peers;
+        let readings = PathReadings {
+            handshakes: device
+                .iter()
+                .filter_map(|(key, peer)| Some((*key, peer.last_handshake?)))
+                .collect(),
+            rx_bytes: device.iter().map(|(k, p)| (*k, p.rx_bytes)).collect(),
+            answers: observation.echo_answers.clone(),
+        };
+        for change in self
+            .paths
+            .route_via_relays(&mut desired, &local.public_key, &readings, now)
+        {
             match change {
                 PathChange::Relayed { peer, via } => {
                     tracing::warn!(%peer, %via, "no working direct path (no handshake, or silent): relaying")
@@ -148,7 +148,7 @@ impl<D: Dataplane> Reconciler<D> {
         let observed = self.applied_endpoints.keep_roamed(
             &desired,
             observation.observed.clone(),
-            &handshakes,
+            &readings.handshakes,
             now,
         );
         let plan = trellis_mesh::plan(&desired, &ruleset, &observed);

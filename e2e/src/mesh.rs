@@ -133,8 +133,9 @@ impl Lab {
     }
 
     /// Kills the agent and the userspace device (either) on `node`, as a
-    /// crash would, and waits until the interface is gone, so that
-    /// [`Lab::start_node`] can start them again.
+    /// crash would, deletes the mesh interface (the chart's trellis-wg
+    /// keeps its TUN persistent: it would outlive the process) and waits
+    /// until it is gone, so that [`Lab::start_node`] starts afresh.
     pub fn stop_node(&mut self, node: &str) -> Result<(), LabError> {
         use nix::sys::signal::Signal::SIGKILL;
         for daemon in [AGENT, TRELLIS_WG, WIREGUARD_GO] {
@@ -142,6 +143,8 @@ impl Lab {
         }
         let n = self.node(node)?;
         let ns = n.netns.clone();
+        // Gone already when the device was not persistent.
+        let _ = crate::cmd::ip(Some(&ns), &["link", "del", INTERFACE]);
         let socket = private_dir(&n.dir, trellis_mesh::names::DEFAULT_WIREGUARD_RUN_DIR)
             .join(format!("{INTERFACE}.sock"));
         wait_for(

@@ -85,27 +85,57 @@ struct Watch {
     endpoint: Option<SocketAddr>,
     since: SystemTime,
     answered_ever: bool,
+    /// The peer's received bytes as last seen, and when they last grew.
+    rx_bytes: u64,
+    rx_grew: SystemTime,
+}
+
+/// What one reconcile knows of a peer's direct path besides the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PathSigns {
+    /// When an echo to the peer was last answered.
+    pub last_answer: Option<SystemTime>,
+    /// The bytes the device received from the peer (unknown: none).
+    pub rx_bytes: Option<u64>,
+    /// Whether the peer publishes that it sees this node (a live session).
+    pub sees_us: bool,
 }
 
 impl PathHealth {
-    /// The verdict on the direct path to `key`, set to `endpoint` now,
-    /// whose echoes were last answered at `last_answer`.
+    /// The verdict on the direct path to `key`, set to `endpoint` now.
+    ///
+    /// Unanswered echoes alone do not make a path silent while the peer's
+    /// packets keep arriving and it says it sees this node: a firewall that
+    /// drops ICMP on the way must not look like a broken path, or every
+    /// peer would stop publishing the node as seen and it would no longer
+    /// be dialled where it is reachable. A path broken one way (the peer's
+    /// packets arrive, ours do not) is silent at the peer's end, which then
+    /// stops publishing this node as seen — and so silent here too.
     pub fn judge(
         &mut self,
         key: PublicKey,
         endpoint: Option<SocketAddr>,
-        last_answer: Option<SystemTime>,
+        signs: PathSigns,
         now: SystemTime,
     ) -> Verdict {
+        let rx_bytes = signs.rx_bytes.unwrap_or(0);
         let watch = self.watches.entry(key).or_insert(Watch {
             endpoint,
             since: now,
             answered_ever: false,
+            rx_bytes,
+            rx_grew: now,
         });
         if watch.endpoint != endpoint {
             watch.endpoint = endpoint;
             watch.since = now;
         }
+        if rx_bytes > watch.rx_bytes {
+            watch.rx_grew = now;
+        }
+        // A re-created peer starts counting again from zero.
+        watch.rx_bytes = rx_bytes;
+        let last_answer = signs.last_answer;
         watch.answered_ever |= last_answer.is_some();
         let here = last_answer.filter(|t| *t >= watch.since);
         let quiet = |from: SystemTime| now.duration_since(from).unwrap_or_default();
@@ -114,8 +144,12 @@ impl PathHealth {
             _ if !watch.answered_ever => Verdict::Unjudged,
             here => {
                 let for_ = quiet(here.unwrap_or(watch.since));
+                let traffic = quiet(watch.rx_grew.max(watch.since)) < SILENT_AFTER;
                 if for_ < SILENT_AFTER {
                     Verdict::Waiting
+                } else if traffic && signs.sees_us {
+                    // Echoes filtered on the way, the path carries traffic.
+                    Verdict::Unjudged
                 } else {
                     Verdict::Silent { for_ }
                 }
@@ -136,6 +170,14 @@ mod tests {
 
     fn at(s: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + s)
+    }
+
+    /// Echoes last answered at `t`; no other sign.
+    fn answer(t: Option<SystemTime>) -> PathSigns {
+        PathSigns {
+            last_answer: t,
+            ..PathSigns::default()
+        }
     }
 
     fn lan() -> Option<SocketAddr> {
@@ -159,7 +201,10 @@ mod tests {
     fn a_peer_that_never_answered_is_not_judged() {
         let mut health = PathHealth::default();
         for s in [0, 10, 100] {
-            assert_eq!(health.judge(key(1), lan(), None, at(s)), Verdict::Unjudged);
+            assert_eq!(
+                health.judge(key(1), lan(), answer(None), at(s)),
+                Verdict::Unjudged
+            );
         }
     }
 
@@ -167,29 +212,29 @@ mod tests {
     fn a_path_that_stops_answering_is_silent_after_five_seconds() {
         let mut health = PathHealth::default();
         assert_eq!(
-            health.judge(key(1), lan(), Some(at(0)), at(0)),
+            health.judge(key(1), lan(), answer(Some(at(0))), at(0)),
             Verdict::Answering
         );
         assert_eq!(
-            health.judge(key(1), lan(), Some(at(10)), at(11)),
+            health.judge(key(1), lan(), answer(Some(at(10))), at(11)),
             Verdict::Answering
         );
         assert_eq!(
-            health.judge(key(1), lan(), Some(at(10)), at(14)),
+            health.judge(key(1), lan(), answer(Some(at(10))), at(14)),
             Verdict::Answering
         );
         assert_eq!(
-            health.judge(key(1), lan(), Some(at(10)), at(15)),
+            health.judge(key(1), lan(), answer(Some(at(10))), at(15)),
             Verdict::Silent { for_: SILENT_AFTER }
         );
         assert_eq!(
-            health.judge(key(1), lan(), Some(at(10)), at(40)),
+            health.judge(key(1), lan(), answer(Some(at(10))), at(40)),
             Verdict::Silent {
                 for_: Duration::from_secs(30)
             }
         );
         assert_eq!(
-            health.judge(key(1), lan(), Some(at(41)), at(41)),
+            health.judge(key(1), lan(), answer(Some(at(41))), at(41)),
             Verdict::Answering,
             "answering again"
         );
@@ -199,27 +244,67 @@ mod tests {
     fn answers_at_another_endpoint_do_not_count_for_a_new_one() {
         let mut health = PathHealth::default();
         let public = Some("198.51.100.7:3510".parse().unwrap());
-        health.judge(key(1), lan(), Some(at(0)), at(0));
+        health.judge(key(1), lan(), answer(Some(at(0))), at(0));
         assert_eq!(
-            health.judge(key(1), public, Some(at(9)), at(10)),
+            health.judge(key(1), public, answer(Some(at(9))), at(10)),
             Verdict::Waiting,
             "an answer from before the switch"
         );
         assert_eq!(
-            health.judge(key(1), public, Some(at(9)), at(15)),
+            health.judge(key(1), public, answer(Some(at(9))), at(15)),
             Verdict::Silent { for_: SILENT_AFTER }
         );
         assert_eq!(
-            health.judge(key(1), public, Some(at(16)), at(16)),
+            health.judge(key(1), public, answer(Some(at(16))), at(16)),
             Verdict::Answering
+        );
+    }
+
+    #[test]
+    fn unanswered_echoes_with_traffic_from_a_peer_that_sees_us_are_not_a_break() {
+        let mut health = PathHealth::default();
+        let signs = |t, rx, sees_us| PathSigns {
+            last_answer: Some(at(t)),
+            rx_bytes: Some(rx),
+            sees_us,
+        };
+        health.judge(key(1), lan(), signs(0, 100, true), at(0));
+        // Echoes filtered from t = 0 on; the peer's packets keep coming.
+        for s in [3, 6, 9] {
+            assert_eq!(
+                health.judge(key(1), lan(), signs(0, 100 + s, true), at(s)),
+                if s < 5 {
+                    Verdict::Answering
+                } else {
+                    Verdict::Unjudged
+                },
+                "at {s} s"
+            );
+        }
+        // The peer stops saying it sees us: broken one way.
+        assert_eq!(
+            health.judge(key(1), lan(), signs(0, 120, false), at(10)),
+            Verdict::Silent {
+                for_: Duration::from_secs(10)
+            }
+        );
+        // Or its packets stop too.
+        assert_eq!(
+            health.judge(key(1), lan(), signs(0, 120, true), at(15)),
+            Verdict::Silent {
+                for_: Duration::from_secs(15)
+            }
         );
     }
 
     #[test]
     fn forgotten_peers_start_over() {
         let mut health = PathHealth::default();
-        health.judge(key(1), lan(), Some(at(0)), at(0));
+        health.judge(key(1), lan(), answer(Some(at(0))), at(0));
         health.retain(|_| false);
-        assert_eq!(health.judge(key(1), lan(), None, at(30)), Verdict::Unjudged);
+        assert_eq!(
+            health.judge(key(1), lan(), answer(None), at(30)),
+            Verdict::Unjudged
+        );
     }
 }

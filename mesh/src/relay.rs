@@ -48,7 +48,7 @@ use std::time::{Duration, SystemTime};
 use ipnet::IpNet;
 
 pub use crate::health::probe_address;
-use crate::health::{echo_address, PathHealth, Verdict};
+use crate::health::{echo_address, PathHealth, PathSigns, Verdict};
 use crate::key::PublicKey;
 use crate::model::{CandidateKind, Desired, DesiredPeer, PeerName, Relayed};
 use crate::session::is_live;
@@ -88,6 +88,18 @@ pub enum PathChange {
     },
 }
 
+/// What the device and the echo prober said of the paths, as of one
+/// reconcile.
+#[derive(Debug, Clone, Default)]
+pub struct PathReadings {
+    /// Each peer's latest handshake.
+    pub handshakes: BTreeMap<PublicKey, SystemTime>,
+    /// The bytes the device received from each peer.
+    pub rx_bytes: BTreeMap<PublicKey, u64>,
+    /// When each echo address last answered.
+    pub answers: BTreeMap<IpAddr, SystemTime>,
+}
+
 /// The agent's memory of its direct attempts, across reconciles.
 #[derive(Debug, Clone, Default)]
 pub struct PathTracker {
@@ -111,24 +123,24 @@ pub struct PathTracker {
 impl PathTracker {
     /// Moves the AllowedIPs of each probed node peer without a working
     /// direct path onto its relay's peer, and records them in
-    /// `desired.relayed`. A path works when its session is live (per
-    /// `handshakes`, read from the device) and its echoes are not silent
-    /// (per `answers`: when each echo address last answered). `local` is
-    /// this node's key.
+    /// `desired.relayed`. A path works when its session is live (per the
+    /// handshakes read from the device) and it is not silent (per the
+    /// echoes' answers, the bytes received and the peer's sightings: see
+    /// [`crate::health`]). `local` is this node's key.
     pub fn route_via_relays(
         &mut self,
         desired: &mut Desired,
         local: &PublicKey,
-        handshakes: &BTreeMap<PublicKey, SystemTime>,
-        answers: &BTreeMap<IpAddr, SystemTime>,
+        readings: &PathReadings,
         now: SystemTime,
     ) -> Vec<PathChange> {
+        let handshakes = &readings.handshakes;
         self.trying.retain(|k, _| desired.peers.contains_key(k));
         self.step.retain(|k, _| desired.candidates.contains_key(k));
         self.health.retain(|k| desired.peers.contains_key(k));
         self.probes.clear();
         let mut changes = Vec::new();
-        let verdicts = self.judge_paths(desired, answers, now);
+        let verdicts = self.judge_paths(desired, local, readings, now);
         let works: BTreeSet<PublicKey> = desired
             .peers
             .keys()
@@ -249,7 +261,8 @@ impl PathTracker {
     fn judge_paths(
         &mut self,
         desired: &Desired,
-        answers: &BTreeMap<IpAddr, SystemTime>,
+        local: &PublicKey,
+        readings: &PathReadings,
         now: SystemTime,
     ) -> BTreeMap<PublicKey, Verdict> {
         self.echoes.clear();
@@ -266,9 +279,12 @@ impl PathTracker {
                 }
                 None => peer.endpoint,
             };
-            let verdict = self
-                .health
-                .judge(*key, endpoint, answers.get(&address).copied(), now);
+            let signs = PathSigns {
+                last_answer: readings.answers.get(&address).copied(),
+                rx_bytes: readings.rx_bytes.get(key).copied(),
+                sees_us: desired.sightings.sees(key, local),
+            };
+            let verdict = self.health.judge(*key, endpoint, signs, now);
             verdicts.insert(*key, verdict);
         }
         verdicts

@@ -26,19 +26,20 @@ const F: &str = "fail";
 /// 10 s to notice, 15 s to be on another path; the figures are printed).
 const SWITCH_LIMIT: Duration = Duration::from_secs(60);
 
-/// The relay both rows of the pair `a`–`b` name, once they name the same
-/// one (`None` until then).
-fn common_relay(t: &str, a: &str, b: &str) -> Option<String> {
-    let via = |row: String| {
-        row.split("relayed via ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .map(|r| r.trim_end_matches(';').to_string())
+/// The relay both agents of the pair (`a`, key `ka`; `b`, key `kb`) name
+/// in their `/status`, once they name the same one. Read from the agents
+/// themselves: `kubectl trellis status` waits for every agent, and an agent
+/// cut off the network makes it wait seconds.
+fn common_relay(lab: &Lab, (a, ka): (&str, &str), (b, kb): (&str, &str)) -> Option<String> {
+    let via = |node: &str, key: &str| {
+        let report = lab.agent_status(node).ok()?;
+        report
+            .peers
+            .into_iter()
+            .find(|p| p.public_key == key)?
+            .relay
     };
-    let (x, y) = (
-        via(plugin::status_row(t, a, b))?,
-        via(plugin::status_row(t, b, a))?,
-    );
+    let (x, y) = (via(a, kb)?, via(b, ka)?);
     (x == y).then_some(x)
 }
 
@@ -69,6 +70,10 @@ async fn a_broken_path_and_a_stopped_relay_are_left_within_seconds_and_the_pair_
     let pod = |node: &str| pods.iter().find(|p| p.node == node).unwrap();
     let (from, to) = (pod(&n1).netns.clone(), pod(&n2).v4.clone());
     let n1_netns = lab.node(&n1).unwrap().netns.clone();
+    let (k1, k2) = (
+        lab.wg_public_key(&n1).unwrap(),
+        lab.wg_public_key(&n2).unwrap(),
+    );
 
     // 1. A firewall rule between the two sites.
     let flow = ping_flow(&from, &to, 40);
@@ -76,7 +81,7 @@ async fn a_broken_path_and_a_stopped_relay_are_left_within_seconds_and_the_pair_
     nat::block(&n1_netns, r2.public_v4).expect("block n2's site at n1");
     let mut relay = None;
     let switched = wait_until("n1-n2 relayed, both ends", SWITCH_LIMIT, || {
-        relay = common_relay(&plugin::lab_status(&lab, F), &n1, &n2);
+        relay = common_relay(&lab, (&n1, &k1), (&n2, &k2));
         relay.is_some()
     });
     let relay = relay.unwrap();
@@ -98,7 +103,7 @@ async fn a_broken_path_and_a_stopped_relay_are_left_within_seconds_and_the_pair_
     wait_until(
         &format!("n1-n2 relayed via {other}, both ends"),
         SWITCH_LIMIT,
-        || common_relay(&plugin::lab_status(&lab, F), &n1, &n2).as_deref() == Some(other.as_str()),
+        || common_relay(&lab, (&n1, &k1), (&n2, &k2)).as_deref() == Some(other.as_str()),
     );
     let failover = gone.elapsed();
     let (sent, received) = flow.join().unwrap();

@@ -41,6 +41,19 @@ fn mesh() -> Desired {
     d
 }
 
+/// What the device and the echo prober read: `handshakes`, `answers`, no
+/// received bytes.
+fn readings(
+    handshakes: &BTreeMap<PublicKey, SystemTime>,
+    answers: &BTreeMap<IpAddr, SystemTime>,
+) -> PathReadings {
+    PathReadings {
+        handshakes: handshakes.clone(),
+        answers: answers.clone(),
+        ..PathReadings::default()
+    }
+}
+
 /// No echo answered (every path unjudged: handshakes alone decide).
 fn no_answers() -> BTreeMap<IpAddr, SystemTime> {
     BTreeMap::new()
@@ -59,16 +72,30 @@ fn relays_live(t: SystemTime) -> BTreeMap<PublicKey, SystemTime> {
 fn a_peer_without_handshake_goes_through_a_relay_after_the_deadline_only() {
     let mut tracker = PathTracker::default();
     let mut d = mesh();
-    let changes =
-        tracker.route_via_relays(&mut d, &key(ME), &relays_live(at(0)), &no_answers(), at(0));
+    let changes = tracker.route_via_relays(
+        &mut d,
+        &key(ME),
+        &readings(&relays_live(at(0)), &no_answers()),
+        at(0),
+    );
     assert!(changes.is_empty() && d.relayed.is_empty(), "still trying");
     let mut d = mesh();
     let t = at(0) + DIRECT_DEADLINE - Duration::from_secs(1);
-    tracker.route_via_relays(&mut d, &key(ME), &relays_live(t), &no_answers(), t);
+    tracker.route_via_relays(
+        &mut d,
+        &key(ME),
+        &readings(&relays_live(t), &no_answers()),
+        t,
+    );
     assert!(d.relayed.is_empty(), "deadline not reached");
     let mut d = mesh();
     let t = at(0) + DIRECT_DEADLINE;
-    let changes = tracker.route_via_relays(&mut d, &key(ME), &relays_live(t), &no_answers(), t);
+    let changes = tracker.route_via_relays(
+        &mut d,
+        &key(ME),
+        &readings(&relays_live(t), &no_answers()),
+        t,
+    );
     assert_eq!(
         changes,
         vec![PathChange::Relayed {
@@ -96,7 +123,12 @@ fn a_peer_without_handshake_goes_through_a_relay_after_the_deadline_only() {
     let mut d = mesh();
     let t = t + Duration::from_secs(2);
     assert!(tracker
-        .route_via_relays(&mut d, &key(ME), &relays_live(t), &no_answers(), t)
+        .route_via_relays(
+            &mut d,
+            &key(ME),
+            &readings(&relays_live(t), &no_answers()),
+            t
+        )
         .is_empty());
     assert_eq!(d.relayed[&key(3)].via, key(1));
 }
@@ -105,16 +137,26 @@ fn a_peer_without_handshake_goes_through_a_relay_after_the_deadline_only() {
 fn probed_peers_without_a_session_are_probed_until_they_have_one() {
     let mut tracker = PathTracker::default();
     let t = at(0);
-    tracker.route_via_relays(&mut mesh(), &key(ME), &relays_live(t), &no_answers(), t);
+    tracker.route_via_relays(
+        &mut mesh(),
+        &key(ME),
+        &readings(&relays_live(t), &no_answers()),
+        t,
+    );
     let probe = |k: u8| IpAddr::from([10, 244, k, 0]);
     assert_eq!(tracker.probes(), [probe(3), probe(4)], "n1, n2 are live");
     let t = t + DIRECT_DEADLINE;
-    tracker.route_via_relays(&mut mesh(), &key(ME), &relays_live(t), &no_answers(), t);
+    tracker.route_via_relays(
+        &mut mesh(),
+        &key(ME),
+        &readings(&relays_live(t), &no_answers()),
+        t,
+    );
     assert_eq!(tracker.probes(), [probe(3), probe(4)], "relayed n3 too");
     let mut live = relays_live(t);
     live.insert(key(3), t);
     live.insert(key(4), t);
-    tracker.route_via_relays(&mut mesh(), &key(ME), &live, &no_answers(), t);
+    tracker.route_via_relays(&mut mesh(), &key(ME), &readings(&live, &no_answers()), t);
     assert!(tracker.probes().is_empty());
 }
 
@@ -140,11 +182,21 @@ fn the_probe_address_is_the_network_address_of_a_range_ipv4_first() {
 fn a_node_marked_relay_is_preferred() {
     let mut tracker = PathTracker::default();
     let t = at(0);
-    tracker.route_via_relays(&mut mesh(), &key(ME), &relays_live(t), &no_answers(), t);
+    tracker.route_via_relays(
+        &mut mesh(),
+        &key(ME),
+        &readings(&relays_live(t), &no_answers()),
+        t,
+    );
     let mut d = mesh();
     d.relays.insert(key(2));
     let t = t + DIRECT_DEADLINE;
-    tracker.route_via_relays(&mut d, &key(ME), &relays_live(t), &no_answers(), t);
+    tracker.route_via_relays(
+        &mut d,
+        &key(ME),
+        &readings(&relays_live(t), &no_answers()),
+        t,
+    );
     assert_eq!(d.relayed[&key(3)].via, key(2));
     assert_eq!(d.relayed[&key(3)].via_name, PeerName::Node("n2".into()));
 }
@@ -155,18 +207,22 @@ fn a_completed_handshake_brings_the_peer_back_with_a_fresh_deadline() {
     tracker.route_via_relays(
         &mut mesh(),
         &key(ME),
-        &relays_live(at(0)),
-        &no_answers(),
+        &readings(&relays_live(at(0)), &no_answers()),
         at(0),
     );
     let t = at(0) + DIRECT_DEADLINE;
-    tracker.route_via_relays(&mut mesh(), &key(ME), &relays_live(t), &no_answers(), t);
+    tracker.route_via_relays(
+        &mut mesh(),
+        &key(ME),
+        &readings(&relays_live(t), &no_answers()),
+        t,
+    );
     // Hole punched: a handshake with n3.
     let t = t + Duration::from_secs(4);
     let mut live = relays_live(t);
     live.insert(key(3), t);
     let mut d = mesh();
-    let changes = tracker.route_via_relays(&mut d, &key(ME), &live, &no_answers(), t);
+    let changes = tracker.route_via_relays(&mut d, &key(ME), &readings(&live, &no_answers()), t);
     assert_eq!(
         changes,
         vec![PathChange::Direct {
@@ -180,11 +236,21 @@ fn a_completed_handshake_brings_the_peer_back_with_a_fresh_deadline() {
     // again before a new deadline has passed.
     let t2 = t + Duration::from_secs(3);
     let mut d = mesh();
-    tracker.route_via_relays(&mut d, &key(ME), &relays_live(t2), &no_answers(), t2);
+    tracker.route_via_relays(
+        &mut d,
+        &key(ME),
+        &readings(&relays_live(t2), &no_answers()),
+        t2,
+    );
     assert!(!d.relayed.contains_key(&key(3)));
     let t3 = t + DIRECT_DEADLINE;
     let mut d = mesh();
-    tracker.route_via_relays(&mut d, &key(ME), &relays_live(t3), &no_answers(), t3);
+    tracker.route_via_relays(
+        &mut d,
+        &key(ME),
+        &readings(&relays_live(t3), &no_answers()),
+        t3,
+    );
     assert!(
         d.relayed.contains_key(&key(3)),
         "no handshake again: relayed"
@@ -197,16 +263,25 @@ fn losing_every_relay_is_reported_and_traffic_goes_direct() {
     tracker.route_via_relays(
         &mut mesh(),
         &key(ME),
-        &relays_live(at(0)),
-        &no_answers(),
+        &readings(&relays_live(at(0)), &no_answers()),
         at(0),
     );
     let t = at(0) + DIRECT_DEADLINE;
-    tracker.route_via_relays(&mut mesh(), &key(ME), &relays_live(t), &no_answers(), t);
+    tracker.route_via_relays(
+        &mut mesh(),
+        &key(ME),
+        &readings(&relays_live(t), &no_answers()),
+        t,
+    );
     // n1 and n2 lost their sessions with us.
     let t = t + SESSION_DEADLINE_PLUS;
     let mut d = mesh();
-    let changes = tracker.route_via_relays(&mut d, &key(ME), &BTreeMap::new(), &no_answers(), t);
+    let changes = tracker.route_via_relays(
+        &mut d,
+        &key(ME),
+        &readings(&BTreeMap::new(), &no_answers()),
+        t,
+    );
     assert!(changes.contains(&PathChange::RelayLost {
         peer: PeerName::Node("n3".into())
     }));
@@ -234,13 +309,17 @@ fn pairs_without_keepalive_and_external_peers_are_never_relayed() {
     tracker.route_via_relays(
         &mut build(),
         &key(ME),
-        &relays_live(at(0)),
-        &no_answers(),
+        &readings(&relays_live(at(0)), &no_answers()),
         at(0),
     );
     let t = at(0) + DIRECT_DEADLINE * 4;
     let mut d = build();
-    tracker.route_via_relays(&mut d, &key(ME), &relays_live(t), &no_answers(), t);
+    tracker.route_via_relays(
+        &mut d,
+        &key(ME),
+        &readings(&relays_live(t), &no_answers()),
+        t,
+    );
     assert!(d.relayed.is_empty(), "{:?}", d.relayed);
 }
 
@@ -250,8 +329,7 @@ fn a_new_endpoint_restarts_the_deadline_unless_already_relayed() {
     tracker.route_via_relays(
         &mut mesh(),
         &key(ME),
-        &relays_live(at(0)),
-        &no_answers(),
+        &readings(&relays_live(at(0)), &no_answers()),
         at(0),
     );
     let moved = || {
@@ -261,16 +339,31 @@ fn a_new_endpoint_restarts_the_deadline_unless_already_relayed() {
     };
     let t = at(0) + DIRECT_DEADLINE;
     let mut d = moved();
-    tracker.route_via_relays(&mut d, &key(ME), &relays_live(t), &no_answers(), t);
+    tracker.route_via_relays(
+        &mut d,
+        &key(ME),
+        &readings(&relays_live(t), &no_answers()),
+        t,
+    );
     assert!(d.relayed.is_empty(), "trying the new endpoint");
     let t = t + DIRECT_DEADLINE;
     let mut d = moved();
-    tracker.route_via_relays(&mut d, &key(ME), &relays_live(t), &no_answers(), t);
+    tracker.route_via_relays(
+        &mut d,
+        &key(ME),
+        &readings(&relays_live(t), &no_answers()),
+        t,
+    );
     assert!(d.relayed.contains_key(&key(3)));
     // Relayed: another endpoint change does not interrupt the relay.
     let t = t + Duration::from_secs(1);
     let mut d = mesh();
-    tracker.route_via_relays(&mut d, &key(ME), &relays_live(t), &no_answers(), t);
+    tracker.route_via_relays(
+        &mut d,
+        &key(ME),
+        &readings(&relays_live(t), &no_answers()),
+        t,
+    );
     assert!(d.relayed.contains_key(&key(3)));
 }
 
@@ -299,7 +392,8 @@ fn a_site_mate_is_tried_on_the_lan_then_at_its_mapping_then_relayed_and_cycles_w
     let endpoint_of = |d: &Desired| d.peers[&key(3)].endpoint.unwrap().to_string();
     let mut step = |s: u64, live: BTreeMap<PublicKey, SystemTime>| {
         let mut d = mesh_with_site_mate();
-        let changes = tracker.route_via_relays(&mut d, &key(ME), &live, &no_answers(), at(s));
+        let changes =
+            tracker.route_via_relays(&mut d, &key(ME), &readings(&live, &no_answers()), at(s));
         (d, changes)
     };
     let (d, changes) = step(0, relays_live(at(0)));

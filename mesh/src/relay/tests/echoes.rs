@@ -28,8 +28,7 @@ fn every_probed_peer_is_sent_echoes_at_its_mesh_address() {
     tracker.route_via_relays(
         &mut mesh(),
         &key(ME),
-        &all_live(at(0)),
-        &no_answers(),
+        &readings(&all_live(at(0)), &no_answers()),
         at(0),
     );
     let want: Vec<IpAddr> = (1..=4)
@@ -46,8 +45,7 @@ fn a_direct_path_that_goes_silent_is_relayed_at_once_and_comes_back_when_it_answ
     tracker.route_via_relays(
         &mut d,
         &key(ME),
-        &all_live(t0),
-        &answered(&[1, 2, 3], t0),
+        &readings(&all_live(t0), &answered(&[1, 2, 3], t0)),
         t0,
     );
     assert!(d.relayed.is_empty() && d.silent.is_empty());
@@ -59,11 +57,12 @@ fn a_direct_path_that_goes_silent_is_relayed_at_once_and_comes_back_when_it_answ
     };
     let t = t0 + SILENT_AFTER - Duration::from_secs(1);
     let mut d = mesh();
-    tracker.route_via_relays(&mut d, &key(ME), &all_live(t), &answers(t), t);
+    tracker.route_via_relays(&mut d, &key(ME), &readings(&all_live(t), &answers(t)), t);
     assert!(d.relayed.is_empty(), "4 s of silence is not yet a break");
     let t = t0 + SILENT_AFTER;
     let mut d = mesh();
-    let changes = tracker.route_via_relays(&mut d, &key(ME), &all_live(t), &answers(t), t);
+    let changes =
+        tracker.route_via_relays(&mut d, &key(ME), &readings(&all_live(t), &answers(t)), t);
     assert_eq!(
         changes,
         vec![
@@ -91,14 +90,19 @@ fn a_direct_path_that_goes_silent_is_relayed_at_once_and_comes_back_when_it_answ
     // Still silent: relayed, reported once.
     let t = t + Duration::from_secs(2);
     let mut d = mesh();
-    let changes = tracker.route_via_relays(&mut d, &key(ME), &all_live(t), &answers(t), t);
+    let changes =
+        tracker.route_via_relays(&mut d, &key(ME), &readings(&all_live(t), &answers(t)), t);
     assert!(changes.is_empty(), "{changes:?}");
     assert!(d.relayed.contains_key(&key(3)));
     // It answers again: direct.
     let t = t + Duration::from_secs(2);
     let mut d = mesh();
-    let changes =
-        tracker.route_via_relays(&mut d, &key(ME), &all_live(t), &answered(&[1, 2, 3], t), t);
+    let changes = tracker.route_via_relays(
+        &mut d,
+        &key(ME),
+        &readings(&all_live(t), &answered(&[1, 2, 3], t)),
+        t,
+    );
     assert_eq!(changes, vec![PathChange::Direct { peer: n(3) }]);
     assert!(d.relayed.is_empty() && d.silent.is_empty());
     assert_eq!(d.peers[&key(3)].allowed_ips, vec![cidr(3)]);
@@ -110,10 +114,20 @@ fn relayed_via_n1() -> (PathTracker, SystemTime) {
     let mut tracker = PathTracker::default();
     let live = |t| BTreeMap::from([(key(1), t), (key(2), t)]);
     let t = at(0);
-    tracker.route_via_relays(&mut mesh(), &key(ME), &live(t), &answered(&[1, 2], t), t);
+    tracker.route_via_relays(
+        &mut mesh(),
+        &key(ME),
+        &readings(&live(t), &answered(&[1, 2], t)),
+        t,
+    );
     let t = at(0) + DIRECT_DEADLINE;
     let mut d = mesh();
-    tracker.route_via_relays(&mut d, &key(ME), &live(t), &answered(&[1, 2], t), t);
+    tracker.route_via_relays(
+        &mut d,
+        &key(ME),
+        &readings(&live(t), &answered(&[1, 2], t)),
+        t,
+    );
     assert_eq!(d.relayed[&key(3)].via, key(1));
     (tracker, t)
 }
@@ -128,7 +142,7 @@ fn a_relay_that_goes_silent_is_left_for_the_next() {
     let mut answers = answered(&[2], t);
     answers.extend(answered(&[1], quiet));
     let mut d = mesh();
-    let changes = tracker.route_via_relays(&mut d, &key(ME), &live(t), &answers, t);
+    let changes = tracker.route_via_relays(&mut d, &key(ME), &readings(&live(t), &answers), t);
     assert!(
         changes.contains(&PathChange::Relayed {
             peer: n(3),
@@ -150,8 +164,7 @@ fn a_silent_site_mate_is_relayed_at_once_while_its_next_candidate_is_tried() {
     tracker.route_via_relays(
         &mut d,
         &key(ME),
-        &all_live(t0),
-        &answered(&[1, 2, 3], t0),
+        &readings(&all_live(t0), &answered(&[1, 2, 3], t0)),
         t0,
     );
     assert_eq!(endpoint_of(&d), "172.31.0.3:51820");
@@ -159,12 +172,12 @@ fn a_silent_site_mate_is_relayed_at_once_while_its_next_candidate_is_tried() {
     let quiet = t0 + Duration::from_secs(20);
     let mut d = mesh_with_site_mate();
     let all = answered(&[1, 2, 3], quiet);
-    tracker.route_via_relays(&mut d, &key(ME), &all_live(quiet), &all, quiet);
+    tracker.route_via_relays(&mut d, &key(ME), &readings(&all_live(quiet), &all), quiet);
     let t = quiet + SILENT_AFTER;
     let mut answers = answered(&[1, 2], t);
     answers.extend(answered(&[3], quiet));
     let mut d = mesh_with_site_mate();
-    let changes = tracker.route_via_relays(&mut d, &key(ME), &all_live(t), &answers, t);
+    let changes = tracker.route_via_relays(&mut d, &key(ME), &readings(&all_live(t), &answers), t);
     assert!(
         changes.contains(&PathChange::Relayed {
             peer: n(3),
@@ -180,7 +193,7 @@ fn a_silent_site_mate_is_relayed_at_once_while_its_next_candidate_is_tried() {
     // Not yet answering at the mapping: stays relayed (no flapping back).
     let t = t + Duration::from_secs(2);
     let mut d = mesh_with_site_mate();
-    tracker.route_via_relays(&mut d, &key(ME), &all_live(t), &answers, t);
+    tracker.route_via_relays(&mut d, &key(ME), &readings(&all_live(t), &answers), t);
     assert!(
         d.relayed.contains_key(&key(3)),
         "waiting for an answer at the mapping"
@@ -188,8 +201,12 @@ fn a_silent_site_mate_is_relayed_at_once_while_its_next_candidate_is_tried() {
     // The mapping answers: direct there.
     let t = t + Duration::from_secs(1);
     let mut d = mesh_with_site_mate();
-    let changes =
-        tracker.route_via_relays(&mut d, &key(ME), &all_live(t), &answered(&[1, 2, 3], t), t);
+    let changes = tracker.route_via_relays(
+        &mut d,
+        &key(ME),
+        &readings(&all_live(t), &answered(&[1, 2, 3], t)),
+        t,
+    );
     assert_eq!(changes, vec![PathChange::Direct { peer: n(3) }]);
     assert_eq!(endpoint_of(&d), "198.51.100.200:40003");
 }
@@ -199,12 +216,12 @@ fn a_silent_peer_is_not_published_as_seen() {
     let mut tracker = PathTracker::default();
     let t0 = at(0);
     let all = answered(&[1, 2, 3], t0);
-    tracker.route_via_relays(&mut mesh(), &key(ME), &all_live(t0), &all, t0);
+    tracker.route_via_relays(&mut mesh(), &key(ME), &readings(&all_live(t0), &all), t0);
     let t = t0 + SILENT_AFTER;
     let mut answers = answered(&[2, 3], t);
     answers.extend(answered(&[1], t0));
     let mut d = mesh();
-    tracker.route_via_relays(&mut d, &key(ME), &all_live(t), &answers, t);
+    tracker.route_via_relays(&mut d, &key(ME), &readings(&all_live(t), &answers), t);
     let sessions = (1..=3)
         .map(|k| {
             let s = crate::nat::Session {
@@ -230,8 +247,7 @@ fn a_relay_whose_peer_was_just_re_created_stays_while_it_answers() {
     let changes = tracker.route_via_relays(
         &mut d,
         &key(ME),
-        &handshakes,
-        &answered(&[1, 2], t - Duration::from_secs(1)),
+        &readings(&handshakes, &answered(&[1, 2], t - Duration::from_secs(1))),
         t,
     );
     assert!(changes.is_empty(), "{changes:?}");
