@@ -5,7 +5,10 @@
 //! either end sees its traffic go unanswered (idle at the other end only
 //! means nothing tries there). A node whose agent could not be read makes
 //! no claims. Idle and unused edges are grey (dashed, dotted): nothing is
-//! wrong with them; down ones are bold red.
+//! wrong with them; down ones are bold red. Nodes that the others see at
+//! one public address share a site (one private network behind one NAT):
+//! they are grouped, a DOT cluster or a dashed box around them in the SVG,
+//! labelled with that address.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -14,12 +17,23 @@ use trellis_api::status::PathState;
 
 use crate::status::Fetched;
 
-/// Vertices (name → is a cluster node) and undirected edges with a state.
+/// Vertices (name → is a cluster node), undirected edges with a state,
+/// and the sites: public address → the nodes seen there (two or more).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Mesh {
     pub vertices: BTreeMap<String, bool>,
     pub edges: BTreeMap<(String, String), PathState>,
     pub unreachable: BTreeSet<String>,
+    pub sites: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// The address part of an `ip:port` (or `[ip]:port`) endpoint.
+fn host_of(endpoint: &str) -> &str {
+    endpoint
+        .rsplit_once(':')
+        .map_or(endpoint, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
 }
 
 /// How telling a state is, when the two ends of an edge disagree.
@@ -54,6 +68,12 @@ impl Mesh {
                 m.unreachable.insert(node.clone());
                 continue;
             };
+            if let Some(public) = &report.public_endpoint {
+                m.sites
+                    .entry(host_of(public).to_string())
+                    .or_default()
+                    .insert(node.clone());
+            }
             for p in &report.peers {
                 let is_node = !p.name.starts_with("peer/");
                 m.vertices.entry(p.name.clone()).or_insert(is_node);
@@ -68,7 +88,16 @@ impl Mesh {
                 }
             }
         }
+        m.sites.retain(|_, nodes| nodes.len() > 1);
         m
+    }
+
+    /// The vertices in drawing order: each site's nodes next to each other.
+    fn ordered(&self) -> Vec<&str> {
+        let site_of = |name: &str| self.sites.iter().position(|(_, n)| n.contains(name));
+        let mut names: Vec<&str> = self.vertices.keys().map(String::as_str).collect();
+        names.sort_by_key(|name| (site_of(name).map_or(usize::MAX, |i| i), *name));
+        names
     }
 }
 
@@ -111,6 +140,15 @@ pub fn dot(m: &Mesh) -> String {
         };
         let _ = writeln!(out, "  {} [shape={shape}{extra}];", quote(name));
     }
+    for (i, (public, nodes)) in m.sites.iter().enumerate() {
+        let members: Vec<String> = nodes.iter().map(|n| quote(n)).collect();
+        let _ = writeln!(
+            out,
+            "  subgraph cluster_site_{i} {{ label={}; style=dashed; color=\"#1565c0\"; {}; }}",
+            quote(&format!("site {public}")),
+            members.join("; ")
+        );
+    }
     for ((a, b), p) in &m.edges {
         let (line, color) = style(*p);
         let _ = writeln!(
@@ -141,20 +179,40 @@ pub fn svg(m: &Mesh) -> String {
     let legend_width = 20.0 + LEGEND_STEP * LEGEND.len() as f64;
     let (w, h) = ((2.0 * cx).max(legend_width), 2.0 * cy + 40.0);
     let pos: BTreeMap<&str, (f64, f64)> = m
-        .vertices
-        .keys()
+        .ordered()
+        .into_iter()
         .enumerate()
         .map(|(i, name)| {
             let angle = std::f64::consts::TAU * i as f64 / n - std::f64::consts::FRAC_PI_2;
-            (
-                name.as_str(),
-                (cx + radius * angle.cos(), cy + radius * angle.sin()),
-            )
+            (name, (cx + radius * angle.cos(), cy + radius * angle.sin()))
         })
         .collect();
     let mut out = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w:.0}\" height=\"{h:.0}\" viewBox=\"0 0 {w:.0} {h:.0}\" font-family=\"sans-serif\" font-size=\"13\">\n<title>Trellis mesh</title>\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
     );
+    for (public, nodes) in &m.sites {
+        let at: Vec<(f64, f64)> = nodes.iter().map(|n| pos[n.as_str()]).collect();
+        let fold = |f: fn(f64, f64) -> f64, pick: fn(&(f64, f64)) -> f64, start| {
+            at.iter().map(pick).fold(start, f)
+        };
+        let (x0, x1) = (
+            fold(f64::min, |p| p.0, f64::MAX) - 70.0,
+            fold(f64::max, |p| p.0, f64::MIN) + 70.0,
+        );
+        let (y0, y1) = (
+            fold(f64::min, |p| p.1, f64::MAX) - 40.0,
+            fold(f64::max, |p| p.1, f64::MIN) + 28.0,
+        );
+        let _ = writeln!(
+            out,
+            "<g class=\"site\"><rect x=\"{x0:.1}\" y=\"{y0:.1}\" width=\"{:.1}\" height=\"{:.1}\" rx=\"8\" fill=\"none\" stroke=\"#1565c0\" stroke-dasharray=\"6 4\"/><text x=\"{:.1}\" y=\"{:.1}\" fill=\"#1565c0\">site {}</text></g>",
+            x1 - x0,
+            y1 - y0,
+            x0 + 6.0,
+            y0 + 15.0,
+            xml(public)
+        );
+    }
     for ((a, b), p) in &m.edges {
         let ((x1, y1), (x2, y2)) = (pos[a.as_str()], pos[b.as_str()]);
         let (line, color) = style(*p);
@@ -243,6 +301,36 @@ mod tests {
                 Ok(report("n4", &[("n2", PathState::Down, Some(1))])),
             ),
         ]
+    }
+
+    #[test]
+    fn nodes_seen_at_one_public_address_are_grouped_as_a_site() {
+        let mut reports = fetched();
+        for (node, public) in [("n2", "198.51.100.7:1002"), ("n4", "198.51.100.7:1004")] {
+            let (_, report) = reports.iter_mut().find(|(n, _)| n == node).unwrap();
+            report.as_mut().unwrap().public_endpoint = Some(public.into());
+        }
+        let (_, n1) = &mut reports[0];
+        n1.as_mut().unwrap().public_endpoint = Some("203.0.113.1:51820".into());
+        let m = Mesh::from_reports(&reports);
+        assert_eq!(
+            m.sites,
+            BTreeMap::from([(
+                "198.51.100.7".to_string(),
+                BTreeSet::from(["n2".to_string(), "n4".to_string()])
+            )]),
+            "n1 alone behind its address is no site of several"
+        );
+        assert_eq!(m.ordered()[..2], ["n2", "n4"], "site-mates side by side");
+        let d = dot(&m);
+        assert!(
+            d.contains("subgraph cluster_site_0 { label=\"site 198.51.100.7\"; style=dashed; color=\"#1565c0\"; \"n2\"; \"n4\"; }"),
+            "{d}"
+        );
+        let s = svg(&m);
+        assert_eq!(s.matches("class=\"site\"").count(), 1, "{s}");
+        assert!(s.contains(">site 198.51.100.7</text>"), "{s}");
+        assert_eq!(host_of("[fd00::1]:51820"), "fd00::1");
     }
 
     fn edge(m: &Mesh, a: &str, b: &str) -> PathState {

@@ -3,7 +3,7 @@
 //! annotation's claim), oldest first; the others are pending (no key or pod
 //! CIDR yet) or rejected with a reason.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::admission::{key_taken, overlaps, parse_cidrs, Declaration, Refusal, Taken};
 use crate::annotations::{Endpoint, NodeAnnotations};
@@ -136,16 +136,7 @@ fn validate_node(
     let public = d.sightings.translated(&key, published);
     let candidates = match (forced, published, public) {
         (false, Some(lan), Some(public)) if same_site(d.public_endpoint, public) => {
-            Candidates::new(vec![
-                Candidate {
-                    kind: CandidateKind::Lan,
-                    endpoint: lan,
-                },
-                Candidate {
-                    kind: CandidateKind::Public,
-                    endpoint: public,
-                },
-            ])
+            Candidates::new(site_candidates(lan, &node.internal_ips, public))
         }
         _ => None,
     };
@@ -171,6 +162,33 @@ fn validate_node(
         annotations.relay,
         candidates,
     )))
+}
+
+/// A site-mate's candidate endpoints, best first: the endpoint it
+/// published, its other node addresses (either family, at the published
+/// port), then its public mapping.
+fn site_candidates(
+    published: SocketAddr,
+    internal_ips: &[IpAddr],
+    public: SocketAddr,
+) -> Vec<Candidate> {
+    let mut lan = vec![published];
+    for ip in internal_ips {
+        let at = SocketAddr::new(*ip, published.port());
+        if !lan.contains(&at) && at != public {
+            lan.push(at);
+        }
+    }
+    lan.into_iter()
+        .map(|endpoint| Candidate {
+            kind: CandidateKind::Lan,
+            endpoint,
+        })
+        .chain([Candidate {
+            kind: CandidateKind::Public,
+            endpoint: public,
+        }])
+        .collect()
 }
 
 /// Whether a node seen at `public` shares this node's site: the others see

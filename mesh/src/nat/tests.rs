@@ -174,6 +174,8 @@ fn nodes_seen_behind_one_public_address_form_a_site_and_dial_each_other_on_its_l
     let mut n2 = natted(2);
     n2.annotations
         .insert(ANNOTATION_ENDPOINT.into(), "172.31.9.2:51820".into());
+    // Its node addresses: the published one, and one of the other family.
+    n2.internal_ips = vec!["172.31.9.2".parse().unwrap(), "fd00:31::2".parse().unwrap()];
     let nodes = vec![
         me,
         reporting(
@@ -198,8 +200,10 @@ fn nodes_seen_behind_one_public_address_form_a_site_and_dial_each_other_on_its_l
             .collect::<Vec<_>>(),
         vec![
             (CandidateKind::Lan, addr("172.31.9.2:51820")),
+            (CandidateKind::Lan, addr("[fd00:31::2]:51820")),
             (CandidateKind::Public, addr("198.51.100.9:1002")),
-        ]
+        ],
+        "the published endpoint, the other node address, the public mapping"
     );
     assert_eq!(d.peers[&key(2)].endpoint, Some(addr("172.31.9.2:51820")));
     assert_eq!(d.peers[&key(2)].persistent_keepalive, Some(NAT_KEEPALIVE));
