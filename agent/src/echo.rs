@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use surge_ping::{Client, Config, PingIdentifier, PingSequence, ICMP};
+use surge_ping::{Client, Config, IcmpPacket, PingIdentifier, PingSequence, ICMP};
 use tokio::task::JoinHandle;
 use trellis_mesh::health::{ECHO_EVERY, ECHO_TIMEOUT};
 
@@ -112,13 +112,28 @@ async fn send_echoes(client: Client, address: IpAddr, answers: Answers) {
         for seq in 0..=u16::MAX {
             every.tick().await;
             match pinger.ping(PingSequence(seq), b"trellis path check").await {
-                Ok(_) => {
+                Ok((packet, _)) if is_echo_reply(&packet) => {
                     let now = SystemTime::now();
                     answers.lock().expect("answers lock").insert(address, now);
+                }
+                Ok((packet, _)) => {
+                    tracing::trace!(%address, ?packet, "an ICMP error, not an answer")
                 }
                 Err(error) => tracing::trace!(%address, %error, "echo unanswered"),
             }
         }
+    }
+}
+
+/// Whether `packet` answers an echo request: an ICMP error that quotes the
+/// request (host unreachable: a device with no endpoint for the peer says
+/// so) is no answer from the peer.
+fn is_echo_reply(packet: &IcmpPacket) -> bool {
+    const ECHO_REPLY: u8 = 0;
+    const ECHO_REPLY_V6: u8 = 129;
+    match packet {
+        IcmpPacket::V4(p) => p.get_icmp_type().0 == ECHO_REPLY,
+        IcmpPacket::V6(p) => p.get_icmpv6_type().0 == ECHO_REPLY_V6,
     }
 }
 
