@@ -14,7 +14,9 @@
 use std::time::{Duration, Instant};
 
 use trellis_api::status::PathState;
-use trellis_e2e::bench::{first_ping, percentile, poll, timed_join, update_benchmarks_md, FINE};
+use trellis_e2e::bench::{
+    first_ping, percentile, poll, restart_nodes, timed_join, update_benchmarks_md, FINE,
+};
 use trellis_e2e::mesh::Device;
 use trellis_e2e::pod::{ping_flow, result_address};
 use trellis_e2e::{Lab, LabOptions, NatMode};
@@ -148,15 +150,6 @@ fn handshaken(lab: &Lab, node: &str, key: &str) -> bool {
         .unwrap_or(false)
 }
 
-async fn restart(lab: &mut Lab, nodes: &[&str]) {
-    for node in nodes {
-        lab.stop_node(node).unwrap();
-    }
-    for node in nodes {
-        lab.start_node(node, Device::TrellisWg).await.unwrap();
-    }
-}
-
 struct Switch {
     fresh: Duration,
     fallback: Duration,
@@ -193,12 +186,12 @@ async fn relay_switch() -> String {
     let mut trials = Vec::new();
     for i in 0..TRIALS {
         // Reference: a fresh start, nothing in the way.
-        restart(&mut lab, &[&n2, &n3]).await;
+        restart_nodes(&mut lab, &[&n2, &n3]).await;
         let fresh = wait_both(&lab, ends, PathState::Direct, Duration::from_secs(60));
         first_ping(&pod2, &ip3, Duration::from_secs(10));
         // A fresh start with the routers kept apart: relayed via n1.
         trellis_e2e::nat::block(&r3.netns, r2.public_v4).unwrap();
-        restart(&mut lab, &[&n2, &n3]).await;
+        restart_nodes(&mut lab, &[&n2, &n3]).await;
         let fallback = wait_both(&lab, ends, PathState::Relayed, Duration::from_secs(60));
         first_ping(&pod2, &ip3, Duration::from_secs(10));
         // The block goes during a 50 ms ping flow.

@@ -18,7 +18,7 @@
 use std::time::{Duration, Instant};
 
 use trellis_api::status::{NodeReport, PathState};
-use trellis_e2e::bench::{percentile, poll, update_benchmarks_md, FINE};
+use trellis_e2e::bench::{percentile, poll, restart_nodes, update_benchmarks_md, FINE};
 use trellis_e2e::mesh::Device;
 use trellis_e2e::pod::{ping_flow, result_address};
 use trellis_e2e::{cmd, nat, Lab, LabOptions, NatMode};
@@ -60,15 +60,6 @@ fn drop_echoes(lab: &Lab, node: &str, on: bool) {
         std::fs::remove_file(&path).ok();
     } else {
         cmd::in_netns(&netns, "nft", &["delete", "table", "inet", "bench-no-echo"]).unwrap();
-    }
-}
-
-async fn restart(lab: &mut Lab, nodes: &[&str]) {
-    for node in nodes {
-        lab.stop_node(node).unwrap();
-    }
-    for node in nodes {
-        lab.start_node(node, Device::TrellisWg).await.unwrap();
     }
 }
 
@@ -118,7 +109,7 @@ async fn failover() -> String {
     for n in [&n1, &n2] {
         drop_echoes(&lab, n, true);
     }
-    restart(&mut lab, &[&n1, &n2]).await;
+    restart_nodes(&mut lab, &[&n1, &n2]).await;
     poll("n1-n2 direct", FINE, limit, || both(&lab, &direct));
     std::thread::sleep(Duration::from_secs(5));
     nat::block(&n1_netns, r2.public_v4).unwrap();
@@ -137,7 +128,7 @@ async fn failover() -> String {
     for n in [&n1, &n2] {
         drop_echoes(&lab, n, false);
     }
-    restart(&mut lab, &[&n1, &n2]).await;
+    restart_nodes(&mut lab, &[&n1, &n2]).await;
     poll("n1-n2 direct", FINE, limit, || both(&lab, &direct));
 
     let mut trials = Vec::new();

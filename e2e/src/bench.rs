@@ -8,6 +8,19 @@ use std::time::{Duration, Instant};
 use crate::mesh::Device;
 use crate::Lab;
 
+/// Kills trellis-wg and the agent on each of `nodes`, then starts them
+/// again: each node's mesh from a fresh start (panics if one fails).
+pub async fn restart_nodes(lab: &mut Lab, nodes: &[&str]) {
+    for node in nodes {
+        lab.stop_node(node).expect("stop the mesh on the node");
+    }
+    for node in nodes {
+        lab.start_node(node, Device::TrellisWg)
+            .await
+            .expect("start the mesh on the node");
+    }
+}
+
 /// Polls `done` every `every` (panics naming `what` after `limit`); how
 /// long it took. Checks that start processes on many nodes cost CPU the
 /// nodes need: poll them less often.
