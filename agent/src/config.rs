@@ -91,6 +91,10 @@ pub struct Config {
     /// containerd 1.x, leak the addresses of pods they lose); 0: never.
     #[arg(long, env = "TRELLIS_IPAM_LEAK_GRACE_SECONDS", default_value_t = 300)]
     pub ipam_leak_grace_seconds: u64,
+    /// Renew a linked cluster's token this long after it was issued, when
+    /// that is sooner than a quarter into its life (the default), as `30m`.
+    #[arg(long, env = "TRELLIS_LINK_TOKEN_RENEW_AFTER", value_parser = humantime::parse_duration)]
+    pub link_token_renew_after: Option<std::time::Duration>,
     /// Full reconcile at least this often, even with no change.
     #[arg(long, env = "TRELLIS_RESYNC_SECONDS", default_value_t = 30)]
     pub resync_seconds: u64,

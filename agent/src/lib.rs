@@ -14,6 +14,7 @@ pub mod kernel_wg;
 pub mod key;
 pub mod kube_io;
 pub mod leaks;
+pub mod link_tokens;
 pub mod metrics;
 pub mod netlink;
 pub mod peers;

@@ -113,6 +113,10 @@ impl<D: Dataplane> Reconciler<D> {
                 .collect(),
             rx_bytes: device.iter().map(|(k, p)| (*k, p.rx_bytes)).collect(),
             answers: observation.echo_answers.clone(),
+            endpoints: device
+                .iter()
+                .filter_map(|(key, peer)| Some((*key, peer.endpoint?)))
+                .collect(),
         };
         for change in self
             .paths
@@ -145,7 +149,7 @@ impl<D: Dataplane> Reconciler<D> {
                 }
             }
         }
-        let observed = self.applied_endpoints.keep_roamed(
+        let (observed, roamed) = self.applied_endpoints.keep_roamed(
             &desired,
             observation.observed.clone(),
             &readings.handshakes,
@@ -154,7 +158,9 @@ impl<D: Dataplane> Reconciler<D> {
         let plan = trellis_mesh::plan(&desired, &ruleset, &observed);
         if !plan.is_empty() {
             log_plan(&plan);
-            self.dataplane.apply(&plan).await?;
+            self.dataplane
+                .apply(&trellis_mesh::roaming::carry(&plan, &roamed))
+                .await?;
             self.applied_endpoints.record(&plan);
             self.metrics
                 .dataplane_operations

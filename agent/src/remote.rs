@@ -19,6 +19,7 @@ use kube::Resource;
 use tokio::sync::Notify;
 use trellis_api::link::{link_of, Link as LinkSource};
 use trellis_api::status::{LinkState, LinkedClusterReport};
+use trellis_api::token::TokenClaims;
 use trellis_api::Peer;
 use trellis_mesh::{Desired, PresharedKeySource, RemoteCluster};
 
@@ -62,7 +63,8 @@ impl std::fmt::Debug for RemoteClusters {
     }
 }
 
-async fn client_of(kubeconfig: &str) -> Result<kube::Client, String> {
+/// A client of the cluster that `kubeconfig` (a link Secret's) reaches.
+pub(crate) async fn client_of(kubeconfig: &str) -> Result<kube::Client, String> {
     let kc = Kubeconfig::from_yaml(kubeconfig)
         .map_err(|e| format!("its kubeconfig does not parse: {e}"))?;
     let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
@@ -146,6 +148,28 @@ impl RemoteClusters {
             if self.links.get(&name).is_some_and(|l| l.source == source) {
                 continue;
             }
+            if let Some(link) = self.links.get_mut(&name) {
+                if let Some(token) = renewed_token(&link.source, &source) {
+                    match self
+                        .cache
+                        .as_ref()
+                        .map(|c| c.save_token(&link.cluster, &token))
+                    {
+                        Some(Ok(_)) => {
+                            tracing::info!(
+                                cluster = link.cluster,
+                                "the link's token was renewed: its client reads the new one"
+                            );
+                            link.source = source;
+                            continue;
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(cluster = link.cluster, error = %e, "cannot write the renewed token; restarting the link with it")
+                        }
+                        None => {}
+                    }
+                }
+            }
             let (cluster, watch) = match &source {
                 Err(e) => (String::new(), Err(e.clone())),
                 Ok(LinkSource {
@@ -154,7 +178,7 @@ impl RemoteClusters {
                     ..
                 }) => (
                     cluster.clone(),
-                    match client_of(kubeconfig).await {
+                    match client_of(&self.with_token_file(cluster, kubeconfig)).await {
                         Ok(client) => Ok(self.watch(client, cluster)),
                         Err(e) => Err(format!("Secret {name}: {e}")),
                     },
@@ -198,6 +222,28 @@ impl RemoteClusters {
             keep
         });
         problems
+    }
+
+    /// `kubeconfig` reading its token from a file on the node when there
+    /// is a cache (so that a renewed token reaches the running client),
+    /// else as it is.
+    fn with_token_file(&self, cluster: &str, kubeconfig: &str) -> String {
+        let Some(cache) = &self.cache else {
+            return kubeconfig.to_string();
+        };
+        let Ok(token) = trellis_api::kubeconfig::token_of(kubeconfig) else {
+            return kubeconfig.to_string();
+        };
+        let saved = cache.save_token(cluster, &token).map_err(|e| e.to_string());
+        match saved.and_then(|path| {
+            trellis_api::kubeconfig::with_token_file(kubeconfig, &path).map_err(|e| e.to_string())
+        }) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(cluster, error = %e, "cannot keep the link's token in a file: a renewed token restarts the link");
+                kubeconfig.to_string()
+            }
+        }
     }
 
     fn watch(&self, client: kube::Client, cluster: &str) -> Watch {
@@ -325,6 +371,31 @@ impl RemoteClusters {
                         }
                     }
                 };
+                let claims = link.source.as_ref().ok().map(|s| {
+                    trellis_api::kubeconfig::token_of(&s.kubeconfig)
+                        .map_err(|e| e.to_string())
+                        .and_then(|t| TokenClaims::parse(&t).map_err(|e| e.to_string()))
+                });
+                let now = std::time::SystemTime::now();
+                let token_expires_in_s = match &claims {
+                    Some(Ok(c)) => Some(match c.expires.duration_since(now) {
+                        Ok(left) => left.as_secs() as i64,
+                        Err(past) => -(past.duration().as_secs() as i64),
+                    }),
+                    _ => None,
+                };
+                let message = match (&claims, token_expires_in_s) {
+                    (Some(Ok(c)), Some(left)) if left <= 0 => Some(format!(
+                        "its token expired {} s ago (issued for {} s; no node could renew it in time): link the clusters again with `kubectl trellis cluster link`{}",
+                        -left,
+                        c.lifetime().as_secs(),
+                        message.map(|m| format!("; {m}")).unwrap_or_default()
+                    )),
+                    (Some(Err(e)), _) if state == LinkState::Linked => {
+                        Some(format!("its token does not renew itself: {e}"))
+                    }
+                    _ => message,
+                };
                 LinkedClusterReport {
                     name: link.cluster.clone(),
                     secret,
@@ -332,10 +403,28 @@ impl RemoteClusters {
                     peers,
                     state,
                     message,
+                    token_expires_in_s,
                 }
             })
             .collect()
     }
+}
+
+/// The new token, when `new` is `old` with only its token renewed.
+fn renewed_token(
+    old: &Result<LinkSource, String>,
+    new: &Result<LinkSource, String>,
+) -> Option<String> {
+    use trellis_api::kubeconfig::{token_of, with_new_token};
+    let (Ok(old), Ok(new)) = (old, new) else {
+        return None;
+    };
+    let blank = |k: &str| with_new_token(k, "").ok();
+    let same = old.cluster == new.cluster
+        && old.declared == new.declared
+        && blank(&old.kubeconfig).is_some()
+        && blank(&old.kubeconfig) == blank(&new.kubeconfig);
+    same.then(|| token_of(&new.kubeconfig).ok()).flatten()
 }
 
 /// The linked clusters as the agent's loop uses them: a trait, so that the

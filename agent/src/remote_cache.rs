@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use trellis_api::Peer;
@@ -133,18 +133,44 @@ impl RemoteCache {
         std::fs::rename(&partial, &path).map_err(write)
     }
 
-    /// Removes the snapshot of `cluster` (unlinked); none is no error.
-    pub fn remove(&self, cluster: &str) -> Result<(), CacheError> {
-        let path = self.path(cluster)?;
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(CacheError::Remove { path, source }),
-        }
+    /// Writes `token`, the bearer token the link to `cluster` uses, to the
+    /// file its client reads it from (readable by its owner only, whole or
+    /// not at all); returns that file. A renewed token is written over it,
+    /// and the client picks it up within a minute without restarting.
+    pub fn save_token(&self, cluster: &str, token: &str) -> Result<PathBuf, CacheError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.path(cluster)?.with_extension("token");
+        let write = |source| CacheError::Write {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(write)?;
+        let partial = path.with_extension("token.partial");
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&partial)
+            .map_err(write)?;
+        file.write_all(token.as_bytes()).map_err(write)?;
+        file.sync_all().map_err(write)?;
+        std::fs::rename(&partial, &path).map_err(write)?;
+        Ok(path)
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// Removes the snapshot and the token file of `cluster` (unlinked);
+    /// none is no error.
+    pub fn remove(&self, cluster: &str) -> Result<(), CacheError> {
+        let path = self.path(cluster)?;
+        for path in [path.clone(), path.with_extension("token")] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(CacheError::Remove { path, source }),
+            }
+        }
+        Ok(())
     }
 }
 

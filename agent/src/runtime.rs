@@ -154,6 +154,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         changed.clone(),
         "linked-cluster Secrets".into(),
     );
+    tokio::spawn(crate::link_tokens::run(
+        link_reflector.store.clone(),
+        Api::<Secret>::namespaced(client.clone(), &config.links_namespace),
+        config.node_name.clone(),
+        config.link_token_renew_after,
+    ));
     node_reflector
         .store
         .wait_until_ready()

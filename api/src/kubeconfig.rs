@@ -88,6 +88,72 @@ pub fn to_json(config: &Kubeconfig) -> String {
     serde_json::to_string_pretty(config).expect("a kubeconfig serializes")
 }
 
+/// A kubeconfig text that cannot be used as a token kubeconfig.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KubeconfigError {
+    #[error("the kubeconfig does not parse: {0}")]
+    Parse(String),
+    #[error("the kubeconfig's current context has no user with a bearer token")]
+    NoToken,
+}
+
+/// The user entry of `config`'s current context (else its only user), as
+/// JSON.
+fn current_user(config: &mut serde_json::Value) -> Option<&mut serde_json::Value> {
+    let current = config["current-context"].as_str().map(str::to_string);
+    let user = config["contexts"]
+        .as_array()?
+        .iter()
+        .find(|c| current.is_none() || c["name"].as_str() == current.as_deref())
+        .and_then(|c| c["context"]["user"].as_str())
+        .map(str::to_string);
+    let users = config["users"].as_array_mut()?;
+    let only = users.len() == 1;
+    users
+        .iter_mut()
+        .find(|u| only || u["name"].as_str() == user.as_deref())
+        .map(|u| &mut u["user"])
+}
+
+fn as_json(text: &str) -> Result<serde_json::Value, KubeconfigError> {
+    let config = Kubeconfig::from_yaml(text).map_err(|e| KubeconfigError::Parse(e.to_string()))?;
+    Ok(serde_json::from_str(&to_json(&config)).expect("a kubeconfig is JSON"))
+}
+
+/// The bearer token of the kubeconfig `text`'s current user.
+pub fn token_of(text: &str) -> Result<String, KubeconfigError> {
+    let mut config = as_json(text)?;
+    current_user(&mut config)
+        .and_then(|u| u["token"].as_str().map(str::to_string))
+        .ok_or(KubeconfigError::NoToken)
+}
+
+/// The kubeconfig `text` (as JSON) with its current user's bearer token
+/// replaced by `token`; everything else as it was.
+pub fn with_new_token(text: &str, token: &str) -> Result<String, KubeconfigError> {
+    let mut config = as_json(text)?;
+    let user = current_user(&mut config).ok_or(KubeconfigError::NoToken)?;
+    if user["token"].as_str().is_none() {
+        return Err(KubeconfigError::NoToken);
+    }
+    user["token"] = token.into();
+    Ok(serde_json::to_string_pretty(&config).expect("JSON serializes"))
+}
+
+/// The kubeconfig `text` (as JSON) with its current user reading its
+/// bearer token from the file `path` (which clients re-read) instead of
+/// carrying it.
+pub fn with_token_file(text: &str, path: &Path) -> Result<String, KubeconfigError> {
+    let mut config = as_json(text)?;
+    let user = current_user(&mut config).ok_or(KubeconfigError::NoToken)?;
+    let Some(map) = user.as_object_mut() else {
+        return Err(KubeconfigError::NoToken);
+    };
+    map.remove("token").ok_or(KubeconfigError::NoToken)?;
+    map.insert("tokenFile".into(), path.display().to_string().into());
+    Ok(serde_json::to_string_pretty(&config).expect("JSON serializes"))
+}
+
 /// Writes the kubeconfig as JSON to `path`; a file it creates is readable
 /// by its owner only (mode 0600): a kubeconfig holds credentials.
 pub fn write(path: &Path, config: &Kubeconfig) -> std::io::Result<()> {
@@ -154,6 +220,43 @@ mod tests {
         assert_eq!(
             read["contexts"],
             serde_json::json!([{"name": "west", "context": {"cluster": "west", "user": "agent"}}])
+        );
+    }
+
+    #[test]
+    fn a_token_is_read_and_replaced_leaving_the_rest() {
+        let text = to_json(&with_token(
+            "west",
+            "https://192.0.2.2:6443",
+            CA.as_bytes(),
+            "agent",
+            "old",
+        ));
+        assert_eq!(token_of(&text).unwrap(), "old");
+        let renewed = with_new_token(&text, "new").unwrap();
+        assert_eq!(token_of(&renewed).unwrap(), "new");
+        let (a, b) = (
+            read_back(&Kubeconfig::from_yaml(&text).unwrap()),
+            read_back(&Kubeconfig::from_yaml(&renewed).unwrap()),
+        );
+        assert_eq!(a["clusters"], b["clusters"]);
+        assert_eq!(a["contexts"], b["contexts"]);
+        let certs = to_json(&with_client_certificate(
+            "lab",
+            "https://x",
+            b"",
+            "admin",
+            "C",
+            "K",
+        ));
+        assert_eq!(token_of(&certs), Err(KubeconfigError::NoToken));
+        assert_eq!(with_new_token(&certs, "t"), Err(KubeconfigError::NoToken));
+        assert!(matches!(token_of("{"), Err(KubeconfigError::Parse(_))));
+        let from_file = with_token_file(&text, Path::new("/var/lib/t/b.token")).unwrap();
+        let read = read_back(&Kubeconfig::from_yaml(&from_file).unwrap());
+        assert_eq!(
+            read["users"][0]["user"],
+            serde_json::json!({"tokenFile": "/var/lib/t/b.token"})
         );
     }
 

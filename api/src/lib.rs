@@ -8,5 +8,6 @@ pub mod link;
 pub mod node;
 pub mod peer;
 pub mod status;
+pub mod token;
 
 pub use peer::{NodeCondition, Peer, PeerSpec, PeerStatus, SecretKeyRef};

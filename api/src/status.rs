@@ -72,6 +72,10 @@ pub struct LinkedClusterReport {
     pub state: LinkState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Seconds until the link's token expires (negative: it has), when
+    /// the token says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_expires_in_s: Option<i64>,
 }
 
 /// The state of the path to a peer, as one end sees it (see

@@ -124,6 +124,10 @@ pub enum ClusterCommand {
         /// kubeconfig's, unless it is loopback).
         #[arg(long)]
         api_server: Option<String>,
+        /// How long the token is valid, as `90m`, `12h` (at least 10
+        /// minutes); FOR's agents renew it a quarter into its life.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "12h")]
+        token_lifetime: std::time::Duration,
     },
     /// Links two clusters both ways (each gets a read-only identity and a
     /// link Secret for the other), after checking their ranges do not overlap.
@@ -156,6 +160,12 @@ pub struct LinkArgs {
     /// other as a peer.
     #[arg(long)]
     pub wait: bool,
+    /// (link) How long each cluster's token for the other is valid, as
+    /// `90m`, `12h`, `2d` (at least 10 minutes). The agents renew it a
+    /// quarter into its life; a cluster unreachable for longer than the
+    /// rest of it must be linked again.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "12h")]
+    pub token_lifetime: std::time::Duration,
     /// The agents' metrics port, for --wait.
     #[arg(long, default_value_t = 9473)]
     pub agent_port: u16,

@@ -58,6 +58,7 @@ async fn run_cluster(cli: &Cli, command: &ClusterCommand) -> anyhow::Result<()> 
             name,
             reader,
             api_server,
+            token_lifetime,
         } => {
             let config = cluster::config(cli.kubeconfig.as_deref(), cli.context.as_deref()).await?;
             let context = cli.context.clone().unwrap_or_else(|| "cluster".into());
@@ -80,14 +81,14 @@ async fn run_cluster(cli: &Cli, command: &ClusterCommand) -> anyhow::Result<()> 
                 .await
                 .map_err(|e| e.context(format!("cannot export cluster {name}")))?
                 .declared;
-            let kubeconfig = link::export(&side, reader).await?;
+            let kubeconfig = link::export(&side, reader, *token_lifetime).await?;
             let secret = link::link_secret(&name, &cli.links_namespace, &kubeconfig, &declared);
             println!("{}", serde_json::to_string_pretty(&secret)?);
             Ok(())
         }
         ClusterCommand::Link(args) => {
             let (a, b) = sides(cli, args).await?;
-            link::link(&a, &b).await?;
+            link::link(&a, &b, args.token_lifetime).await?;
             eprintln!("linked clusters {} and {}", a.name, b.name);
             if args.wait {
                 let start = std::time::Instant::now();

@@ -1,6 +1,7 @@
 //! `cluster export/link/unlink`: linking two clusters. In each cluster the
 //! other gets a read-only identity (a ServiceAccount bound to a ClusterRole
-//! that may read Nodes and Peers, and its token), and a Secret labelled
+//! that may read Nodes and Peers, and a short-lived bound token of it that
+//! the other cluster's agents renew), and a Secret labelled
 //! `trellis.dev/remote-cluster` holding a kubeconfig with the other's
 //! token and the ranges its cluster declares; the agents follow those
 //! Secrets. Linking checks first that the clusters' pod CIDRs and Peers'
@@ -192,10 +193,16 @@ where
 }
 
 /// Creates in `side`'s cluster the read-only identity for cluster `reader`
-/// and returns a kubeconfig with its token.
-pub async fn export(side: &Side, reader: &str) -> anyhow::Result<String> {
-    use k8s_openapi::api::core::v1::ServiceAccount;
-    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+/// and returns a kubeconfig with a token of it valid for `lifetime`.
+///
+/// The token is a bound one (TokenRequest), bound to a Secret of its own
+/// (`READER-token`): unlinking deletes that Secret, which revokes every
+/// token issued for the link at once. The identity may ask for new tokens
+/// of itself (`serviceaccounts/token` of its own ServiceAccount, nothing
+/// else), which is how the other cluster's agents renew the link.
+pub async fn export(side: &Side, reader: &str, lifetime: Duration) -> anyhow::Result<String> {
+    use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
     let ns = &side.namespace;
     let account = reader_name(reader);
     let labels = serde_json::json!({"app.kubernetes.io/managed-by": FIELD_MANAGER});
@@ -238,35 +245,108 @@ pub async fn export(side: &Side, reader: &str) -> anyhow::Result<String> {
         }),
     )
     .await?;
-    let secrets = Api::<Secret>::namespaced(side.client.clone(), ns);
-    let token_secret = format!("{account}-token");
     apply(
-        &secrets,
-        &token_secret,
+        &Api::<Role>::namespaced(side.client.clone(), ns),
+        &account,
         serde_json::json!({
-            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
-            "metadata": {"name": token_secret, "namespace": ns, "labels": labels,
-                "annotations": {"kubernetes.io/service-account.name": account}},
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": account, "namespace": ns, "labels": labels},
+            "rules": [{"apiGroups": [""], "resources": ["serviceaccounts/token"],
+                "resourceNames": [account], "verbs": ["create"]}],
         }),
     )
     .await?;
+    apply(
+        &Api::<RoleBinding>::namespaced(side.client.clone(), ns),
+        &account,
+        serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": account, "namespace": ns, "labels": labels},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": ns}],
+        }),
+    )
+    .await?;
+    let secrets = Api::<Secret>::namespaced(side.client.clone(), ns);
+    let anchor = format!("{account}-token");
+    // A link made before tokens were bound has a long-lived token Secret
+    // of this name: deleting it revokes that token too.
+    if let Some(old) = secrets.get_opt(&anchor).await? {
+        if old.type_.as_deref() == Some("kubernetes.io/service-account-token") {
+            eprintln!("revoking the long-lived token of an earlier link (Secret {ns}/{anchor})");
+            secrets.delete(&anchor, &DeleteParams::default()).await?;
+            wait_gone(&secrets, &anchor).await?;
+        }
+    }
+    let bound = apply(
+        &secrets,
+        &anchor,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": anchor, "namespace": ns, "labels": labels,
+                "annotations": {"trellis.dev/purpose": format!(
+                    "the tokens cluster {reader} reads this cluster with are bound to this Secret: deleting it revokes them")}},
+        }),
+    )
+    .await?;
+    let uid = bound.metadata.uid.unwrap_or_default();
+    let token = trellis_api::token::request(&side.client, ns, &account, (&anchor, &uid), lifetime)
+        .await
+        .with_context(|| {
+            format!(
+                "requesting a token of ServiceAccount {ns}/{account} in cluster {} (TokenRequest: the API server needs --service-account-issuer and --service-account-signing-key-file)",
+                side.name
+            )
+        })?;
+    let claims = trellis_api::token::TokenClaims::parse(&token)
+        .with_context(|| format!("the token cluster {} issued", side.name))?;
+    eprintln!(
+        "cluster {} issued cluster {reader} a token valid for {} s, bound to Secret {ns}/{anchor}; the agents renew it",
+        side.name,
+        claims.lifetime().as_secs()
+    );
+    let configmaps = Api::<ConfigMap>::namespaced(side.client.clone(), ns);
     let start = Instant::now();
-    let (token, ca) = loop {
-        let s = secrets.get(&token_secret).await?;
-        let data = s.data.unwrap_or_default();
-        if let (Some(t), Some(c)) = (data.get("token"), data.get("ca.crt")) {
-            break (String::from_utf8_lossy(&t.0).into_owned(), c.0.clone());
+    let ca = loop {
+        let ca = configmaps
+            .get_opt("kube-root-ca.crt")
+            .await?
+            .and_then(|m| m.data?.get("ca.crt").cloned());
+        if let Some(ca) = ca {
+            break ca;
         }
         if start.elapsed() > TOKEN_WAIT {
             bail!(
-                "Secret {ns}/{token_secret} got no token within {} s: is kube-controller-manager's token controller running (it needs --service-account-private-key-file)?",
-                TOKEN_WAIT.as_secs()
+                "ConfigMap {ns}/kube-root-ca.crt holds no ca.crt after {} s in cluster {}: is kube-controller-manager running (it publishes the cluster's CA in every namespace)?",
+                TOKEN_WAIT.as_secs(),
+                side.name
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let config = kubeconfig::with_token(&side.name, &side.api_server, &ca, &account, &token);
+    let config = kubeconfig::with_token(
+        &side.name,
+        &side.api_server,
+        ca.as_bytes(),
+        &account,
+        &token,
+    );
     Ok(kubeconfig::to_json(&config))
+}
+
+/// Waits until Secret `name` is gone (its deletion may take a moment).
+async fn wait_gone(secrets: &Api<Secret>, name: &str) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while secrets.get_opt(name).await?.is_some() {
+        if start.elapsed() > TOKEN_WAIT {
+            bail!(
+                "Secret {name} was deleted but is still there after {} s",
+                TOKEN_WAIT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
 }
 
 /// The link Secret that makes the agents of another cluster follow cluster
@@ -289,8 +369,9 @@ pub fn link_secret(
     })
 }
 
-/// Links `a` and `b` both ways, after checking they can be linked.
-pub async fn link(a: &Side, b: &Side) -> anyhow::Result<()> {
+/// Links `a` and `b` both ways, after checking they can be linked; each
+/// reads the other with a token valid for `lifetime`, renewed by its agents.
+pub async fn link(a: &Side, b: &Side, lifetime: Duration) -> anyhow::Result<()> {
     for side in [a, b] {
         validate_cluster_name(&side.name)
             .map_err(|e| anyhow::anyhow!("{e}: choose one with --from-name/--to-name"))?;
@@ -308,8 +389,8 @@ pub async fn link(a: &Side, b: &Side) -> anyhow::Result<()> {
     if let Some(why) = overlap((&a.name, &sa), (&b.name, &sb)) {
         bail!("cannot link clusters {} and {}: {why}; linked clusters need pod CIDRs (kube-controller-manager --cluster-cidr) and Peer ranges that do not overlap. Nothing was created.", a.name, b.name);
     }
-    let a_for_b = export(a, &b.name).await?;
-    let b_for_a = export(b, &a.name).await?;
+    let a_for_b = export(a, &b.name, lifetime).await?;
+    let b_for_a = export(b, &a.name, lifetime).await?;
     for (side, cluster, kubeconfig, declared) in [
         (b, &a.name, &a_for_b, &sa.declared),
         (a, &b.name, &b_for_a, &sb.declared),
@@ -329,7 +410,7 @@ pub async fn link(a: &Side, b: &Side) -> anyhow::Result<()> {
 /// gone counts as removed. Every deletion is tried; the errors are listed.
 pub async fn unlink(a: &Side, b: &Side) -> anyhow::Result<()> {
     use k8s_openapi::api::core::v1::ServiceAccount;
-    use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+    use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Role, RoleBinding};
     let mut errors = Vec::new();
     for (side, other) in [(a, b), (b, a)] {
         let ns = &side.namespace;
@@ -353,6 +434,20 @@ pub async fn unlink(a: &Side, b: &Side) -> anyhow::Result<()> {
             (
                 format!("ServiceAccount {ns}/{account}"),
                 Api::<ServiceAccount>::namespaced(side.client.clone(), ns)
+                    .delete(&account, &DeleteParams::default())
+                    .await
+                    .map(|_| ()),
+            ),
+            (
+                format!("RoleBinding {ns}/{account}"),
+                Api::<RoleBinding>::namespaced(side.client.clone(), ns)
+                    .delete(&account, &DeleteParams::default())
+                    .await
+                    .map(|_| ()),
+            ),
+            (
+                format!("Role {ns}/{account}"),
+                Api::<Role>::namespaced(side.client.clone(), ns)
                     .delete(&account, &DeleteParams::default())
                     .await
                     .map(|_| ()),

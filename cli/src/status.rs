@@ -200,7 +200,7 @@ pub fn table(fetched: &[Fetched], now: i64) -> String {
         }
     }
     let mut out = columns(&rows);
-    let mut links: Vec<[String; 6]> = Vec::new();
+    let mut links: Vec<[String; 7]> = Vec::new();
     for (node, report) in fetched {
         for l in report.iter().flat_map(|r| &r.linked_clusters) {
             links.push([
@@ -209,6 +209,7 @@ pub fn table(fetched: &[Fetched], now: i64) -> String {
                 l.state.as_str().into(),
                 l.nodes.to_string(),
                 l.peers.to_string(),
+                token_cell(l.token_expires_in_s),
                 l.message.clone().unwrap_or_default(),
             ]);
         }
@@ -222,6 +223,7 @@ pub fn table(fetched: &[Fetched], now: i64) -> String {
                 "STATE",
                 "NODES",
                 "PEERS",
+                "TOKEN",
                 "PROBLEMS",
             ]
             .map(String::from),
@@ -230,6 +232,22 @@ pub fn table(fetched: &[Fetched], now: i64) -> String {
         out.push_str(&columns(&links));
     }
     out
+}
+
+/// How long a link's token is still valid: `valid 11h58m`, `expired`, or
+/// `-` when the token does not say.
+fn token_cell(expires_in_s: Option<i64>) -> String {
+    match expires_in_s {
+        None => "-".into(),
+        Some(s) if s <= 0 => "expired".into(),
+        Some(s) => {
+            let (h, m) = (s / 3600, s % 3600 / 60);
+            match h {
+                0 => format!("valid {m}m"),
+                _ => format!("valid {h}h{m:02}m"),
+            }
+        }
+    }
 }
 
 /// Rows as left-aligned columns.

@@ -304,7 +304,9 @@ pub fn start(
         ),
         // serviceaccount-token fills ServiceAccount token Secrets (linked
         // clusters read each other with one); the namespace controller
-        // finishes deleting namespaces (the chart's links namespace). With
+        // finishes deleting namespaces (the chart's links namespace); the
+        // root CA publisher writes kube-root-ca.crt in every namespace (a
+        // link's kubeconfig takes the CA from it). With
         // imitation nodes no more: the node lifecycle controller would
         // taint and evict nodes that have no kubelet. Real nodes get them
         // all (kube-root-ca.crt for every pod's token volume, ReplicaSets,
@@ -312,7 +314,7 @@ pub fn start(
         if spec.real_nodes {
             "--controllers=*".to_string()
         } else {
-            "--controllers=node-ipam-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller".to_string()
+            "--controllers=node-ipam-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller,root-ca-certificate-publisher-controller".to_string()
         },
         format!("--service-account-private-key-file={}", p("sa.key")),
         format!("--root-ca-file={}", p("ca.crt")),

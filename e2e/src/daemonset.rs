@@ -70,6 +70,8 @@ pub fn lab_values(
         ("apiServer.host", host),
         ("apiServer.port", port),
         ("resyncSeconds", "10".to_string()),
+        // Linked clusters' tokens renew all through the tests.
+        ("links.tokenRenewAfter", "20s".to_string()),
         // Lab tests lose pods on purpose and wait for their addresses.
         ("ipamLeakGraceSeconds", "20".to_string()),
         (

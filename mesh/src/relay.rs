@@ -98,6 +98,8 @@ pub struct PathReadings {
     pub rx_bytes: BTreeMap<PublicKey, u64>,
     /// When each echo address last answered.
     pub answers: BTreeMap<IpAddr, SystemTime>,
+    /// Each peer's endpoint on the device (where its session roamed to).
+    pub endpoints: BTreeMap<PublicKey, SocketAddr>,
 }
 
 /// The agent's memory of its direct attempts, across reconciles.
@@ -175,7 +177,7 @@ impl PathTracker {
         self.quiet = desired.silent.keys().copied().collect();
         let live = |k: &PublicKey| works.contains(k);
         let mut chosen: BTreeMap<PublicKey, PublicKey> = BTreeMap::new();
-        changes.extend(self.choose_candidates(desired, &live, now));
+        changes.extend(self.choose_candidates(desired, &live, &readings.endpoints, now));
         for (key, peer) in &desired.peers {
             if !is_probed(peer) {
                 continue;
@@ -293,11 +295,13 @@ impl PathTracker {
     /// Sets each peer with candidates to the one to try now: the one it was
     /// at, or the next when that had [`DIRECT_DEADLINE`] without a live
     /// session (after the last: relayed, and from the first again while
-    /// relayed).
+    /// relayed). A working session that roamed to another candidate (the
+    /// other end dialled us from there) makes that one current: it works.
     fn choose_candidates(
         &mut self,
         desired: &mut Desired,
         live: &dyn Fn(&PublicKey) -> bool,
+        endpoints: &BTreeMap<PublicKey, SocketAddr>,
         now: SystemTime,
     ) -> Vec<PathChange> {
         let mut changes = Vec::new();
@@ -314,11 +318,17 @@ impl PathTracker {
                 _ => Duration::ZERO,
             };
             let more = step + 1 < candidates.list.len() || self.relayed.contains_key(key);
-            let next = match !live(key) && waited >= DIRECT_DEADLINE && more {
-                true => (step + 1) % candidates.list.len(),
-                false => step,
+            let roamed_to = endpoints
+                .get(key)
+                .and_then(|e| candidates.list.iter().position(|c| c.endpoint == *e));
+            let next = match roamed_to {
+                Some(i) if live(key) => i,
+                _ if !live(key) && waited >= DIRECT_DEADLINE && more => {
+                    (step + 1) % candidates.list.len()
+                }
+                _ => step,
             };
-            if next != step {
+            if next != step && roamed_to != Some(next) {
                 let c = candidates.list[next];
                 changes.push(PathChange::Candidate {
                     peer: peer.name.clone(),

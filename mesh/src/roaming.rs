@@ -4,7 +4,12 @@
 //! would fight the device every resync — and on a userspace device that
 //! cannot change a peer in place it would drop the session each time. So a
 //! roamed endpoint is kept while the session lives, unless the configured
-//! endpoint itself changed since it was last applied.
+//! endpoint itself changed since it was last applied. A peer changed for
+//! another reason meanwhile (its AllowedIPs, as a relay comes or goes) is
+//! written with the roamed endpoint ([`carry`]): both kinds of device set
+//! the endpoint a change carries, and the configured one may be a path
+//! that does not work (a site-mate's public mapping, which the NAT does
+//! not hairpin) where the session had found one that does.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -38,14 +43,16 @@ impl AppliedEndpoints {
     /// the configured one, so that the plan leaves it alone: the peer's
     /// latest handshake (from `handshakes`) is live ([`crate::session`])
     /// of `now`, and its configured endpoint is the one last applied (or
-    /// unknown, after a restart).
+    /// unknown, after a restart). Also returns those roamed endpoints, for
+    /// [`carry`].
     pub fn keep_roamed(
         &self,
         desired: &Desired,
         mut observed: Observed,
         handshakes: &BTreeMap<PublicKey, SystemTime>,
         now: SystemTime,
-    ) -> Observed {
+    ) -> (Observed, BTreeMap<PublicKey, SocketAddr>) {
+        let mut roamed = BTreeMap::new();
         for (key, want) in &desired.peers {
             let Some(have) = observed.peers.get_mut(key) else {
                 continue;
@@ -59,11 +66,32 @@ impl AppliedEndpoints {
                 .get(key)
                 .is_none_or(|applied| *applied == want.endpoint);
             if live && unchanged {
+                if let Some(at) = have.endpoint {
+                    roamed.insert(*key, at);
+                }
                 have.endpoint = want.endpoint;
             }
         }
-        observed
+        (observed, roamed)
     }
+}
+
+/// The plan as the device is to get it: a peer added or updated whose
+/// endpoint roamed (per [`AppliedEndpoints::keep_roamed`]) keeps the roamed
+/// one. Record the plan itself ([`AppliedEndpoints::record`]): what was
+/// configured, not what roamed.
+pub fn carry(plan: &Plan, roamed: &BTreeMap<PublicKey, SocketAddr>) -> Plan {
+    let mut out = plan.clone();
+    for change in &mut out.peers {
+        if let crate::plan::PeerChange::Add(p) | crate::plan::PeerChange::Update { peer: p, .. } =
+            change
+        {
+            if let Some(at) = roamed.get(&p.public_key) {
+                p.endpoint = Some(*at);
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -123,6 +151,7 @@ mod tests {
         let handshakes = handshake_ago.map(|a| handshake(a, now)).unwrap_or_default();
         applied
             .keep_roamed(&desired_with(want), observed_at(have), &handshakes, now)
+            .0
             .peers[&PublicKey([1; 32])]
             .endpoint
     }
@@ -181,6 +210,36 @@ mod tests {
             ),
             addr("192.0.2.1:51820")
         );
+    }
+
+    #[test]
+    fn a_peer_changed_for_another_reason_keeps_its_roamed_endpoint() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let a = applied("198.51.100.7:9463");
+        let mut desired = desired_with("198.51.100.7:9463");
+        let key = PublicKey([1; 32]);
+        desired.peers.get_mut(&key).unwrap().allowed_ips = vec!["10.244.3.0/24".parse().unwrap()];
+        let (observed, roamed) = a.keep_roamed(
+            &desired,
+            observed_at("172.31.0.3:51820"),
+            &handshake(3, now),
+            now,
+        );
+        let plan = crate::plan(&desired, "", &observed);
+        assert_eq!(plan.peers.len(), 1, "{plan:?}");
+        assert!(
+            matches!(&plan.peers[0], PeerChange::Update { changed, .. } if !changed.iter().any(|f| matches!(f, crate::plan::PeerField::Endpoint { .. }))),
+            "{plan:?}"
+        );
+        let applied_plan = carry(&plan, &roamed);
+        assert_eq!(
+            applied_plan.peers[0].peer().unwrap().endpoint,
+            addr("172.31.0.3:51820"),
+            "the device keeps the endpoint the session found"
+        );
+        let mut after = a.clone();
+        after.record(&plan);
+        assert_eq!(after, a, "what is recorded is the configured endpoint");
     }
 
     #[test]

@@ -144,6 +144,7 @@ fn linked_clusters_get_a_table_of_their_own() {
             peers: 2,
             state: LinkState::Linked,
             message: None,
+            token_expires_in_s: Some(43_000),
         },
         LinkedClusterReport {
             name: "c".into(),
@@ -152,6 +153,7 @@ fn linked_clusters_get_a_table_of_their_own() {
             peers: 0,
             state: LinkState::Refused,
             message: Some("pod CIDR 10.244.1.0/24 of node c:n1 overlaps".into()),
+            token_expires_in_s: Some(-5),
         },
     ];
     let t = table(&[("n1".to_string(), Ok(n1))], 1000);
@@ -166,11 +168,15 @@ fn linked_clusters_get_a_table_of_their_own() {
         "{t}"
     );
     assert!(
-        lines[4].contains(" b ") && lines[4].contains("linked"),
+        lines[4].contains(" b ")
+            && lines[4].contains("linked")
+            && lines[4].contains("valid 11h56m"),
         "{t}"
     );
     assert!(
-        lines[5].contains("refused") && lines[5].contains("overlaps"),
+        lines[5].contains("refused")
+            && lines[5].contains("expired")
+            && lines[5].contains("overlaps"),
         "{t}"
     );
 }

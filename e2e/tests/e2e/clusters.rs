@@ -5,14 +5,16 @@
 //! CIDRs overlap is refused by the plugin before anything is created, and
 //! by every agent (Event on the Secret, `status`) when linked by hand,
 //! while everything else keeps working; a machine added with `peer add`
-//! reaches pods of both clusters; unlinking removes the remote peers and
-//! everything the link created. Root only.
+//! reaches pods of both clusters; the link's short-lived token is renewed
+//! by the agents without a break; unlinking removes the remote peers and
+//! everything the link created, and revokes the tokens. Root only.
 
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::Api;
+use trellis_api::token::TokenClaims;
 use trellis_e2e::mesh::Device;
 use trellis_e2e::plugin::{self, wait_until};
 use trellis_e2e::pod::{ping_from, NodePod};
@@ -48,6 +50,40 @@ fn cross_pings(pods: &[NodePod], a: &str, b: &str) -> Vec<String> {
     })
 }
 
+/// The kubeconfig and token of the link Secret in cluster `LAB` for
+/// `cluster`, read with kubectl.
+fn link_token(lab: &Lab, cluster: &str) -> (String, String) {
+    use base64::Engine as _;
+    let (out, _) = plugin::kubectl(
+        &lab.all_kubeconfigs(),
+        &[
+            "--context",
+            LAB,
+            "-n",
+            LINKS_NS,
+            "get",
+            "secret",
+            &format!("trellis-remote-{cluster}"),
+            "-o",
+            "jsonpath={.data.kubeconfig}",
+        ],
+    )
+    .expect("the link Secret");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(out.trim())
+        .expect("base64");
+    let kubeconfig = String::from_utf8(bytes).unwrap();
+    let token = trellis_api::kubeconfig::token_of(&kubeconfig).unwrap();
+    (kubeconfig, token)
+}
+
+/// `kubectl get nodes` with the kubeconfig `text`: stderr when it fails.
+fn read_nodes_with(text: &str) -> Result<String, String> {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), text).unwrap();
+    plugin::kubectl(file.path().to_str().unwrap(), &["get", "nodes"]).map(|(out, _)| out)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root"]
 async fn linked_clusters_mesh_directly_refuse_overlaps_and_unlink() {
@@ -75,7 +111,17 @@ async fn linked_clusters_mesh_directly_refuse_overlaps_and_unlink() {
     let start = Instant::now();
     let (_, stderr) = kubectl_trellis(
         &lab,
-        &["cluster", "link", "--from", LAB, "--to", FAR, "--wait"],
+        &[
+            "cluster",
+            "link",
+            "--from",
+            LAB,
+            "--to",
+            FAR,
+            "--wait",
+            "--token-lifetime",
+            "10m",
+        ],
     )
     .expect("cluster link");
     let linked_in = start.elapsed();
@@ -110,6 +156,47 @@ async fn linked_clusters_mesh_directly_refuse_overlaps_and_unlink() {
             == 2,
         "{table}"
     );
+
+    // The link's credential: a bound token of 10 minutes, which the agents
+    // renew (the lab's agents 20 s after its issue) without a break.
+    let lab_client = lab.client(LAB).await.unwrap();
+    let secrets: Api<Secret> = Api::namespaced(lab_client.clone(), LINKS_NS);
+    let first = link_token(&lab, FAR);
+    let claims = TokenClaims::parse(&first.1).expect("a bound token");
+    assert_eq!(claims.lifetime(), Duration::from_secs(600), "{claims:?}");
+    assert_eq!(
+        claims.bound_secret.as_ref().map(|b| b.0.as_str()),
+        Some(format!("trellis-remote-reader-{LAB}-token").as_str()),
+        "{claims:?}"
+    );
+    let renewed_in = wait_until("an agent renews the token", Duration::from_secs(90), || {
+        link_token(&lab, FAR).1 != first.1
+    });
+    let renewed = link_token(&lab, FAR);
+    let new_claims = TokenClaims::parse(&renewed.1).expect("a bound token");
+    assert!(new_claims.issued > claims.issued, "{new_claims:?}");
+    assert_eq!(new_claims.lifetime(), claims.lifetime());
+    eprintln!("the link's token was renewed {renewed_in:?} into the wait");
+    // Read with the renewed credential as the agents do, and still linked.
+    assert!(
+        read_nodes_with(&renewed.0).is_ok(),
+        "the renewed token reads cluster {FAR}"
+    );
+    for node in nodes_of(&lab, LAB) {
+        let report = lab.agent_status(&node).unwrap();
+        let link = report
+            .linked_clusters
+            .iter()
+            .find(|l| l.name == FAR)
+            .unwrap();
+        assert_eq!(link.state.as_str(), "linked", "{node}: {link:?}");
+        assert!(
+            link.token_expires_in_s.is_some_and(|s| s > 0 && s <= 600),
+            "{node}: {link:?}"
+        );
+    }
+    let failures = cross_pings(&pods, LAB, FAR);
+    assert!(failures.is_empty(), "after the renewal: {failures:?}");
 
     // A node of the linked cluster claiming a range its cluster never
     // declared (the lab declares each cluster's CIDRs): every node of the
@@ -160,8 +247,6 @@ async fn linked_clusters_mesh_directly_refuse_overlaps_and_unlink() {
         err.contains("overlaps") && err.contains("Nothing was created"),
         "{err}"
     );
-    let lab_client = lab.client(LAB).await.unwrap();
-    let secrets: Api<Secret> = Api::namespaced(lab_client.clone(), LINKS_NS);
     assert!(secrets
         .get_opt("trellis-remote-clash")
         .await
@@ -283,6 +368,17 @@ async fn linked_clusters_mesh_directly_refuse_overlaps_and_unlink() {
             .collect();
         assert!(left.is_empty(), "{left:?}");
     }
+    // The tokens were bound to a Secret the unlink deleted: revoked now.
+    let refused = read_nodes_with(&renewed.0).expect_err("an unlinked token reads nothing");
+    assert!(
+        refused.contains("Unauthorized") || refused.contains("Forbidden"),
+        "{refused}"
+    );
+    // Its binding is gone at once; the token itself as the API server's
+    // caches catch up.
+    wait_until("the token is revoked", Duration::from_secs(30), || {
+        read_nodes_with(&renewed.0).is_err_and(|e| e.contains("Unauthorized"))
+    });
     kubectl_trellis(&lab, &["cluster", "unlink", "--from", LAB, "--to", FAR])
         .expect("unlinking twice is fine");
     trellis_e2e::down(LAB);

@@ -462,4 +462,47 @@ fn a_site_mate_is_tried_on_the_lan_then_at_its_mapping_then_relayed_and_cycles_w
     assert_eq!(endpoint_of(&d), "172.31.0.3:51820");
 }
 
+#[test]
+fn a_session_that_roamed_to_another_candidate_makes_it_current() {
+    let mut tracker = PathTracker::default();
+    let lan: SocketAddr = "172.31.0.3:51820".parse().unwrap();
+    let mut d = mesh_with_site_mate();
+    tracker.route_via_relays(
+        &mut d,
+        &key(ME),
+        &readings(&relays_live(at(0)), &no_answers()),
+        at(0),
+    );
+    let mut d = mesh_with_site_mate();
+    tracker.route_via_relays(
+        &mut d,
+        &key(ME),
+        &readings(&relays_live(at(15)), &no_answers()),
+        at(15),
+    );
+    assert_eq!(d.candidates[&key(3)].current().kind, CandidateKind::Public);
+    // The other end dialled us from its LAN address: the session lives there.
+    let mut live = relays_live(at(20));
+    live.insert(key(3), at(20));
+    let mut r = readings(&live, &no_answers());
+    r.endpoints.insert(key(3), lan);
+    let mut d = mesh_with_site_mate();
+    let changes = tracker.route_via_relays(&mut d, &key(ME), &r, at(20));
+    assert!(changes.is_empty(), "{changes:?}");
+    assert_eq!(d.candidates[&key(3)].current().kind, CandidateKind::Lan);
+    assert_eq!(
+        d.peers[&key(3)].endpoint,
+        Some(lan),
+        "configured where it works"
+    );
+    // Without a working session a roamed endpoint is not followed.
+    let mut tracker = PathTracker::default();
+    let mut r = readings(&relays_live(at(0)), &no_answers());
+    r.endpoints
+        .insert(key(3), "198.51.100.200:40003".parse().unwrap());
+    let mut d = mesh_with_site_mate();
+    tracker.route_via_relays(&mut d, &key(ME), &r, at(0));
+    assert_eq!(d.candidates[&key(3)].current().kind, CandidateKind::Lan);
+}
+
 mod echoes;
