@@ -36,6 +36,9 @@ pub struct Due {
     pub secret: String,
     pub cluster: String,
     pub claims: TokenClaims,
+    /// The Secret as read (its resourceVersion makes the write conditional).
+    pub object: Arc<Secret>,
+    pub kubeconfig: String,
 }
 
 /// The links among `secrets` whose token is due at `now` for the node with
@@ -58,6 +61,8 @@ pub fn due(
                 secret: s.metadata.name.clone().unwrap_or_default(),
                 cluster: link.cluster,
                 claims,
+                object: s.clone(),
+                kubeconfig: link.kubeconfig,
             })
         })
         .collect()
@@ -81,14 +86,7 @@ pub async fn run(
             if failed.contains_key(&due.secret) {
                 continue;
             }
-            let Some(current) = store
-                .state()
-                .into_iter()
-                .find(|s| s.metadata.name.as_deref() == Some(&due.secret))
-            else {
-                continue;
-            };
-            match renew(&current, &due, &secrets).await {
+            match renew(&due, &secrets).await {
                 Ok(Renewed::Written(expires)) => {
                     let valid = expires
                         .duration_since(SystemTime::now())
@@ -131,11 +129,8 @@ enum Renewed {
     ByAnother,
 }
 
-async fn renew(current: &Secret, due: &Due, secrets: &Api<Secret>) -> Result<Renewed, String> {
-    let link = link_of(current)
-        .and_then(Result::ok)
-        .ok_or("the link Secret changed")?;
-    let client = crate::remote::client_of(&link.kubeconfig).await?;
+async fn renew(due: &Due, secrets: &Api<Secret>) -> Result<Renewed, String> {
+    let client = crate::remote::client_of(&due.kubeconfig).await?;
     let (bound, uid) = due
         .claims
         .bound_secret
@@ -152,8 +147,8 @@ async fn renew(current: &Secret, due: &Due, secrets: &Api<Secret>) -> Result<Ren
     .map_err(|e| format!("cluster {} issued no token: {e}", due.cluster))?;
     let claims = TokenClaims::parse(&token)
         .map_err(|e| format!("the token cluster {} issued: {e}", due.cluster))?;
-    let kubeconfig = with_new_token(&link.kubeconfig, &token).map_err(|e| e.to_string())?;
-    let mut secret = current.clone();
+    let kubeconfig = with_new_token(&due.kubeconfig, &token).map_err(|e| e.to_string())?;
+    let mut secret = (*due.object).clone();
     secret.metadata.managed_fields = None;
     secret
         .data
