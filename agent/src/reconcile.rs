@@ -10,6 +10,7 @@ use trellis_mesh::nat::{discovered_endpoints, Session};
 use trellis_mesh::nft::masquerade_ruleset;
 use trellis_mesh::relay::{is_probed, PathChange, PathReadings, PathTracker};
 use trellis_mesh::roaming::AppliedEndpoints;
+use trellis_mesh::upgrade::UpgradeStep;
 use trellis_mesh::LocalError;
 use trellis_mesh::{
     desired_mesh, ClusterRejection, Desired, LocalNode, MeshInputs, PeerChange, Plan, PublicKey,
@@ -147,6 +148,25 @@ impl<D: Dataplane> Reconciler<D> {
                 } => {
                     tracing::info!(%peer, kind = kind.as_str(), %endpoint, "no handshake at the endpoint tried: trying the next candidate")
                 }
+                PathChange::Upgrade {
+                    peer,
+                    kind,
+                    endpoint,
+                    step,
+                } => {
+                    let kind = kind.as_str();
+                    match step {
+                        UpgradeStep::Trying => {
+                            tracing::info!(%peer, kind, %endpoint, "a better candidate answers on the underlay: trying it (the working path stays the fallback)")
+                        }
+                        UpgradeStep::Worked => {
+                            tracing::info!(%peer, kind, %endpoint, "the better candidate works: staying on it")
+                        }
+                        UpgradeStep::Failed { retry_in } => {
+                            tracing::warn!(%peer, kind, %endpoint, retry_in_s = retry_in.as_secs(), "no echo through the tunnel at the better candidate: back to the path that works")
+                        }
+                    }
+                }
             }
         }
         let (observed, roamed) = self.applied_endpoints.keep_roamed(
@@ -168,7 +188,7 @@ impl<D: Dataplane> Reconciler<D> {
         }
         // After the plan: a relayed peer's probe address is on its peer now.
         self.dataplane.probe(self.paths.probes()).await;
-        self.dataplane.echo(self.paths.echo_targets()).await;
+        self.dataplane.echo(&self.paths.echo_targets()).await;
         self.metrics.record_state(&desired, &observation.device);
         let current: BTreeSet<(String, String)> = desired
             .rejected
@@ -278,6 +298,7 @@ mod tests {
             pod_cidrs: vec![format!("10.244.{i}.0/24")],
             internal_ips: vec![],
             annotations,
+            zone: None,
         }
     }
 

@@ -8,7 +8,8 @@
 //! `annotations`, `session` and `sightings` need nothing of the mesh;
 //! [`model`] (the types everything speaks) needs only those; `admission`,
 //! `nat`, `nodes`, `external`, `remote` and then [`desired`] compute the
-//! desired state; `health`, `relay`, `roaming`, [`plan`] and `nft` work on it.
+//! desired state; `health`, `upgrade`, `relay`, `roaming`, [`plan`] and `nft`
+//! work on it.
 
 pub mod admission;
 pub mod annotations;
@@ -28,6 +29,7 @@ pub mod remote;
 pub mod roaming;
 pub mod session;
 pub mod sightings;
+pub mod upgrade;
 
 #[cfg(test)]
 pub(crate) mod testing;

@@ -214,6 +214,11 @@ pub struct Desired {
     /// this long (filled by [`crate::relay::PathTracker`]; see
     /// [`crate::health`]): not published as seen, not chosen as relays.
     pub silent: BTreeMap<PublicKey, Duration>,
+    /// Peers whose endpoint is set again even where their session roamed
+    /// (filled by [`crate::relay::PathTracker`]): a better candidate on
+    /// trial, or one that answers echoes while the device roamed to a
+    /// worse one (see [`crate::upgrade`]).
+    pub pinned: BTreeSet<PublicKey>,
 }
 
 impl Desired {

@@ -52,6 +52,7 @@ use crate::health::{echo_address, PathHealth, PathSigns, Verdict};
 use crate::key::PublicKey;
 use crate::model::{CandidateKind, Desired, DesiredPeer, PeerName, Relayed};
 use crate::session::is_live;
+use crate::upgrade::{PairNow, UpgradeStep, Upgrades};
 
 /// How long a probed peer gets to complete a handshake before its traffic
 /// goes through a relay: three of WireGuard's 5 s handshake retries.
@@ -85,6 +86,14 @@ pub enum PathChange {
         peer: PeerName,
         endpoint: Option<SocketAddr>,
         for_: Duration,
+    },
+    /// Moving a working pair up to a better candidate (see
+    /// [`crate::upgrade`]): tried, worked, or failed.
+    Upgrade {
+        peer: PeerName,
+        kind: CandidateKind,
+        endpoint: SocketAddr,
+        step: UpgradeStep,
     },
 }
 
@@ -120,6 +129,8 @@ pub struct PathTracker {
     echoes: Vec<IpAddr>,
     /// The peers whose direct path was silent at the last call.
     quiet: BTreeSet<PublicKey>,
+    /// Scouts and trials of better candidates for working pairs.
+    upgrades: Upgrades,
 }
 
 impl PathTracker {
@@ -177,7 +188,7 @@ impl PathTracker {
         self.quiet = desired.silent.keys().copied().collect();
         let live = |k: &PublicKey| works.contains(k);
         let mut chosen: BTreeMap<PublicKey, PublicKey> = BTreeMap::new();
-        changes.extend(self.choose_candidates(desired, &live, &readings.endpoints, now));
+        changes.extend(self.choose_candidates(desired, &live, &verdicts, readings, now));
         for (key, peer) in &desired.peers {
             if !is_probed(peer) {
                 continue;
@@ -295,16 +306,23 @@ impl PathTracker {
     /// Sets each peer with candidates to the one to try now: the one it was
     /// at, or the next when that had [`DIRECT_DEADLINE`] without a live
     /// session (after the last: relayed, and from the first again while
-    /// relayed). A working session that roamed to another candidate (the
-    /// other end dialled us from there) makes that one current: it works.
+    /// relayed). A working session that roamed to a better candidate (the
+    /// other end dialled us from there) makes that one current: it works;
+    /// one that roamed to a worse candidate does so only while the current
+    /// one does not answer echoes — otherwise the current endpoint is set
+    /// again ([`Desired::pinned`]), as it is while it is on trial. A working
+    /// pair on a worse candidate than its best is moved up by
+    /// [`crate::upgrade`].
     fn choose_candidates(
         &mut self,
         desired: &mut Desired,
         live: &dyn Fn(&PublicKey) -> bool,
-        endpoints: &BTreeMap<PublicKey, SocketAddr>,
+        verdicts: &BTreeMap<PublicKey, Verdict>,
+        readings: &PathReadings,
         now: SystemTime,
     ) -> Vec<PathChange> {
         let mut changes = Vec::new();
+        self.upgrades.begin(|k| desired.candidates.contains_key(k));
         for (key, candidates) in desired.candidates.iter_mut() {
             let Some(peer) = desired.peers.get_mut(key) else {
                 continue;
@@ -318,11 +336,16 @@ impl PathTracker {
                 _ => Duration::ZERO,
             };
             let more = step + 1 < candidates.list.len() || self.relayed.contains_key(key);
-            let roamed_to = endpoints
+            let verdict = verdicts.get(key).copied();
+            let answering = verdict == Some(Verdict::Answering);
+            let on_trial = self.upgrades.on_trial(key);
+            let roamed_to = readings
+                .endpoints
                 .get(key)
                 .and_then(|e| candidates.list.iter().position(|c| c.endpoint == *e));
-            let next = match roamed_to {
-                Some(i) if live(key) => i,
+            let mut next = match roamed_to {
+                Some(i) if live(key) && i < step => i,
+                Some(i) if live(key) && i > step && !answering && !on_trial => i,
                 _ if !live(key) && waited >= DIRECT_DEADLINE && more => {
                     (step + 1) % candidates.list.len()
                 }
@@ -335,6 +358,30 @@ impl PathTracker {
                     kind: c.kind,
                     endpoint: c.endpoint,
                 });
+            }
+            if next == step {
+                let pair = PairNow {
+                    key: *key,
+                    candidates,
+                    step,
+                    verdict,
+                    direct_works: live(key) && !self.relayed.contains_key(key),
+                };
+                let (moved, upgrade) = self.upgrades.step(pair, &readings.answers, now);
+                next = moved;
+                if let Some((tried, step)) = upgrade {
+                    let c = candidates.list[tried];
+                    changes.push(PathChange::Upgrade {
+                        peer: peer.name.clone(),
+                        kind: c.kind,
+                        endpoint: c.endpoint,
+                        step,
+                    });
+                }
+            }
+            let worse_roam = roamed_to.is_some_and(|i| i > next);
+            if self.upgrades.on_trial(key) || (worse_roam && answering) {
+                desired.pinned.insert(*key);
             }
             self.step.insert(*key, next);
             candidates.current = next;
@@ -351,9 +398,17 @@ impl PathTracker {
     }
 
     /// Where to keep sending echo requests: the echo address of every
-    /// probed peer, as of the last [`PathTracker::route_via_relays`].
-    pub fn echo_targets(&self) -> &[IpAddr] {
-        &self.echoes
+    /// probed peer (through the tunnel), and the underlay address of every
+    /// better candidate scouted for a working pair (outside it: see
+    /// [`crate::upgrade`]), as of the last [`PathTracker::route_via_relays`].
+    pub fn echo_targets(&self) -> Vec<IpAddr> {
+        let mut targets = self.echoes.clone();
+        for scout in self.upgrades.scouts() {
+            if !targets.contains(scout) {
+                targets.push(*scout);
+            }
+        }
+        targets
     }
 }
 

@@ -42,9 +42,10 @@ impl AppliedEndpoints {
     /// `observed` with every roamed endpoint that should stay counted as
     /// the configured one, so that the plan leaves it alone: the peer's
     /// latest handshake (from `handshakes`) is live ([`crate::session`])
-    /// of `now`, and its configured endpoint is the one last applied (or
-    /// unknown, after a restart). Also returns those roamed endpoints, for
-    /// [`carry`].
+    /// of `now`, its configured endpoint is the one last applied (or
+    /// unknown, after a restart), and it is not
+    /// [pinned](crate::model::Desired::pinned). Also returns those roamed
+    /// endpoints, for [`carry`].
     pub fn keep_roamed(
         &self,
         desired: &Desired,
@@ -57,7 +58,10 @@ impl AppliedEndpoints {
             let Some(have) = observed.peers.get_mut(key) else {
                 continue;
             };
-            if want.endpoint.is_none() || have.endpoint == want.endpoint {
+            if want.endpoint.is_none()
+                || have.endpoint == want.endpoint
+                || desired.pinned.contains(key)
+            {
                 continue;
             }
             let live = is_live(handshakes.get(key).copied(), now);
@@ -175,6 +179,22 @@ mod tests {
             addr("192.0.2.1:51820"),
             "counted as configured: nothing to plan"
         );
+    }
+
+    #[test]
+    fn a_pinned_peer_gets_its_configured_endpoint_over_a_live_roamed_session() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let a = applied("192.0.2.1:51820");
+        let mut d = desired_with("192.0.2.1:51820");
+        d.pinned.insert(PublicKey([1; 32]));
+        let (observed, roamed) =
+            a.keep_roamed(&d, observed_at("192.0.2.9:51820"), &handshake(5, now), now);
+        assert_eq!(
+            observed.peers[&PublicKey([1; 32])].endpoint,
+            addr("192.0.2.9:51820"),
+            "left as observed, so the plan sets the configured one again"
+        );
+        assert!(roamed.is_empty(), "nothing to carry");
     }
 
     #[test]

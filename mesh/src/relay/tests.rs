@@ -506,3 +506,4 @@ fn a_session_that_roamed_to_another_candidate_makes_it_current() {
 }
 
 mod echoes;
+mod upgrades;

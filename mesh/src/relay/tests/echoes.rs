@@ -34,7 +34,7 @@ fn every_probed_peer_is_sent_echoes_at_its_mesh_address() {
     let want: Vec<IpAddr> = (1..=4)
         .map(|k| format!("10.244.{k}.1").parse().unwrap())
         .collect();
-    assert_eq!(tracker.echo_targets(), want.as_slice());
+    assert_eq!(tracker.echo_targets(), want);
 }
 
 #[test]
