@@ -53,6 +53,8 @@ pub struct CachedNode {
     pub pod_cidrs: Vec<String>,
     pub internal_ips: Vec<IpAddr>,
     pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
 }
 
 impl From<&NodeInfo> for CachedNode {
@@ -63,6 +65,7 @@ impl From<&NodeInfo> for CachedNode {
             pod_cidrs: n.pod_cidrs.clone(),
             internal_ips: n.internal_ips.clone(),
             annotations: n.annotations.clone(),
+            zone: n.zone.clone(),
         }
     }
 }
@@ -75,6 +78,7 @@ impl From<&CachedNode> for NodeInfo {
             pod_cidrs: n.pod_cidrs.clone(),
             internal_ips: n.internal_ips.clone(),
             annotations: n.annotations.clone(),
+            zone: n.zone.clone(),
         }
     }
 }
@@ -185,6 +189,7 @@ mod tests {
             pod_cidrs: vec!["10.245.1.0/24".into()],
             internal_ips: vec!["192.0.2.21".parse().unwrap()],
             annotations: BTreeMap::from([("trellis.dev/public-key".into(), "k".into())]),
+            zone: None,
         }
     }
 

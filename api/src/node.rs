@@ -32,6 +32,12 @@ pub fn node_info(node: &Node) -> NodeInfo {
             .unwrap_or_default(),
         internal_ips: internal_ips(node),
         annotations: node.metadata.annotations.clone().unwrap_or_default(),
+        zone: node
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(trellis_mesh::names::LABEL_ZONE))
+            .cloned(),
     }
 }
 

@@ -223,6 +223,7 @@ pub fn external_config_for(
         pod_cidrs: peer.allowed_ips.clone(),
         internal_ips: vec![],
         annotations: [(ANNOTATION_PUBLIC_KEY.to_string(), peer.public_key.clone())].into(),
+        zone: None,
     });
     let local = LocalNode {
         name: view_name,

@@ -97,6 +97,9 @@ pub struct NodeAnnotations {
     pub discovered_endpoints: BTreeMap<PublicKey, SocketAddr>,
     pub persistent_keepalive: Option<u16>,
     pub relay: bool,
+    /// `trellis.dev/location`, trimmed; empty counts as none (a hint:
+    /// any name is accepted).
+    pub location: Option<String>,
 }
 
 impl NodeAnnotations {
@@ -144,6 +147,10 @@ impl NodeAnnotations {
                 }
             };
         }
+        out.location = annotations
+            .get(ANNOTATION_LOCATION)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty());
         if let Some(v) = annotations.get(ANNOTATION_DISCOVERED_ENDPOINTS) {
             let map: BTreeMap<String, String> = serde_json::from_str(v).map_err(|e| {
                 err(

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use crate::admission::{parse_cidrs, Declaration, Taken};
 use crate::annotations::{parse_endpoint, Endpoint, NodeAnnotations};
 use crate::external::add_external_peers;
-use crate::model::{mesh_address, Desired, LocalError, LocalNode, MeshInputs, NodeInfo};
+use crate::model::{mesh_address, Desired, LocalError, LocalNode, MeshInputs, NodeInfo, SiteHints};
 use crate::nat::NAT_KEEPALIVE;
 use crate::nodes::add_nodes;
 use crate::remote::add_remote_clusters;
@@ -69,6 +69,10 @@ pub fn desired_mesh(
     let mine = NodeAnnotations::parse(&me.annotations).unwrap_or_default();
     let published = mine.endpoint.as_ref().and_then(Endpoint::addr);
     d.public_endpoint = d.sightings.translated(&local.public_key, published);
+    d.site_hints = SiteHints {
+        location: mine.location.clone(),
+        zone: me.zone.clone(),
+    };
     d.behind_nat = d.sightings.behind_nat(&local.public_key, published);
     d.keepalive = mine
         .persistent_keepalive

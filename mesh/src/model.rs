@@ -23,6 +23,8 @@ pub struct NodeInfo {
     pub pod_cidrs: Vec<String>,
     pub internal_ips: Vec<IpAddr>,
     pub annotations: BTreeMap<String, String>,
+    /// Its `topology.kubernetes.io/zone` label.
+    pub zone: Option<String>,
 }
 
 /// The node the agent runs on.
@@ -197,6 +199,8 @@ pub struct Desired {
     pub behind_nat: bool,
     /// Where the other nodes see this one, when not at its own endpoint.
     pub public_endpoint: Option<SocketAddr>,
+    /// Where this node says it is: hints that another node shares its site.
+    pub site_hints: SiteHints,
     /// Persistent keepalive this node keeps towards every node (its own
     /// annotation, or [`crate::nat::NAT_KEEPALIVE`] behind a NAT).
     pub keepalive: Option<u16>,
@@ -365,6 +369,25 @@ impl CandidateKind {
             CandidateKind::Lan => "lan",
             CandidateKind::Public => "public",
         }
+    }
+}
+
+/// Where a node says it is: its `trellis.dev/location` annotation and its
+/// zone label. Hints only: nodes that share one are tried on their node
+/// addresses first, and fall back as any pair does.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SiteHints {
+    pub location: Option<String>,
+    pub zone: Option<String>,
+}
+
+impl SiteHints {
+    /// Whether these hints and `other`'s say the two nodes share a site:
+    /// the same location, or (for nodes of one cluster, where zone names
+    /// mean the same) the same zone.
+    pub fn shared_with(&self, other: &SiteHints, same_cluster: bool) -> bool {
+        let same = |a: &Option<String>, b: &Option<String>| a.is_some() && a == b;
+        same(&self.location, &other.location) || (same_cluster && same(&self.zone, &other.zone))
     }
 }
 

@@ -17,6 +17,12 @@ pub const ANNOTATION_FORCE_ENDPOINT: &str = "trellis.dev/force-endpoint";
 pub const ANNOTATION_PERSISTENT_KEEPALIVE: &str = "trellis.dev/persistent-keepalive";
 /// Node annotation set by people: `"true"` lets the node relay for others.
 pub const ANNOTATION_RELAY: &str = "trellis.dev/relay";
+/// Node annotation set by people: where the node is (any name; nodes with
+/// the same one are tried on their node addresses first — a hint).
+pub const ANNOTATION_LOCATION: &str = "trellis.dev/location";
+/// Well-known Node label: the node's zone (nodes of one cluster in the same
+/// zone are tried on their node addresses first — a hint).
+pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
 /// Namespace of the Secrets that link other clusters (the chart creates it).
 pub const DEFAULT_LINKS_NAMESPACE: &str = "trellis-links";
 /// Label on a Secret holding a read-only kubeconfig of a linked cluster.

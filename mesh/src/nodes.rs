@@ -9,7 +9,7 @@ use crate::admission::{key_taken, overlaps, parse_cidrs, Declaration, Refusal, T
 use crate::annotations::{Endpoint, NodeAnnotations};
 use crate::model::{
     Candidate, CandidateKind, Candidates, Desired, DesiredPeer, LocalNode, NodeInfo, PeerName,
-    RejectReason,
+    RejectReason, SiteHints,
 };
 use crate::nat::NAT_KEEPALIVE;
 use crate::ranges::{self, Undeclared};
@@ -131,11 +131,20 @@ fn validate_node(
     };
     // Behind a NAT (seen elsewhere than it says), a node is dialled where
     // the others see it, unless someone forced an endpoint; a node of this
-    // node's own site is dialled on the site's network first.
+    // node's own site (seen at this node's public address, or hinted so) is
+    // dialled on the site's network first.
     let published = if forced { own_endpoint } else { configured };
     let public = d.sightings.translated(&key, published);
-    let candidates = match (forced, published, public) {
-        (false, Some(lan), Some(public)) if same_site(d.public_endpoint, public) => {
+    let hints = SiteHints {
+        location: annotations.location.clone(),
+        zone: node.zone.clone(),
+    };
+    let hinted = d
+        .site_hints
+        .shared_with(&hints, declaration.cluster.is_none());
+    let seen_together = public.is_some_and(|p| same_site(d.public_endpoint, p));
+    let candidates = match (forced, published) {
+        (false, Some(lan)) if seen_together || hinted => {
             Candidates::new(site_candidates(lan, &node.internal_ips, public))
         }
         _ => None,
@@ -166,16 +175,16 @@ fn validate_node(
 
 /// A site-mate's candidate endpoints, best first: the endpoint it
 /// published, its other node addresses (either family, at the published
-/// port), then its public mapping.
+/// port), then its public mapping (when the others see it behind a NAT).
 fn site_candidates(
     published: SocketAddr,
     internal_ips: &[IpAddr],
-    public: SocketAddr,
+    public: Option<SocketAddr>,
 ) -> Vec<Candidate> {
     let mut lan = vec![published];
     for ip in internal_ips {
         let at = SocketAddr::new(*ip, published.port());
-        if !lan.contains(&at) && at != public {
+        if !lan.contains(&at) && Some(at) != public {
             lan.push(at);
         }
     }
@@ -184,10 +193,10 @@ fn site_candidates(
             kind: CandidateKind::Lan,
             endpoint,
         })
-        .chain([Candidate {
+        .chain(public.map(|endpoint| Candidate {
             kind: CandidateKind::Public,
-            endpoint: public,
-        }])
+            endpoint,
+        }))
         .collect()
 }
 

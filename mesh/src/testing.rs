@@ -40,6 +40,7 @@ pub(crate) fn node(i: u8, created: i64) -> NodeInfo {
         ],
         internal_ips: vec![format!("192.0.2.{}", 10 + i).parse().unwrap()],
         annotations,
+        zone: None,
     }
 }
 

@@ -124,6 +124,7 @@ impl KernelNode {
             pod_cidrs: self.pod_cidrs.clone(),
             internal_ips: vec![self.endpoint.ip()],
             annotations,
+            zone: None,
         }
     }
 

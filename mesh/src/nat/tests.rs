@@ -220,6 +220,102 @@ fn nodes_seen_behind_one_public_address_form_a_site_and_dial_each_other_on_its_l
     assert_eq!(d.peers[&key(2)].endpoint, Some(addr("203.0.113.5:4500")));
 }
 
+#[test]
+fn a_shared_location_or_zone_hints_a_site_that_the_sightings_do_not_show() {
+    // We are seen at 198.51.100.9, n2 at 198.51.100.10 (a NAT gateway with
+    // two public addresses): not one site by the sightings.
+    let mut me = node(0, 0);
+    me.annotations
+        .insert(ANNOTATION_PUBLIC_KEY.into(), key(100).to_string());
+    me.annotations
+        .insert(ANNOTATION_ENDPOINT.into(), "172.31.9.10:51820".into());
+    let nodes = vec![
+        me,
+        reporting(1, &[(100, "198.51.100.9:1100"), (2, "198.51.100.10:1002")]),
+        natted(2),
+    ];
+    let d = desired_of(&local(), &nodes, &[], &no_dns).unwrap();
+    assert!(
+        !d.candidates.contains_key(&key(2)),
+        "no hint: its mapping only"
+    );
+    assert_eq!(d.peers[&key(2)].endpoint, Some(addr("198.51.100.10:1002")));
+    let lan_then_public = vec![
+        (CandidateKind::Lan, addr("172.31.2.2:51820")),
+        (CandidateKind::Public, addr("198.51.100.10:1002")),
+    ];
+    let kinds = |d: &Desired| {
+        d.candidates.get(&key(2)).map(|c| {
+            c.list
+                .iter()
+                .map(|c| (c.kind, c.endpoint))
+                .collect::<Vec<_>>()
+        })
+    };
+    // The same trellis.dev/location on both (whitespace aside).
+    let mut located = nodes.clone();
+    located[0]
+        .annotations
+        .insert(ANNOTATION_LOCATION.into(), "office-3".into());
+    located[2]
+        .annotations
+        .insert(ANNOTATION_LOCATION.into(), " office-3 ".into());
+    let d = desired_of(&local(), &located, &[], &no_dns).unwrap();
+    assert_eq!(kinds(&d), Some(lan_then_public.clone()));
+    assert_eq!(d.peers[&key(2)].endpoint, Some(addr("172.31.2.2:51820")));
+    // Another location: no hint.
+    located[2]
+        .annotations
+        .insert(ANNOTATION_LOCATION.into(), "office-4".into());
+    assert_eq!(
+        kinds(&desired_of(&local(), &located, &[], &no_dns).unwrap()),
+        None
+    );
+    // The same zone label in one cluster.
+    let mut zoned = nodes.clone();
+    zoned[0].zone = Some("eu-west-1a".into());
+    zoned[2].zone = Some("eu-west-1a".into());
+    let d = desired_of(&local(), &zoned, &[], &no_dns).unwrap();
+    assert_eq!(kinds(&d), Some(lan_then_public));
+    zoned[2].zone = Some("eu-west-1b".into());
+    assert_eq!(
+        kinds(&desired_of(&local(), &zoned, &[], &no_dns).unwrap()),
+        None
+    );
+    // A hint is never a requirement: a forced endpoint is still the one way.
+    let mut forced = located.clone();
+    forced[2]
+        .annotations
+        .insert(ANNOTATION_LOCATION.into(), "office-3".into());
+    forced[2]
+        .annotations
+        .insert(ANNOTATION_FORCE_ENDPOINT.into(), "203.0.113.5:4500".into());
+    assert_eq!(
+        kinds(&desired_of(&local(), &forced, &[], &no_dns).unwrap()),
+        None
+    );
+}
+
+#[test]
+fn zones_hint_only_within_a_cluster_and_an_unset_hint_matches_nothing() {
+    use crate::model::SiteHints;
+    let zone = |z: &str| SiteHints {
+        location: None,
+        zone: Some(z.into()),
+    };
+    assert!(zone("a").shared_with(&zone("a"), true));
+    assert!(
+        !zone("a").shared_with(&zone("a"), false),
+        "zone names of two clusters need not mean the same"
+    );
+    let at = |l: &str| SiteHints {
+        location: Some(l.into()),
+        zone: None,
+    };
+    assert!(at("rack-1").shared_with(&at("rack-1"), false));
+    assert!(!SiteHints::default().shared_with(&SiteHints::default(), true));
+}
+
 fn peer(name: &str, k: u8, endpoint: &str, keepalive: Option<u16>) -> DesiredPeer {
     DesiredPeer {
         name: PeerName::Node(name.into()),
