@@ -131,6 +131,9 @@ pub struct PathTracker {
     quiet: BTreeSet<PublicKey>,
     /// Scouts and trials of better candidates for working pairs.
     upgrades: Upgrades,
+    /// Peers with candidates whose chosen one answered echoes while the
+    /// device sent there: a roam away from it is undone.
+    proven: BTreeSet<PublicKey>,
 }
 
 impl PathTracker {
@@ -269,8 +272,9 @@ impl PathTracker {
     }
 
     /// The echoes' verdict on each probed peer's direct path at the endpoint
-    /// tried now (for a peer with candidates, the one chosen last time);
-    /// records the probed peers' echo addresses.
+    /// tried now (for a peer with candidates, the one its device sends to
+    /// when that is one of them, else the one chosen last time); records
+    /// the probed peers' echo addresses.
     fn judge_paths(
         &mut self,
         desired: &Desired,
@@ -285,10 +289,14 @@ impl PathTracker {
                 continue;
             };
             self.echoes.push(address);
+            // A peer with candidates is judged where its device sends now:
+            // a session that roamed to another candidate answers from there.
             let endpoint = match desired.candidates.get(key) {
                 Some(c) => {
                     let step = self.step.get(key).copied().unwrap_or(0) % c.list.len();
-                    Some(c.list[step].endpoint)
+                    let device = readings.endpoints.get(key).copied();
+                    let roamed = device.filter(|d| c.list.iter().any(|one| one.endpoint == *d));
+                    Some(roamed.unwrap_or(c.list[step].endpoint))
                 }
                 None => peer.endpoint,
             };
@@ -306,13 +314,14 @@ impl PathTracker {
     /// Sets each peer with candidates to the one to try now: the one it was
     /// at, or the next when that had [`DIRECT_DEADLINE`] without a live
     /// session (after the last: relayed, and from the first again while
-    /// relayed). A working session that roamed to a better candidate (the
-    /// other end dialled us from there) makes that one current: it works;
-    /// one that roamed to a worse candidate does so only while the current
-    /// one does not answer echoes — otherwise the current endpoint is set
-    /// again ([`Desired::pinned`]), as it is while it is on trial. A working
-    /// pair on a worse candidate than its best is moved up by
-    /// [`crate::upgrade`].
+    /// relayed). A working session that roamed to another candidate (the
+    /// other end dialled us from there) makes that one current: it works —
+    /// unless the current one is on trial, or is better and *proven* (it
+    /// answered echoes while the device sent there): then the current
+    /// endpoint is set again ([`Desired::pinned`]), so that packets of the
+    /// other end still in flight on the old path do not pull the pair
+    /// down. A working pair on a worse candidate than its best is moved up
+    /// by [`crate::upgrade`].
     fn choose_candidates(
         &mut self,
         desired: &mut Desired,
@@ -323,6 +332,7 @@ impl PathTracker {
     ) -> Vec<PathChange> {
         let mut changes = Vec::new();
         self.upgrades.begin(|k| desired.candidates.contains_key(k));
+        self.proven.retain(|k| desired.candidates.contains_key(k));
         for (key, candidates) in desired.candidates.iter_mut() {
             let Some(peer) = desired.peers.get_mut(key) else {
                 continue;
@@ -336,16 +346,30 @@ impl PathTracker {
                 _ => Duration::ZERO,
             };
             let more = step + 1 < candidates.list.len() || self.relayed.contains_key(key);
-            let verdict = verdicts.get(key).copied();
-            let answering = verdict == Some(Verdict::Answering);
             let on_trial = self.upgrades.on_trial(key);
             let roamed_to = readings
                 .endpoints
                 .get(key)
                 .and_then(|e| candidates.list.iter().position(|c| c.endpoint == *e));
+            // The verdict speaks of the chosen candidate only while the
+            // device sends there.
+            let verdict = verdicts
+                .get(key)
+                .copied()
+                .filter(|_| roamed_to.is_none_or(|i| i == step));
+            match verdict {
+                Some(Verdict::Answering) => {
+                    self.proven.insert(*key);
+                }
+                Some(Verdict::Silent { .. }) => {
+                    self.proven.remove(key);
+                }
+                _ => {}
+            }
+            let proven = self.proven.contains(key);
             let mut next = match roamed_to {
-                Some(i) if live(key) && i < step => i,
-                Some(i) if live(key) && i > step && !answering && !on_trial => i,
+                Some(i) if live(key) && i < step && !on_trial => i,
+                Some(i) if live(key) && i > step && !proven && !on_trial => i,
                 _ if !live(key) && waited >= DIRECT_DEADLINE && more => {
                     (step + 1) % candidates.list.len()
                 }
@@ -379,8 +403,11 @@ impl PathTracker {
                     });
                 }
             }
-            let worse_roam = roamed_to.is_some_and(|i| i > next);
-            if self.upgrades.on_trial(key) || (worse_roam && answering) {
+            if next != step {
+                self.proven.remove(key);
+            }
+            let roamed_away = roamed_to.is_some_and(|i| i != next);
+            if self.upgrades.on_trial(key) || (roamed_away && self.proven.contains(key)) {
                 desired.pinned.insert(*key);
             }
             self.step.insert(*key, next);

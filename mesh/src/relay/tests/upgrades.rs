@@ -133,6 +133,18 @@ fn a_pair_on_its_mapping_scouts_the_lan_outside_the_tunnel_and_moves_up_when_it_
 
 #[test]
 fn a_trial_without_echoes_through_the_tunnel_goes_back_to_the_mapping_never_via_a_relay() {
+    // The other end idle: the device stays where the trial set it, nothing
+    // answers there.
+    failed_trial(|_t| (lan(), None));
+    // The other end's packets keep coming over the mapping: the device
+    // roams back there between path checks, and the echoes answer there.
+    failed_trial(|t| (public(), Some(at(t))));
+}
+
+/// A trial at the LAN whose WireGuard packets go nowhere (its pings of the
+/// LAN address answer); `device(t)`: the device's endpoint at `t` and when
+/// the echoes last answered.
+fn failed_trial(device: impl Fn(u64) -> (SocketAddr, Option<SystemTime>)) {
     let (mut tracker, t) = on_the_mapping();
     let start = t + 2;
     let mut d = mesh_with_site_mate();
@@ -143,8 +155,8 @@ fn a_trial_without_echoes_through_the_tunnel_goes_back_to_the_mapping_never_via_
     loop {
         t += 2;
         let mut d = mesh_with_site_mate();
-        // Pings of the LAN address answer, WireGuard there does not.
-        let r = site_readings(at(t), public(), Some(at(start)), Some(at(t)));
+        let (endpoint, echo) = device(t);
+        let r = site_readings(at(t), endpoint, echo.or(Some(at(start))), Some(at(t)));
         let changes = tracker.route_via_relays(&mut d, &key(ME), &r, at(t));
         assert!(
             d.relayed.is_empty(),
@@ -182,4 +194,32 @@ fn a_trial_without_echoes_through_the_tunnel_goes_back_to_the_mapping_never_via_
         .is_empty());
     assert!(!tracker.echo_targets().contains(&lan().ip()));
     assert_eq!(d.peers[&key(3)].endpoint, Some(public()));
+}
+
+#[test]
+fn a_session_that_roamed_to_a_worse_candidate_is_followed_unless_the_chosen_one_was_proven() {
+    // Chosen: the LAN (never answered while the device sent there); the
+    // session lives at the mapping and answers there.
+    let mut tracker = PathTracker::default();
+    let mut d = mesh_with_site_mate();
+    tracker.route_via_relays(
+        &mut d,
+        &key(ME),
+        &readings(&relays_live(at(0)), &no_answers()),
+        at(0),
+    );
+    for s in [2, 4] {
+        let mut d = mesh_with_site_mate();
+        let r = site_readings(at(s), public(), Some(at(s)), None);
+        tracker.route_via_relays(&mut d, &key(ME), &r, at(s));
+        assert_eq!(
+            d.peers[&key(3)].endpoint,
+            Some(public()),
+            "at {s}: where it works"
+        );
+        assert!(
+            !d.pinned.contains(&key(3)),
+            "not set back to an unproven LAN"
+        );
+    }
 }
