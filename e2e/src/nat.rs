@@ -6,7 +6,12 @@
 //!   hole punching works);
 //! - symmetric: every new flow gets a random public port (`masquerade
 //!   random`), so an endpoint learned from one peer is useless to another
-//!   (hole punching fails; a relay is needed).
+//!   (hole punching fails; a relay is needed);
+//! - hairpin: each node's WireGuard port is forwarded at a fixed public
+//!   port ([`hairpin_port`]), and the router loops packets from its site to
+//!   its own public address back into the site (NAT loopback, as many
+//!   home and office routers do): site-mates reach each other at their
+//!   public mappings too, through the router.
 //!
 //! Either way the router drops unsolicited packets from the underlay, as
 //! home and cloud NAT gateways do: only replies to the node's own flows get
@@ -27,6 +32,9 @@ pub enum NatMode {
     EndpointIndependent,
     /// A random public port per flow.
     Symmetric,
+    /// Each node's WireGuard port forwarded at a fixed public port, and
+    /// NAT loopback for the site.
+    Hairpin,
 }
 
 /// Name of the router's interface on the underlay.
@@ -40,21 +48,58 @@ pub fn router_port(i: usize) -> String {
     format!("port{i}")
 }
 
-/// The router's nftables ruleset: one table, replaced as a whole.
-pub fn nft_ruleset(mode: NatMode) -> String {
+/// The WireGuard port the lab's agents listen on.
+pub const WIREGUARD_PORT: u16 = 51820;
+
+/// The public port a [`NatMode::Hairpin`] router forwards to the
+/// WireGuard port of its `i`-th node.
+pub fn hairpin_port(i: usize) -> u16 {
+    40000 + i as u16
+}
+
+/// The router's nftables ruleset: one table, replaced as a whole. `public`
+/// is the router's address on the underlay, `nodes` its nodes' private
+/// addresses in order (used by [`NatMode::Hairpin`]).
+pub fn nft_ruleset(mode: NatMode, public: Ipv4Addr, nodes: &[Ipv4Addr]) -> String {
     let masquerade = match mode {
-        NatMode::EndpointIndependent => "masquerade",
+        NatMode::EndpointIndependent | NatMode::Hairpin => "masquerade",
         NatMode::Symmetric => "masquerade random",
     };
+    let (mut forwards, mut mappings) = (String::new(), String::new());
+    if mode == NatMode::Hairpin {
+        for (i, node) in nodes.iter().enumerate() {
+            let port = hairpin_port(i);
+            forwards.push_str(&format!(
+                "\t\tip daddr {public} udp dport {port} dnat to {node}:{WIREGUARD_PORT}\n"
+            ));
+            // Out to the underlay, and looped back into the site (a
+            // packet sent to a site-mate's mapping); never between two
+            // nodes of the site directly.
+            mappings.push_str(&format!(
+                "\t\toifname \"{ROUTER_WAN}\" ip saddr {node} udp sport {WIREGUARD_PORT} snat to {public}:{port}\n\
+                 \t\toifname \"{ROUTER_LAN}\" ct status dnat ip saddr {node} udp sport {WIREGUARD_PORT} snat to {public}:{port}\n"
+            ));
+        }
+    }
     format!(
         "table ip trellis-lab-nat\n\
          delete table ip trellis-lab-nat\n\
          table ip trellis-lab-nat {{\n\
+         \tchain prerouting {{\n\
+         \t\ttype nat hook prerouting priority dstnat; policy accept;\n\
+         {forwards}\
+         \t}}\n\
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+         {mappings}\
          \t\toifname \"{ROUTER_WAN}\" {masquerade}\n\
          \t}}\n\
          \tcounter {HAIRPIN_COUNTER} {{ }}\n\
+         \tcounter {LOOPED_COUNTER} {{ }}\n\
+         \tchain forward {{\n\
+         \t\ttype filter hook forward priority filter; policy accept;\n\
+         \t\tiifname \"{ROUTER_LAN}\" ct status dnat counter name {LOOPED_COUNTER}\n\
+         \t}}\n\
          \tchain input {{\n\
          \t\ttype filter hook input priority filter; policy accept;\n\
          \t\tiifname \"{ROUTER_WAN}\" ct state new drop\n\
@@ -80,16 +125,30 @@ pub fn private_addrs(index: u8, nodes: usize) -> (Ipv4Addr, Vec<Ipv4Addr>) {
 /// router, like most, does not hairpin).
 pub const HAIRPIN_COUNTER: &str = "hairpin";
 
+/// The router's counter of packets it looped back into its site (a
+/// [`NatMode::Hairpin`] router: a site-mate dialled at its public mapping).
+pub const LOOPED_COUNTER: &str = "looped";
+
 /// Where every site's private network lies ([`private_addrs`]).
 pub const SITES: &str = "172.31.0.0/16";
 
 /// How many packets the router in `router_netns` was sent by its site to
 /// its own public address (see [`HAIRPIN_COUNTER`]).
 pub fn hairpin_packets(router_netns: &str) -> Result<u64, CommandError> {
+    counter_packets(router_netns, HAIRPIN_COUNTER)
+}
+
+/// How many packets the [`NatMode::Hairpin`] router in `router_netns` looped
+/// back into its site (see [`LOOPED_COUNTER`]).
+pub fn looped_packets(router_netns: &str) -> Result<u64, CommandError> {
+    counter_packets(router_netns, LOOPED_COUNTER)
+}
+
+fn counter_packets(router_netns: &str, counter: &str) -> Result<u64, CommandError> {
     let listing = cmd::in_netns(
         router_netns,
         "nft",
-        &["list", "counter", "ip", "trellis-lab-nat", HAIRPIN_COUNTER],
+        &["list", "counter", "ip", "trellis-lab-nat", counter],
     )?;
     Ok(listing
         .split_whitespace()
@@ -101,8 +160,13 @@ pub fn hairpin_packets(router_netns: &str) -> Result<u64, CommandError> {
 
 /// Loads the ruleset into the router's namespace (atomically: `nft -f`
 /// applies the whole file or nothing).
-pub fn load_ruleset(router_netns: &str, mode: NatMode) -> Result<(), CommandError> {
-    nft_load(router_netns, "nat", &nft_ruleset(mode))
+pub fn load_ruleset(
+    router_netns: &str,
+    mode: NatMode,
+    public: Ipv4Addr,
+    nodes: &[Ipv4Addr],
+) -> Result<(), CommandError> {
+    nft_load(router_netns, "nat", &nft_ruleset(mode, public, nodes))
 }
 
 /// `nft -f` of `rules` in `netns`, through a temporary file (removed when
@@ -177,13 +241,57 @@ pub fn reconnect(netns: &str) -> Result<(), CommandError> {
 mod tests {
     use super::*;
 
+    fn ruleset(mode: NatMode) -> String {
+        let (_, nodes) = private_addrs(2, 2);
+        nft_ruleset(mode, Ipv4Addr::new(198, 51, 100, 7), &nodes)
+    }
+
     #[test]
     fn symmetric_randomises_ports_and_cone_does_not() {
-        assert!(nft_ruleset(NatMode::Symmetric).contains("masquerade random"));
-        let cone = nft_ruleset(NatMode::EndpointIndependent);
+        assert!(ruleset(NatMode::Symmetric).contains("masquerade random"));
+        let cone = ruleset(NatMode::EndpointIndependent);
         assert!(
             cone.contains("masquerade\n") && !cone.contains("random"),
             "{cone}"
+        );
+        assert!(
+            !cone.contains("dnat to") && !cone.contains("snat to"),
+            "{cone}"
+        );
+    }
+
+    #[test]
+    fn a_hairpin_router_forwards_each_node_at_a_fixed_port_and_counts_what_it_loops() {
+        let rules = ruleset(NatMode::Hairpin);
+        for (i, node) in ["172.31.2.2", "172.31.2.3"].iter().enumerate() {
+            let port = hairpin_port(i);
+            assert!(
+                rules.contains(&format!(
+                    "ip daddr 198.51.100.7 udp dport {port} dnat to {node}:51820"
+                )),
+                "{rules}"
+            );
+            for out in [
+                format!("oifname \"{ROUTER_WAN}\" ip saddr"),
+                format!("oifname \"{ROUTER_LAN}\" ct status dnat ip saddr"),
+            ] {
+                assert!(
+                    rules.contains(&format!(
+                        "{out} {node} udp sport 51820 snat to 198.51.100.7:{port}"
+                    )),
+                    "{rules}"
+                );
+            }
+        }
+        assert!(
+            rules.find("snat to").unwrap() < rules.find("masquerade").unwrap(),
+            "the fixed mappings before the masquerade: {rules}"
+        );
+        assert!(
+            rules.contains(&format!(
+                "iifname \"{ROUTER_LAN}\" ct status dnat counter name {LOOPED_COUNTER}"
+            )),
+            "{rules}"
         );
     }
 
@@ -202,7 +310,7 @@ mod tests {
 
     #[test]
     fn ruleset_replaces_its_own_table_only() {
-        let rules = nft_ruleset(NatMode::EndpointIndependent);
+        let rules = ruleset(NatMode::EndpointIndependent);
         assert!(rules.contains("delete table ip trellis-lab-nat"));
         assert!(!rules.contains("flush ruleset"));
         assert!(rules.contains(&format!("oifname \"{ROUTER_WAN}\"")));

@@ -155,7 +155,7 @@ enum Verb {
         #[arg(long, default_value = "lab")]
         name: String,
         /// The node, or several: a site, one private network behind one
-        /// router (which does not hairpin).
+        /// router (which does not hairpin unless `--mode hairpin`).
         #[arg(required = true)]
         nodes: Vec<String>,
         #[arg(long, value_enum)]

@@ -29,7 +29,8 @@ impl Lab {
     /// Puts `nodes` on one private network, a site, behind one NAT router:
     /// each node's cable to the switch is replaced by one to the router's
     /// bridge, and the router masquerades the site's traffic onto the
-    /// underlay (without hairpinning, as most NAT gateways). The Node
+    /// underlay (without hairpinning, as most NAT gateways, unless `mode`
+    /// is [`NatMode::Hairpin`]). The Node
     /// objects' addresses become the private ones, as real nodes behind NAT
     /// report. The router as each node's state records it, in order.
     pub async fn put_site_behind_nat(
@@ -95,7 +96,19 @@ impl Lab {
         ])?;
         in_router(&["link", "set", nat::ROUTER_LAN, "up"])?;
         underlay::sysctl(&router_netns, "net.ipv4.ip_forward", "1")?;
-        nat::load_ruleset(&router_netns, mode)?;
+        // A hairpin router sends a site's packets back out where they came
+        // from: no ICMP redirects for that.
+        for conf in ["all", nat::ROUTER_LAN] {
+            let key = format!("net.ipv4.conf.{conf}.send_redirects");
+            underlay::sysctl(&router_netns, &key, "0")?;
+        }
+        // The site's bridge is a plain switch, as in a real router: where
+        // br_netfilter is loaded (a container runtime loads it), bridged
+        // packets would go through the router's NAT and conntrack too.
+        if underlay::sysctl(&router_netns, "net.bridge.bridge-nf-call-iptables", "0").is_err() {
+            tracing::debug!("no br_netfilter here: the bridge bypasses the NAT anyway");
+        }
+        nat::load_ruleset(&router_netns, mode, public_v4, &node_private)?;
         let control_plane = self.names.control_plane_netns(&states[0].cluster);
         for (i, (node_state, private)) in states.iter().zip(&node_private).enumerate() {
             if let Some(index) = node_state.underlay_index {
