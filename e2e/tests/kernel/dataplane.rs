@@ -336,8 +336,15 @@ pub(crate) fn updates_a_peer_in_place() -> Result<(), Failed> {
     // handshake must show as a different second.
     std::thread::sleep(std::time::Duration::from_millis(1100));
 
-    // b moves to another address of its underlay link and gets another
-    // IPv4 pod CIDR.
+    // b moves to another address of its underlay link (the old one goes:
+    // while b still had it, b's device could answer from it — it keeps
+    // the source address it last used — and a's would roam back there)
+    // and gets another IPv4 pod CIDR.
+    // (Deleted first: deleting a primary address takes its secondaries.)
+    cmd::ip(
+        Some(&pair.b.netns),
+        &["addr", "del", &format!("{UNDERLAY_B}/24"), "dev", "ul0"],
+    )?;
     cmd::ip(
         Some(&pair.b.netns),
         &["addr", "add", "192.168.77.12/24", "dev", "ul0"],
