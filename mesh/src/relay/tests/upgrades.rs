@@ -35,24 +35,25 @@ fn site_readings(
     r
 }
 
+/// One path check at `s` with live relays and no session with n3, no echo
+/// answered.
+fn without_a_session(tracker: &mut PathTracker, s: u64) -> Desired {
+    let mut d = mesh_with_site_mate();
+    tracker.route_via_relays(
+        &mut d,
+        &key(ME),
+        &readings(&relays_live(at(s)), &no_answers()),
+        at(s),
+    );
+    d
+}
+
 /// A tracker with n3 on its public mapping, answering there: the LAN was
 /// tried for its deadline first.
 fn on_the_mapping() -> (PathTracker, u64) {
     let mut tracker = PathTracker::default();
-    let mut d = mesh_with_site_mate();
-    tracker.route_via_relays(
-        &mut d,
-        &key(ME),
-        &readings(&relays_live(at(0)), &no_answers()),
-        at(0),
-    );
-    let mut d = mesh_with_site_mate();
-    tracker.route_via_relays(
-        &mut d,
-        &key(ME),
-        &readings(&relays_live(at(15)), &no_answers()),
-        at(15),
-    );
+    without_a_session(&mut tracker, 0);
+    let d = without_a_session(&mut tracker, 15);
     assert_eq!(d.peers[&key(3)].endpoint, Some(public()));
     for s in [17, 19] {
         let mut d = mesh_with_site_mate();
@@ -201,13 +202,7 @@ fn a_session_that_roamed_to_a_worse_candidate_is_followed_unless_the_chosen_one_
     // Chosen: the LAN (never answered while the device sent there); the
     // session lives at the mapping and answers there.
     let mut tracker = PathTracker::default();
-    let mut d = mesh_with_site_mate();
-    tracker.route_via_relays(
-        &mut d,
-        &key(ME),
-        &readings(&relays_live(at(0)), &no_answers()),
-        at(0),
-    );
+    without_a_session(&mut tracker, 0);
     for s in [2, 4] {
         let mut d = mesh_with_site_mate();
         let r = site_readings(at(s), public(), Some(at(s)), None);
