@@ -10,6 +10,22 @@ use crate::model::{Desired, ExternalPeerInfo, LocalError, LocalNode, MeshInputs,
 use crate::names::*;
 use crate::ranges::DeclaredRanges;
 
+/// A site-mate's candidates: its LAN address, then its public mapping.
+pub(crate) fn site_mate_candidates() -> crate::model::Candidates {
+    use crate::model::{Candidate, CandidateKind, Candidates};
+    let list = vec![
+        Candidate {
+            kind: CandidateKind::Lan,
+            endpoint: "172.31.0.3:51820".parse().unwrap(),
+        },
+        Candidate {
+            kind: CandidateKind::Public,
+            endpoint: "198.51.100.200:40003".parse().unwrap(),
+        },
+    ];
+    Candidates::new(list).expect("two candidates")
+}
+
 pub(crate) fn key(n: u8) -> PublicKey {
     PublicKey([n; 32])
 }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use super::*;
-use crate::model::{Candidate, CandidateKind, Candidates, DesiredPeer};
-use crate::testing::key;
+use crate::model::{CandidateKind, DesiredPeer};
+use crate::testing::{key, site_mate_candidates};
 
 const ME: u8 = 100;
 
@@ -371,18 +371,7 @@ fn a_new_endpoint_restarts_the_deadline_unless_already_relayed() {
 /// public mapping.
 fn mesh_with_site_mate() -> Desired {
     let mut d = mesh();
-    let list = vec![
-        Candidate {
-            kind: CandidateKind::Lan,
-            endpoint: "172.31.0.3:51820".parse().unwrap(),
-        },
-        Candidate {
-            kind: CandidateKind::Public,
-            endpoint: "198.51.100.200:40003".parse().unwrap(),
-        },
-    ];
-    d.candidates
-        .insert(key(3), Candidates::new(list).expect("two candidates"));
+    d.candidates.insert(key(3), site_mate_candidates());
     d
 }
 

@@ -2,25 +2,14 @@
 //! LAN address may work.
 
 use super::*;
-use crate::model::{Candidate, CandidateKind};
-use crate::testing::key;
+use crate::testing::{key, site_mate_candidates};
 
 fn at(s: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + s)
 }
 
 fn site_mate() -> Candidates {
-    Candidates::new(vec![
-        Candidate {
-            kind: CandidateKind::Lan,
-            endpoint: "172.31.0.3:51820".parse().unwrap(),
-        },
-        Candidate {
-            kind: CandidateKind::Public,
-            endpoint: "198.51.100.200:40003".parse().unwrap(),
-        },
-    ])
-    .expect("two candidates")
+    site_mate_candidates()
 }
 
 fn lan_ip() -> IpAddr {
