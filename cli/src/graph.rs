@@ -8,7 +8,8 @@
 //! wrong with them; down ones are bold red. Nodes that the others see at
 //! one public address share a site (one private network behind one NAT):
 //! they are grouped, a DOT cluster or a dashed box around them in the SVG,
-//! labelled with that address.
+//! labelled with that address. A node without a report of its own (a
+//! linked cluster's) is placed where the reporting nodes dial it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -62,6 +63,10 @@ const LEGEND_STEP: f64 = 95.0;
 impl Mesh {
     pub fn from_reports(fetched: &[Fetched]) -> Self {
         let mut m = Mesh::default();
+        // Where the reporting nodes dial each node peer (not a site-mate's
+        // LAN address): how nodes without a report of their own (a linked
+        // cluster's, one that could not be read) are placed in sites.
+        let mut dialled_at: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
         for (node, report) in fetched {
             m.vertices.insert(node.clone(), true);
             let Ok(report) = report else {
@@ -77,6 +82,15 @@ impl Mesh {
             for p in &report.peers {
                 let is_node = !p.name.starts_with("peer/");
                 m.vertices.entry(p.name.clone()).or_insert(is_node);
+                if let (true, true, Some(endpoint)) =
+                    (is_node, p.candidates.is_empty(), &p.endpoint)
+                {
+                    *dialled_at
+                        .entry(p.name.clone())
+                        .or_default()
+                        .entry(host_of(endpoint).to_string())
+                        .or_default() += 1;
+                }
                 let key = if *node < p.name {
                     (node.clone(), p.name.clone())
                 } else {
@@ -86,6 +100,20 @@ impl Mesh {
                 if rank(p.path) > rank(*e) {
                     *e = p.path;
                 }
+            }
+        }
+        let reported: BTreeSet<&String> = fetched
+            .iter()
+            .filter(|(_, r)| r.is_ok())
+            .map(|(n, _)| n)
+            .collect();
+        for (name, hosts) in dialled_at {
+            if reported.contains(&name) {
+                continue;
+            }
+            let most = hosts.into_iter().max_by_key(|(_, n)| *n);
+            if let Some((host, _)) = most {
+                m.sites.entry(host).or_default().insert(name);
             }
         }
         m.sites.retain(|_, nodes| nodes.len() > 1);
@@ -331,6 +359,42 @@ mod tests {
         assert_eq!(s.matches("class=\"site\"").count(), 1, "{s}");
         assert!(s.contains(">site 198.51.100.7</text>"), "{s}");
         assert_eq!(host_of("[fd00::1]:51820"), "fd00::1");
+    }
+
+    #[test]
+    fn nodes_without_a_report_are_placed_where_the_others_dial_them() {
+        let mut reports = fetched();
+        let (_, n1) = &mut reports[0];
+        let n1 = n1.as_mut().unwrap();
+        for (name, endpoint, lan) in [
+            ("there:b1", "198.51.100.20:1024", false),
+            ("there:b2", "198.51.100.20:1025", false),
+            ("there:b3", "203.0.113.9:51820", false),
+            // A site-mate dialled at its LAN address: no sign of a site.
+            ("there:b4", "172.31.0.5:51820", true),
+            ("there:b5", "172.31.0.6:51820", false),
+        ] {
+            let mut p = n1.peers[0].clone();
+            p.name = name.into();
+            p.endpoint = Some(endpoint.into());
+            if lan {
+                p.candidates = vec![trellis_api::status::CandidateReport {
+                    kind: "lan".into(),
+                    endpoint: endpoint.into(),
+                    current: true,
+                }];
+            }
+            n1.peers.push(p);
+        }
+        let m = Mesh::from_reports(&reports);
+        assert_eq!(
+            m.sites,
+            BTreeMap::from([(
+                "198.51.100.20".to_string(),
+                BTreeSet::from(["there:b1".to_string(), "there:b2".to_string()])
+            )]),
+            "b3 alone at its address; b4 at a LAN address does not count"
+        );
     }
 
     fn edge(m: &Mesh, a: &str, b: &str) -> PathState {

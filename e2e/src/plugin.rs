@@ -52,12 +52,18 @@ pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -
     start.elapsed()
 }
 
+/// `kubectl trellis ARGS` with the kubeconfigs of all the lab's clusters;
+/// its output, or a panic when it fails.
+pub fn lab_trellis(lab: &crate::Lab, args: &[&str]) -> String {
+    kubectl_trellis(&lab.all_kubeconfigs(), args)
+        .unwrap_or_else(|e| panic!("kubectl trellis {args:?}: {e}"))
+        .0
+}
+
 /// `kubectl trellis status` of the lab's cluster `context`; panics when it
 /// fails.
 pub fn lab_status(lab: &crate::Lab, context: &str) -> String {
-    kubectl_trellis(&lab.all_kubeconfigs(), &["status", "--context", context])
-        .unwrap_or_else(|e| panic!("kubectl trellis status: {e}"))
-        .0
+    lab_trellis(lab, &["status", "--context", context])
 }
 
 /// The PATH cell (the 8th column) of a `kubectl trellis status` row.

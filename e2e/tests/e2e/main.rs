@@ -15,6 +15,7 @@ mod chart;
 mod clusters;
 mod failover;
 mod lab;
+mod linked_sites;
 mod mesh;
 mod nat;
 mod peers;

@@ -20,12 +20,6 @@ use trellis_e2e::{ping, Lab, LabOptions, NatMode};
 const A: &str = "nata";
 const B: &str = "natb";
 
-fn trellis(lab: &Lab, args: &[&str]) -> String {
-    plugin::kubectl_trellis(&lab.all_kubeconfigs(), args)
-        .unwrap_or_else(|e| panic!("kubectl trellis {args:?}: {e}"))
-        .0
-}
-
 /// `kubectl annotate node NODE CHANGE` in cluster `cluster`, as a user.
 fn annotate(lab: &Lab, cluster: &str, node: &str, change: &str) {
     let args = ["--context", cluster, "annotate", "node", node, change];
@@ -65,18 +59,12 @@ async fn nat_traversal_hole_punching_and_relays_across_linked_clusters() {
     trellis_e2e::nat::block(&rb3.netns, ra2.public_v4).expect("block");
     let blocked_at = Instant::now();
     lab.start_mesh(Device::TrellisWg).await.expect("mesh");
-    for node in lab.state.nodes.clone() {
-        let conf_dir = node.dir.join("etc-cni-net.d");
-        wait_until(
-            "every agent writes its CNI configuration",
-            Duration::from_secs(60),
-            || trellis_e2e::pod::default_network(&conf_dir).is_ok(),
-        );
-    }
+    lab.wait_clusters_meshed(Duration::from_secs(90))
+        .expect("each cluster meshed, CNI configurations written");
     let pods = lab.one_pod_per_node().expect("a pod on every node");
 
     let start = Instant::now();
-    trellis(&lab, &["cluster", "link", "--from", A, "--to", B, "--wait"]);
+    plugin::lab_trellis(&lab, &["cluster", "link", "--from", A, "--to", B, "--wait"]);
     ping::wait_all_pairs(&pods, Duration::from_secs(120));
     eprintln!(
         "every pod pair of 5 nodes (4 behind NAT) answered {:?} after the link command",
@@ -85,8 +73,8 @@ async fn nat_traversal_hole_punching_and_relays_across_linked_clusters() {
 
     // Who goes how: a1 directly with everyone; the symmetric nodes (and
     // the blocked pair) through a1, the only node reaching both ends.
-    let a_status = trellis(&lab, &["status", "--context", A]);
-    let b_status = trellis(&lab, &["status", "--context", B]);
+    let a_status = plugin::lab_trellis(&lab, &["status", "--context", A]);
+    let b_status = plugin::lab_trellis(&lab, &["status", "--context", B]);
     eprintln!("{a_status}\n{b_status}");
     for peer in [&b1, &b2, &b3] {
         assert!(plugin::status_row(&a_status, &a1, &format!("{B}:{peer}")).contains("direct"));
@@ -116,8 +104,8 @@ async fn nat_traversal_hole_punching_and_relays_across_linked_clusters() {
     let unblocked = Instant::now();
     trellis_e2e::nat::unblock(&rb3.netns).expect("unblock");
     let switched = wait_until("a2 and b3 go direct", Duration::from_secs(40), || {
-        let a = trellis(&lab, &["status", "--context", A]);
-        let b = trellis(&lab, &["status", "--context", B]);
+        let a = plugin::lab_trellis(&lab, &["status", "--context", A]);
+        let b = plugin::lab_trellis(&lab, &["status", "--context", B]);
         plugin::status_row(&a, &a2, &format!("{B}:{b3}")).contains("direct")
             && plugin::status_row(&b, &b3, &format!("{A}:{a2}")).contains("direct")
     });
@@ -153,7 +141,7 @@ async fn nat_traversal_hole_punching_and_relays_across_linked_clusters() {
     // A machine on the underlay, dialled by the nodes at its endpoint.
     let machine = lab.add_machine("laptop").expect("machine");
     let endpoint = format!("{}:51820", machine.v4.unwrap());
-    let config = trellis(
+    let config = plugin::lab_trellis(
         &lab,
         &[
             "peer",
@@ -214,7 +202,7 @@ async fn nat_traversal_hole_punching_and_relays_across_linked_clusters() {
         "the forced endpoint is configured",
         Duration::from_secs(20),
         || {
-            let t = trellis(&lab, &["status", "--context", B]);
+            let t = plugin::lab_trellis(&lab, &["status", "--context", B]);
             plugin::status_row(&t, &b3, &format!("{A}:{a1}")).contains("198.51.100.250:51820")
         },
     );
@@ -223,7 +211,7 @@ async fn nat_traversal_hole_punching_and_relays_across_linked_clusters() {
         "the published endpoint again",
         Duration::from_secs(20),
         || {
-            let t = trellis(&lab, &["status", "--context", B]);
+            let t = plugin::lab_trellis(&lab, &["status", "--context", B]);
             !plugin::status_row(&t, &b3, &format!("{A}:{a1}")).contains("198.51.100.250")
         },
     );
@@ -233,14 +221,14 @@ async fn nat_traversal_hole_punching_and_relays_across_linked_clusters() {
     // come back on their own.
     let again = ping::wait_all_pairs(&pods, Duration::from_secs(90));
     eprintln!("every pod pair answers again {again:?} after the forced endpoint went");
-    let t = trellis(&lab, &["status", "--context", B]);
+    let t = plugin::lab_trellis(&lab, &["status", "--context", B]);
     assert!(
         plugin::status_row(&t, &b1, &b2).contains(&format!("relayed via {A}:{a1}")),
         "{t}"
     );
 
     // Unlink: the remote peers go on both sides.
-    trellis(&lab, &["cluster", "unlink", "--from", A, "--to", B]);
+    plugin::lab_trellis(&lab, &["cluster", "unlink", "--from", A, "--to", B]);
     // a-nodes keep each other and the machine, b-nodes each other.
     for node in [&a1, &a2, &b1, &b2, &b3] {
         wait_until("remote peers leave", Duration::from_secs(30), || {
