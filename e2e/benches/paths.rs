@@ -13,7 +13,9 @@
 //! - the way back: the relay returns and the rule goes; until both ends are
 //!   direct again.
 //!
-//! Needs root; writes its section into BENCHMARKS.md.
+//! - sites: how soon a same-site pair is on its LAN.
+//!
+//! Needs root; writes its sections into BENCHMARKS.md.
 
 use std::time::{Duration, Instant};
 
@@ -29,6 +31,10 @@ fn main() {
     if parts.wanted("failover") {
         let text = rt.block_on(failover());
         update_benchmarks_md("paths-failover", "Broken paths and relay failover", &text);
+    }
+    if parts.wanted("sites") {
+        let text = rt.block_on(sites());
+        update_benchmarks_md("paths-sites", "Sites: a same-site pair on its LAN", &text);
     }
 }
 
@@ -214,5 +220,141 @@ async fn failover() -> String {
         f64::from(max_lost(|t| t.lost_break)) / PINGS_PER_S,
         max_lost(|t| t.lost_failover),
         f64::from(max_lost(|t| t.lost_failover)) / PINGS_PER_S,
+    )
+}
+
+const SITE_LAB: &str = "bsite";
+const SITE_TRIALS: usize = 5;
+
+/// Stops the mesh on nodes `a` and `b` (`keys` are their public keys),
+/// starts it again and waits until both ends report `state` for each other;
+/// the time from the start.
+async fn fresh_start(
+    lab: &mut Lab,
+    [a, b]: [&str; 2],
+    [ka, kb]: [&str; 2],
+    state: PathState,
+) -> Duration {
+    for node in [a, b] {
+        lab.stop_node(node).expect("stop the mesh on the node");
+    }
+    let start = Instant::now();
+    for node in [a, b] {
+        lab.start_node(node, Device::TrellisWg)
+            .await
+            .expect("start the mesh on the node");
+    }
+    let on = |lab: &Lab| {
+        peer_of(lab, a, kb).is_some_and(|p| p.path == state)
+            && peer_of(lab, b, ka).is_some_and(|p| p.path == state)
+    };
+    poll(
+        &format!("{a} and {b} {state:?}"),
+        FINE,
+        Duration::from_secs(120),
+        || on(lab),
+    );
+    start.elapsed()
+}
+
+struct SiteTrial {
+    public: Duration,
+    lan: Duration,
+    apart: Duration,
+    move_up: Duration,
+    lost: u32,
+}
+
+async fn sites() -> String {
+    eprintln!("paths (sites): n1, n2 public; n3, n4 a site behind a router that does not hairpin; n5, n6 a site behind one that does; {SITE_TRIALS} trials");
+    trellis_e2e::down(SITE_LAB);
+    let mut lab = Lab::up(LabOptions::new(SITE_LAB, 6)).await.expect("lab");
+    let n: Vec<String> = (1..=6).map(|i| format!("{SITE_LAB}-n{i}")).collect();
+    lab.put_site_behind_nat(&[&n[2], &n[3]], NatMode::EndpointIndependent)
+        .await
+        .unwrap();
+    let hairpin = lab
+        .put_site_behind_nat(&[&n[4], &n[5]], NatMode::Hairpin)
+        .await
+        .unwrap();
+    let n5_lan = hairpin[0].private_v4;
+    let n6_netns = lab.node(&n[5]).unwrap().netns.clone();
+    lab.start_mesh(Device::TrellisWg).await.unwrap();
+    lab.wait_mesh(5, Duration::from_secs(90)).unwrap();
+    let k: Vec<String> = n.iter().map(|x| lab.wg_public_key(x).unwrap()).collect();
+    let pod5 = lab.names().pod_netns(&n[4], "p0");
+    lab.add_pod(&n[4], "p0", None).unwrap();
+    let ip6 = result_address(&lab.add_pod(&n[5], "p0", None).unwrap(), true).unwrap();
+    let pair = |a: usize, b: usize| {
+        (
+            [n[a].as_str(), n[b].as_str()],
+            [k[a].as_str(), k[b].as_str()],
+        )
+    };
+
+    let mut trials = Vec::new();
+    for i in 0..SITE_TRIALS {
+        let (nodes, keys) = pair(0, 1);
+        let public = fresh_start(&mut lab, nodes, keys, PathState::Direct).await;
+        let (nodes, keys) = pair(2, 3);
+        let lan = fresh_start(&mut lab, nodes, keys, PathState::Lan).await;
+        // Kept apart on their LAN, the hairpin site's pair works at its
+        // public mappings; then the LAN opens during a flow.
+        nat::block(&n6_netns, n5_lan).unwrap();
+        let (nodes, keys) = pair(4, 5);
+        let apart = fresh_start(&mut lab, nodes, keys, PathState::Direct).await;
+        std::thread::sleep(Duration::from_secs(3));
+        let flow = ping_flow(&pod5, &ip6, 12);
+        std::thread::sleep(Duration::from_secs(2));
+        let opened = Instant::now();
+        nat::unblock(&n6_netns).unwrap();
+        poll(
+            "n5 and n6 on their LAN",
+            FINE,
+            Duration::from_secs(60),
+            || {
+                peer_of(&lab, &n[4], &k[5]).is_some_and(|p| p.path == PathState::Lan)
+                    && peer_of(&lab, &n[5], &k[4]).is_some_and(|p| p.path == PathState::Lan)
+            },
+        );
+        let move_up = opened.elapsed();
+        let (sent, received) = flow.join().unwrap();
+        let t = SiteTrial {
+            public,
+            lan,
+            apart,
+            move_up,
+            lost: sent - received,
+        };
+        eprintln!(
+            "  trial {}: public pair direct {:>5.0} ms; site pair on its LAN {:>5.0} ms; hairpin site pair apart: direct {:>5.0} ms, LAN opened: on it {:>5.0} ms ({} of {sent} pings lost)",
+            i + 1,
+            ms(t.public),
+            ms(t.lan),
+            ms(t.apart),
+            ms(t.move_up),
+            t.lost
+        );
+        trials.push(t);
+    }
+    trellis_e2e::down(SITE_LAB);
+    let col = |f: fn(&SiteTrial) -> Duration| trials.iter().map(f).collect::<Vec<_>>();
+    let p = |f: fn(&SiteTrial) -> Duration, q: f64| ms(percentile(&col(f), q));
+    let reference = p(|t| t.public, 50.0);
+    let line = |label: &str, f: fn(&SiteTrial) -> Duration| {
+        format!(
+            "| {label} | {:.0} | {:.0} | {:.2}x |\n",
+            p(f, 50.0),
+            p(f, 100.0),
+            p(f, 50.0) / reference
+        )
+    };
+    format!(
+        "Six lab nodes: n1 and n2 public; n3 and n4 a site, one private network behind a masquerading router that does not hairpin; n5 and n6 a site behind a router that does. No configuration says which nodes share a site. {SITE_TRIALS} trials, each: the mesh on a pair stopped (its agent and device killed) and started again, timed from the start until both ends' agents report the pair's path (`/status`, read every 20 ms). The reference is the two public nodes, which have one candidate each:\n\n| | p50 ms | max ms | p50 vs reference |\n|---|---|---|---|\n{}{}{}{}\nPings lost while the hairpin site's pair moves up (50 ms apart, over the same sessions): at most {}.\n",
+        line("two public nodes: both ends direct (reference)", |t| t.public),
+        line("same-site pair (router without hairpin): both ends on the LAN", |t| t.lan),
+        line("same-site pair kept apart on its LAN (rule at n6): both ends direct through the hairpinning router", |t| t.apart),
+        line("that pair, the rule gone during a flow: both ends on the LAN (from the rule's removal)", |t| t.move_up),
+        trials.iter().map(|t| t.lost).max().unwrap_or(0),
     )
 }
