@@ -71,9 +71,10 @@ test-kernel: tools
 	tools/kernel/run-tests.sh $(FILTER)
 
 ## bench: benchmarks that print figures and ratios and record them in BENCHMARKS.md (root)
-bench: tools
+bench: tools static
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) bench -p trellis-cni --bench cni_latency
+	$(CARGO) bench -p trellis-e2e --bench device
 	$(CARGO) bench -p trellis-e2e --bench mesh
 	$(CARGO) bench -p trellis-e2e --bench clusters
 	$(CARGO) bench -p trellis-e2e --bench paths

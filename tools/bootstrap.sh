@@ -8,7 +8,8 @@
 #     kubectl, the upstream e2e suite (e2e.test) with agnhost and the ginkgo
 #     CLI that runs it in parallel, and CoreDNS; containerd 2 with runc
 #     (in containerd-VERSION/, so Debian's containerd 1.6 stays the one on
-#     PATH) for real nodes of the other runtime.
+#     PATH) for real nodes of the other runtime; and current wireguard-go,
+#     the benchmarks' reference userspace device (tools/references.env).
 # A cached rerun takes a second or two. Prints the tools' bin directory last.
 #
 #   tools/bootstrap.sh              install what is missing, print the bin dir
@@ -19,6 +20,8 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=tools/versions.env
 source "$here/versions.env"
+# shellcheck source=tools/references.env
+source "$here/references.env"
 
 cache_root="${TRELLIS_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/trellis/tools}"
 # The cache key covers the versions and every recipe file, so a changed
@@ -133,6 +136,14 @@ build_containerd2() {
 		GOBIN="$containerd2_dir" go install -trimpath -tags seccomp \
 			-ldflags "-s -w -X main.version=${RUNC_VERSION#v}" "github.com/opencontainers/runc@$RUNC_VERSION"
 }
+# The benchmarks' reference userspace device: current wireguard-go, in a
+# directory named by its version (tools/references.env).
+wireguard_go_dir="$bin_dir/wireguard-go-$WIREGUARD_GO_VERSION"
+build_wireguard_go() {
+	GOBIN="$wireguard_go_dir" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" \
+		"golang.zx2c4.com/wireguard@$WIREGUARD_GO_VERSION" &&
+		mv "$wireguard_go_dir/wireguard" "$wireguard_go_dir/wireguard-go"
+}
 build_etcd() { (cd "$here/etcd" && go build -trimpath -ldflags "-s -w" -o "$bin_dir/etcd" .); }
 build_helm() { GOBIN="$bin_dir" go install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"; }
 build_cnitool() { GOBIN="$bin_dir" go install -trimpath -ldflags "-s -w" "github.com/containernetworking/cni/cnitool@$CNI_VERSION"; }
@@ -166,6 +177,7 @@ build_once kube-e2e "Kubernetes $KUBERNETES_VERSION e2e.test, agnhost and ginkgo
 build_once coredns "CoreDNS $COREDNS_VERSION (cold: ~2 min)" build_coredns
 build_once containerd2 "containerd $CONTAINERD_VERSION and runc $RUNC_VERSION (cold: ~2 min)" build_containerd2
 build_once etcd "etcd $ETCD_VERSION" build_etcd
+build_once "wireguard-go-$WIREGUARD_GO_VERSION" "wireguard-go $WIREGUARD_GO_VERSION (the benchmarks' reference)" build_wireguard_go
 build_once helm "helm $HELM_VERSION" build_helm
 build_once cnitool "cnitool $CNI_VERSION" build_cnitool
 build_once cnitool-old "cnitool $CNI_OLD_VERSION (an older libcni)" build_cnitool_old

@@ -1,6 +1,4 @@
 //! `make bench` (mesh part), on the lab with the real binaries:
-//! - pod-to-pod TCP throughput across two nodes with trellis-wg, with
-//!   Debian's wireguard-go, and node to node over the bare underlay veth;
 //! - convergence of 20 joins: Node created → every other agent has the
 //!   peer, and → the first successful ping to a pod on it;
 //! - the agent at idle with 3 nodes and with 1000 Node objects (resident
@@ -12,17 +10,13 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use k8s_openapi::api::core::v1::Node;
-use trellis_e2e::bench::{percentile, timed_join, update_benchmarks_md};
+use trellis_e2e::bench::{cpu_seconds, percentile, timed_join, update_benchmarks_md};
 use trellis_e2e::mesh::{wait_for, Device};
 use trellis_e2e::{IpFamily, Lab, LabOptions};
 
 fn main() {
-    // TRELLIS_BENCH=throughput,convergence,scale picks parts (default: all).
+    // TRELLIS_BENCH=convergence,scale picks parts (default: all).
     let (rt, parts) = trellis_e2e::bench::start();
-    if parts.wanted("throughput") {
-        let throughput = rt.block_on(throughput());
-        update_benchmarks_md("mesh-throughput", "Pod-to-pod throughput", &throughput);
-    }
     if parts.wanted("convergence") {
         let convergence = rt.block_on(convergence());
         update_benchmarks_md("mesh-convergence", "Convergence of a join", &convergence);
@@ -31,101 +25,6 @@ fn main() {
         let scale = rt.block_on(scale());
         update_benchmarks_md("mesh-scale", "The agent at idle, and at 1000 nodes", &scale);
     }
-}
-
-fn pod_ip(result: &serde_json::Value) -> String {
-    result["ips"][0]["address"]
-        .as_str()
-        .expect("address")
-        .split('/')
-        .next()
-        .expect("ip")
-        .to_string()
-}
-
-/// iperf3 from `client_ns` to `server_ip` (a server started in `server_ns`), in Gbit/s.
-fn iperf(server_ns: &str, client_ns: &str, server_ip: &str) -> f64 {
-    let mut server = std::process::Command::new("ip")
-        .args(["netns", "exec", server_ns, "iperf3", "-s", "-1"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("iperf3 server");
-    std::thread::sleep(Duration::from_millis(500));
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns", "exec", client_ns, "iperf3", "-c", server_ip, "-t", "5", "-J",
-        ])
-        .output()
-        .expect("iperf3 client");
-    let _ = server.wait();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or(0.0)
-        / 1e9
-}
-
-async fn throughput() -> String {
-    eprintln!("throughput: lab with 2 nodes");
-    trellis_e2e::down("bthr");
-    let mut lab = Lab::up(LabOptions::new("bthr", 2)).await.expect("lab");
-    let (n1, n2) = ("bthr-n1".to_string(), "bthr-n2".to_string());
-    let ns1 = lab.node(&n1).unwrap().netns.clone();
-    let ns2 = lab.node(&n2).unwrap().netns.clone();
-    let underlay_ip = lab.node(&n2).unwrap().v4.unwrap().to_string();
-    let bare = iperf(&ns2, &ns1, &underlay_ip);
-    eprintln!("  bare underlay veth: {bare:.2} Gbit/s");
-    let mut rows = Vec::new();
-    let mut pod_ips = None;
-    for (device, name) in [
-        (Device::TrellisWg, "trellis-wg (boringtun)"),
-        (Device::WireguardGo, "wireguard-go (Debian)"),
-    ] {
-        for node in [&n1, &n2] {
-            lab.stop_node(node).expect("stop the mesh on the node");
-            lab.start_node(node, device).await.unwrap();
-        }
-        lab.wait_mesh(1, Duration::from_secs(60)).expect("mesh");
-        if pod_ips.is_none() {
-            let a = pod_ip(&lab.add_pod(&n1, "p0", None).unwrap());
-            let b = pod_ip(&lab.add_pod(&n2, "p0", None).unwrap());
-            pod_ips = Some((a, b));
-        }
-        let (_, b) = pod_ips.clone().unwrap();
-        let pod1 = lab.names().pod_netns(&n1, "p0");
-        let pod2 = lab.names().pod_netns(&n2, "p0");
-        wait_for(
-            Duration::from_secs(20),
-            || trellis_e2e::pod::ping_from(&pod1, &b).is_ok(),
-            || "pods do not reach each other".into(),
-        )
-        .unwrap();
-        let gbps = iperf(&pod2, &pod1, &b);
-        eprintln!("  {name}: {gbps:.2} Gbit/s");
-        rows.push((name, gbps));
-    }
-    trellis_e2e::down("bthr");
-    let wg_go = rows[1].1;
-    let mut t = String::from("iperf3, one TCP stream for 5 s, pod on node 1 to pod on node 2 (through the mesh), and node to node over the bare underlay veth:\n\n| path | Gbit/s | vs wireguard-go | vs bare veth |\n|---|---|---|---|\n");
-    for (name, gbps) in &rows {
-        t.push_str(&format!(
-            "| {name} | {gbps:.2} | {:.2}x | {:.3}x |\n",
-            gbps / wg_go,
-            gbps / bare
-        ));
-    }
-    t.push_str(&format!(
-        "| bare underlay veth (no WireGuard) | {bare:.2} | {:.2}x | 1x |\n",
-        bare / wg_go
-    ));
-    t.push_str("\ntrellis-wg runs with its default of one worker thread (`TRELLIS_WG_THREADS`): here both nodes, both devices and iperf3 share two cores, and more boringtun threads lose more to lock contention than they gain.\n");
-    t.push_str(&format!(
-        "\nTarget: trellis-wg at least equal to wireguard-go — measured {:.2}x: {}.\n",
-        rows[0].1 / wg_go,
-        if rows[0].1 >= wg_go { "met" } else { "NOT met" }
-    ));
-    t
 }
 
 async fn convergence() -> String {
@@ -161,19 +60,9 @@ async fn convergence() -> String {
 
 /// (resident kB, CPU seconds over `window`) of a process.
 fn idle_usage(pid: i32, window: Duration) -> (u64, f64) {
-    let ticks = || -> u64 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let rest = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r.to_string())
-            .unwrap_or_default();
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-    };
-    let before = ticks();
+    let before = cpu_seconds(pid);
     std::thread::sleep(window);
-    let cpu = (ticks() - before) as f64 / 100.0;
+    let cpu = cpu_seconds(pid) - before;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let rss = status
         .lines()

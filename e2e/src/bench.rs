@@ -21,6 +21,17 @@ pub async fn restart_nodes(lab: &mut Lab, nodes: &[&str]) {
     }
 }
 
+/// CPU time a process used so far (user and system, its own threads; not
+/// its children's), in seconds.
+pub fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime, in clock ticks (USER_HZ: 100 on Linux).
+    (field(11) + field(12)) as f64 / 100.0
+}
+
 /// Polls `done` every `every` (panics naming `what` after `limit`); how
 /// long it took. Checks that start processes on many nodes cost CPU the
 /// nodes need: poll them less often.

@@ -13,8 +13,6 @@ use crate::cmd::{self, CommandError};
 
 /// kubeadm's manifest with the Service's address and the image filled in.
 const MANIFEST: &str = include_str!("cluster_dns/coredns.yaml");
-/// The pinned versions (COREDNS_VERSION) the image is built at.
-const VERSIONS: &str = include_str!("../../tools/versions.env");
 
 /// The cluster's DNS domain, as on every kubeadm cluster.
 pub const DOMAIN: &str = "cluster.local";
@@ -33,11 +31,10 @@ pub enum ClusterDnsError {
 
 /// The CoreDNS image the lab builds (tools/image/build.sh coredns).
 pub fn image() -> String {
-    let version = VERSIONS
-        .lines()
-        .find_map(|l| l.strip_prefix("COREDNS_VERSION="))
-        .expect("tools/versions.env pins COREDNS_VERSION");
-    format!("registry.k8s.io/coredns/coredns:{}", version.trim())
+    format!(
+        "registry.k8s.io/coredns/coredns:{}",
+        crate::tools::pinned("COREDNS_VERSION")
+    )
 }
 
 /// The address of the `kube-dns` Service: the tenth of the service range,

@@ -63,7 +63,7 @@ pub fn lab_values(
     let port = uri.port_u16().unwrap_or(443).to_string();
     let dataplane = match device {
         Device::Kernel => "kernel",
-        Device::TrellisWg | Device::WireguardGo => "userspace",
+        Device::TrellisWg | Device::WireguardGo | Device::WireguardGoCurrent => "userspace",
     };
     Ok([
         ("dataplane", dataplane.to_string()),
@@ -344,7 +344,7 @@ impl Lab {
     }
 
     /// A directory standing in for the image's /usr/local/bin: links to this
-    /// workspace's binaries.
+    /// workspace's binaries (or to those in `image_binaries`).
     fn image_bin(&self) -> Result<PathBuf, LabError> {
         let dir = self.state.dir.join("image-bin");
         std::fs::create_dir_all(&dir).map_err(|source| LabError::Io {
@@ -354,11 +354,13 @@ impl Lab {
         for name in IMAGE_BINARIES {
             let link = dir.join(name);
             let _ = std::fs::remove_file(&link);
-            std::os::unix::fs::symlink(workspace_binary(name)?, &link).map_err(|source| {
-                LabError::Io {
-                    context: format!("linking {}", link.display()),
-                    source,
-                }
+            let binary = match &self.image_binaries {
+                Some(dir) => dir.join(name),
+                None => workspace_binary(name)?,
+            };
+            std::os::unix::fs::symlink(binary, &link).map_err(|source| LabError::Io {
+                context: format!("linking {}", link.display()),
+                source,
             })?;
         }
         Ok(dir)

@@ -1,6 +1,6 @@
 //! Running Trellis on lab nodes: the chart's pod (trellis-cni installed by
 //! its init container, the trellis-wg and agent containers; see
-//! `daemonset`), or Debian's wireguard-go in trellis-wg's place; and
+//! `daemonset`), or wireguard-go (Debian's or current) in trellis-wg's place; and
 //! waiting until the mesh is up.
 
 use std::path::PathBuf;
@@ -19,6 +19,9 @@ pub enum Device {
     TrellisWg,
     /// Debian's wireguard-go, a process of its own.
     WireguardGo,
+    /// Current wireguard-go (pinned in tools/references.env, built into the
+    /// tools cache), a process of its own: the benchmarks' reference.
+    WireguardGoCurrent,
     /// The kernel module: no device process, the agent creates the
     /// interface (`--dataplane kernel`).
     Kernel,
@@ -29,7 +32,7 @@ impl Device {
     pub fn agent_dataplane(self) -> &'static str {
         match self {
             Device::Kernel => "kernel",
-            Device::TrellisWg | Device::WireguardGo => "userspace",
+            Device::TrellisWg | Device::WireguardGo | Device::WireguardGoCurrent => "userspace",
         }
     }
 }
@@ -90,8 +93,12 @@ impl Lab {
                 let pod = self.trellis_pod(node, device).await?;
                 self.start_container(&pod, TRELLIS_WG)?
             }
-            Device::WireguardGo => {
-                let mut command = self.node_command(node, "wireguard-go")?;
+            Device::WireguardGo | Device::WireguardGoCurrent => {
+                let program = match device {
+                    Device::WireguardGoCurrent => self.tools.wireguard_go()?,
+                    _ => "wireguard-go".into(),
+                };
+                let mut command = self.node_command(node, program)?;
                 command
                     .args(["-f", INTERFACE])
                     .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1");

@@ -11,6 +11,23 @@ pub enum ToolsError {
     Unlocated(String),
 }
 
+/// The pinned versions of the lab's tools and of the benchmarks'
+/// references, as tools/bootstrap.sh builds them.
+const VERSIONS: &str = concat!(
+    include_str!("../../tools/versions.env"),
+    "\n",
+    include_str!("../../tools/references.env")
+);
+
+/// The version tools/versions.env or tools/references.env pins as `name`.
+pub fn pinned(name: &str) -> &'static str {
+    VERSIONS
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("tools/versions.env or tools/references.env pins {name}"))
+}
+
 /// The directory holding kube-apiserver, etcd, helm, cnitool and `cni/`.
 #[derive(Debug, Clone)]
 pub struct Tools {
@@ -45,6 +62,15 @@ impl Tools {
         }
     }
 
+    /// Current wireguard-go, the benchmarks' reference userspace device
+    /// (in a directory named by its pinned version).
+    pub fn wireguard_go(&self) -> Result<PathBuf, ToolsError> {
+        self.path(&format!(
+            "wireguard-go-{}/wireguard-go",
+            pinned("WIREGUARD_GO_VERSION")
+        ))
+    }
+
     /// The directory of the reference CNI plugins.
     pub fn cni_plugin_dir(&self) -> PathBuf {
         self.bin.join("cni")
@@ -54,6 +80,17 @@ impl Tools {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pinned_versions_come_from_both_files() {
+        assert!(pinned("KUBERNETES_VERSION").starts_with("v1."));
+        assert!(pinned("WIREGUARD_GO_VERSION").starts_with("v0.0.0-2026"));
+        let tools = Tools {
+            bin: PathBuf::from("/nonexistent/tools"),
+        };
+        let err = tools.wireguard_go().unwrap_err().to_string();
+        assert!(err.contains(pinned("WIREGUARD_GO_VERSION")), "{err}");
+    }
 
     #[test]
     fn a_missing_tool_says_to_run_make_tools() {

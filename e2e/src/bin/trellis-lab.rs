@@ -169,6 +169,8 @@ enum DeviceArg {
     TrellisWg,
     /// Debian's wireguard-go.
     WireguardGo,
+    /// Current wireguard-go (tools/references.env).
+    WireguardGoCurrent,
     /// The kernel module (the agent creates the interface).
     Kernel,
 }
@@ -310,6 +312,7 @@ async fn run(cli: Cli) -> Result<()> {
             let device = match device {
                 DeviceArg::TrellisWg => trellis_e2e::mesh::Device::TrellisWg,
                 DeviceArg::WireguardGo => trellis_e2e::mesh::Device::WireguardGo,
+                DeviceArg::WireguardGoCurrent => trellis_e2e::mesh::Device::WireguardGoCurrent,
                 DeviceArg::Kernel => trellis_e2e::mesh::Device::Kernel,
             };
             lab.start_mesh(device).await?;

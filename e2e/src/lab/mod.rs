@@ -110,6 +110,10 @@ impl LabOptions {
 pub struct Lab {
     pub state: LabState,
     pub tools: Tools,
+    /// Where the image's binaries (trellis-agent, trellis-cni, trellis-wg)
+    /// come from: this workspace's target directory unless set (a
+    /// benchmark points it at the static build the image ships).
+    pub image_binaries: Option<std::path::PathBuf>,
     names: Names,
 }
 
@@ -168,6 +172,7 @@ impl Lab {
             Lab {
                 state,
                 tools,
+                image_binaries: None,
                 names,
             }
         };
@@ -196,6 +201,7 @@ impl Lab {
         Ok(Lab {
             state: LabState::load(&dir)?,
             tools: Tools::locate()?,
+            image_binaries: None,
             names: Names::new(name),
         })
     }

@@ -164,7 +164,7 @@ state = "{STATE}"
             ContainerRuntime::Containerd2 => format!(
                 "containerd {} with runc {}",
                 containerd2_version(),
-                pinned("RUNC_VERSION")
+                crate::tools::pinned("RUNC_VERSION")
             ),
         }
     }
@@ -181,17 +181,7 @@ state = "{STATE}"
 /// `CONTAINERD_VERSION` of tools/versions.env (the directory bootstrap
 /// builds containerd 2 into is named by it).
 fn containerd2_version() -> &'static str {
-    pinned("CONTAINERD_VERSION")
-}
-
-/// A version tools/versions.env pins.
-fn pinned(name: &str) -> &'static str {
-    const VERSIONS: &str = include_str!("../../../tools/versions.env");
-    VERSIONS
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
-        .map(str::trim)
-        .unwrap_or_else(|| panic!("tools/versions.env pins {name}"))
+    crate::tools::pinned("CONTAINERD_VERSION")
 }
 
 #[cfg(test)]
