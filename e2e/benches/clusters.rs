@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use trellis_api::status::PathState;
 use trellis_e2e::bench::{
-    first_ping, percentile, poll, restart_nodes, timed_join, update_benchmarks_md, FINE,
+    first_ping, ms, percentile, poll, restart_nodes, timed_join, timing_row, update_benchmarks_md,
+    FINE,
 };
 use trellis_e2e::mesh::Device;
 use trellis_e2e::pod::{ping_flow, result_address};
@@ -41,10 +42,6 @@ fn main() {
 const JOINS: usize = 6;
 const HERE: &str = "here";
 const THERE: &str = "there";
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
 
 async fn remote_join() -> String {
     eprintln!("remote join: clusters {HERE} and {THERE} (2 + 2 nodes), linked; then {JOINS} joins to each, alternating");
@@ -238,14 +235,7 @@ async fn relay_switch() -> String {
     let p = |f: fn(&Switch) -> Duration, q: f64| ms(percentile(&col(f), q));
     let fresh50 = p(|t| t.fresh, 50.0);
     let max_lost = trials.iter().map(|t| t.lost).max().unwrap_or(0);
-    let line = |label: &str, f: fn(&Switch) -> Duration| {
-        format!(
-            "| {label} | {:.0} | {:.0} | {:.2}x |\n",
-            p(f, 50.0),
-            p(f, 100.0),
-            p(f, 50.0) / fresh50
-        )
-    };
+    let line = |label: &str, f: fn(&Switch) -> Duration| timing_row(label, &col(f), fresh50, "");
     format!(
         "Three lab nodes: n1 public, n2 and n3 each behind an endpoint-independent NAT router. {TRIALS} trials, each restarting trellis-wg and the agent on n2 and n3: once with nothing in the way (the reference: the time the pair needs to find its direct path, hole punching through both NATs), once with n3's router dropping everything to and from n2's router (the pair falls back to a relay through n1), then the block goes during a ping flow (50 ms apart) between pods on n2 and n3. Both ends' paths read from their agents' `/status` every 20 ms:\n\n| | p50 ms | max ms | p50 vs fresh direct |\n|---|---|---|---|\n{}{}{}{}\nLost pings while switching back: at most {max_lost} of about {} per trial ({} ms of traffic; 0 means no gap). After the block goes, the switch waits for the direct peer's handshake retry already under way (WireGuard retries every 5 s; the agent's probes start a handshake only when none is under way), then for the next path check of each end (every 2 s): bounded by 7 s. The fallback is bounded by the direct deadline (15 s) plus a path check.\n",
         line("fresh start, nothing in the way: both ends direct (reference)", |t| t.fresh),

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use trellis_e2e::bench::{cpu_seconds, percentile, update_benchmarks_md};
+use trellis_e2e::bench::{cpu_seconds, ms, percentile, update_benchmarks_md};
 use trellis_e2e::mesh::{wait_for, workspace_binary, Device, TRELLIS_WG, WIREGUARD_GO};
 use trellis_e2e::pod::result_address;
 use trellis_e2e::{tools, Lab, LabOptions};
@@ -226,7 +226,6 @@ async fn throughput() -> String {
 
 fn table(rows: &[Row], bare: f64) -> String {
     let reference = &rows[2];
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let mut t = format!("iperf3 pod on node 1 to pod on node 2 through the mesh, {SECONDS} s per run, the median of {RUNS} runs of one TCP stream and of {RUNS} of four; both nodes' device processes' CPU (user and system) per Gbit/s over the one-stream runs; ping RTT pod to pod every 10 ms during the one-stream runs. Both nodes, both devices, iperf3 and ping share this machine's two cores. The reference is current wireguard-go:\n\n| device | 1 stream Gbit/s | vs reference | 4 streams Gbit/s | vs reference | cores per Gbit/s | RTT p50 ms | RTT p99 ms |\n|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         t.push_str(&format!(

@@ -20,7 +20,9 @@
 use std::time::{Duration, Instant};
 
 use trellis_api::status::{NodeReport, PathState};
-use trellis_e2e::bench::{percentile, poll, restart_nodes, update_benchmarks_md, FINE};
+use trellis_e2e::bench::{
+    ms, percentile, poll, restart_nodes, timing_row, update_benchmarks_md, FINE,
+};
 use trellis_e2e::mesh::Device;
 use trellis_e2e::pod::{ping_flow, result_address};
 use trellis_e2e::{cmd, nat, Lab, LabOptions, NatMode};
@@ -42,10 +44,6 @@ const LAB: &str = "bpath";
 const TRIALS: usize = 3;
 /// Pings per second of the flows (`ping -i 0.05`).
 const PINGS_PER_S: f64 = 20.0;
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
 
 /// What `node`'s agent reports of its peer `key`.
 fn peer_of(lab: &Lab, node: &str, key: &str) -> Option<trellis_api::status::PeerReport> {
@@ -202,12 +200,7 @@ async fn failover() -> String {
     let reference = ms(handshake_age);
     let first_relay = p(|t| t.switch, 50.0);
     let line = |label: &str, f: fn(&Trial) -> Duration, base: f64, of: &str| {
-        format!(
-            "| {label} | {:.0} | {:.0} | {:.2}x {of} |\n",
-            p(f, 50.0),
-            p(f, 100.0),
-            p(f, 50.0) / base
-        )
+        timing_row(label, &col(f), base, of)
     };
     let max_lost = |f: fn(&Trial) -> u32| trials.iter().map(f).max().unwrap_or(0);
     format!(
@@ -341,14 +334,8 @@ async fn sites() -> String {
     let col = |f: fn(&SiteTrial) -> Duration| trials.iter().map(f).collect::<Vec<_>>();
     let p = |f: fn(&SiteTrial) -> Duration, q: f64| ms(percentile(&col(f), q));
     let reference = p(|t| t.public, 50.0);
-    let line = |label: &str, f: fn(&SiteTrial) -> Duration| {
-        format!(
-            "| {label} | {:.0} | {:.0} | {:.2}x |\n",
-            p(f, 50.0),
-            p(f, 100.0),
-            p(f, 50.0) / reference
-        )
-    };
+    let line =
+        |label: &str, f: fn(&SiteTrial) -> Duration| timing_row(label, &col(f), reference, "");
     format!(
         "Six lab nodes: n1 and n2 public; n3 and n4 a site, one private network behind a masquerading router that does not hairpin; n5 and n6 a site behind a router that does. No configuration says which nodes share a site. {SITE_TRIALS} trials, each: the mesh on a pair stopped (its agent and device killed) and started again, timed from the start until both ends' agents report the pair's path (`/status`, read every 20 ms). The reference is the two public nodes, which have one candidate each:\n\n| | p50 ms | max ms | p50 vs reference |\n|---|---|---|---|\n{}{}{}{}\nPings lost while the hairpin site's pair moves up (50 ms apart, over the same sessions): at most {}. The pair kept apart on its LAN tries its LAN candidates first, which are tried the way every candidate is: for 15 s (three of WireGuard's 5 s handshake retries) before the pair goes on to the next one, its public mappings; a working pair moves up within a path check or two of a better candidate answering.\n",
         line("two public nodes: both ends direct (reference)", |t| t.public),

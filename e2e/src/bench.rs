@@ -21,6 +21,28 @@ pub async fn restart_nodes(lab: &mut Lab, nodes: &[&str]) {
     }
 }
 
+/// `d` in milliseconds, for tables.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// A row of a timing table, `| label | p50 ms | max ms | ratio |`: the
+/// ratio is the p50 of `samples` against `reference_ms`, followed by `of`
+/// (which reference, when a table has several; else empty).
+pub fn timing_row(label: &str, samples: &[Duration], reference_ms: f64, of: &str) -> String {
+    let p50 = ms(percentile(samples, 50.0));
+    let ratio = p50 / reference_ms;
+    let of = if of.is_empty() {
+        String::new()
+    } else {
+        format!(" {of}")
+    };
+    format!(
+        "| {label} | {p50:.0} | {:.0} | {ratio:.2}x{of} |\n",
+        ms(percentile(samples, 100.0))
+    )
+}
+
 /// CPU time a process used so far (user and system, its own threads; not
 /// its children's), in seconds.
 pub fn cpu_seconds(pid: i32) -> f64 {
@@ -187,22 +209,39 @@ pub fn update_benchmarks_md(name: &str, title: &str, body: &str) {
 mod tests {
     use super::*;
 
-    fn ms(v: u64) -> Duration {
+    fn millis(v: u64) -> Duration {
         Duration::from_millis(v)
     }
 
     #[test]
+    fn a_timing_row_gives_p50_max_and_the_ratio_to_its_reference() {
+        let s: Vec<Duration> = [900, 1000, 3000].map(millis).to_vec();
+        assert_eq!(
+            timing_row("a pair", &s, 500.0, ""),
+            "| a pair | 1000 | 3000 | 2.00x |\n"
+        );
+        assert_eq!(
+            timing_row("a pair", &s, 4000.0, "of the reference"),
+            "| a pair | 1000 | 3000 | 0.25x of the reference |\n"
+        );
+    }
+
+    #[test]
     fn percentiles_by_nearest_rank() {
-        let s: Vec<Duration> = (1..=100).map(ms).collect();
-        assert_eq!(percentile(&s, 50.0), ms(50));
-        assert_eq!(percentile(&s, 99.0), ms(99));
-        assert_eq!(percentile(&s, 7.0), ms(7), "no rounding error in the rank");
+        let s: Vec<Duration> = (1..=100).map(millis).collect();
+        assert_eq!(percentile(&s, 50.0), millis(50));
+        assert_eq!(percentile(&s, 99.0), millis(99));
+        assert_eq!(
+            percentile(&s, 7.0),
+            millis(7),
+            "no rounding error in the rank"
+        );
         assert_eq!(percentile(&[], 50.0), Duration::ZERO);
     }
 
     #[test]
     fn nearest_rank_of_ten_samples_in_any_order() {
-        let mut s: Vec<Duration> = (1..=10).map(ms).collect();
+        let mut s: Vec<Duration> = (1..=10).map(millis).collect();
         s.reverse();
         for (p, want) in [
             (0.0, 1),
@@ -213,14 +252,14 @@ mod tests {
             (99.0, 10),
             (100.0, 10),
         ] {
-            assert_eq!(percentile(&s, p), ms(want), "p{p}");
+            assert_eq!(percentile(&s, p), millis(want), "p{p}");
         }
     }
 
     #[test]
     fn one_sample_is_every_percentile() {
         for p in [0.0, 50.0, 99.0, 100.0] {
-            assert_eq!(percentile(&[ms(7)], p), ms(7), "p{p}");
+            assert_eq!(percentile(&[millis(7)], p), millis(7), "p{p}");
         }
     }
 
