@@ -23,6 +23,7 @@
 //! WireGuard (the agent then uses the kernel), so one DaemonSet fits every
 //! node.
 
+mod engine;
 mod persist;
 mod translate;
 mod uapi;
@@ -70,6 +71,16 @@ struct Args {
     /// device process and the next (the chart's DaemonSet sets it).
     #[arg(long, env = "TRELLIS_WG_PERSIST", default_value_t = false, action = clap::ArgAction::Set)]
     persist: bool,
+    /// The WireGuard implementation: trellis-wg's own device (gotatun's
+    /// noise protocol on an offloading data path), or boringtun's device.
+    #[arg(long, value_enum, env = "TRELLIS_WG_ENGINE", default_value_t = Engine::Native)]
+    engine: Engine,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Engine {
+    Native,
+    Boringtun,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -136,6 +147,69 @@ fn main() -> ExitCode {
         eprintln!("trellis-wg: cannot create {}: {e}", args.run_dir.display());
         return ExitCode::FAILURE;
     }
+    if args.persist {
+        if let Err(e) = persist::make_persistent(&args.interface) {
+            eprintln!("trellis-wg: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    match args.engine {
+        Engine::Native => run_native(&args, &signals),
+        Engine::Boringtun => run_boringtun(&args),
+    }
+}
+
+/// Removes the front socket if it is still ours: a device started in our
+/// place as soon as the interface went may have bound the same path.
+fn remove_own_socket(front_socket: &Path, ours: (u64, u64)) {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata(front_socket).is_ok_and(|m| (m.dev(), m.ino()) == ours) {
+        let _ = std::fs::remove_file(front_socket);
+    }
+}
+
+fn say_stopping(args: &Args) {
+    if args.persist {
+        eprintln!(
+            "trellis-wg: stopping; interface {} stays (persistent) for the next device",
+            args.interface
+        );
+    } else {
+        eprintln!("trellis-wg: stopping interface {}", args.interface);
+    }
+}
+
+/// trellis-wg's own device: serves the standard UAPI socket itself.
+fn run_native(args: &Args, signals: &SigSet) -> ExitCode {
+    let device = match engine::Device::start(&args.interface) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("trellis-wg: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let front_socket = args.run_dir.join(format!("{}.sock", args.interface));
+    let ours = match uapi::serve(engine::uapi::DeviceAnswer::new(device), &front_socket) {
+        Ok(identity) => identity,
+        Err(e) => {
+            eprintln!("trellis-wg: cannot serve {}: {e}", front_socket.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "trellis-wg: interface {} up, UAPI socket {}",
+        args.interface,
+        front_socket.display()
+    );
+    let _ = signals.wait();
+    say_stopping(args);
+    remove_own_socket(&front_socket, ours);
+    // Exiting closes the TUN queues: the interface goes, unless persistent.
+    ExitCode::SUCCESS
+}
+
+/// boringtun's device behind the translating proxy.
+fn run_boringtun(args: &Args) -> ExitCode {
     let (inner, hide) = match inner_socket_dir(&args.run_dir) {
         Ok(found) => found,
         Err(e) => {
@@ -167,12 +241,6 @@ fn main() -> ExitCode {
         use_multi_queue: args.multi_queue,
         uapi_fd: -1,
     };
-    if args.persist {
-        if let Err(e) = persist::make_persistent(&args.interface) {
-            eprintln!("trellis-wg: {e}");
-            return ExitCode::FAILURE;
-        }
-    }
     let inner_for_thread = inner.clone();
     std::thread::spawn(move || {
         let hidden = match hide {
@@ -212,7 +280,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let ours = match uapi::Proxy::new(inner_socket, &args.interface).serve(&front_socket) {
+    let ours = match uapi::serve(
+        uapi::Proxy::new(inner_socket, &args.interface),
+        &front_socket,
+    ) {
         Ok(identity) => identity,
         Err(e) => {
             eprintln!("trellis-wg: cannot serve {}: {e}", front_socket.display());
@@ -225,20 +296,8 @@ fn main() -> ExitCode {
         front_socket.display()
     );
     let _ = stopped_rx.recv();
-    if args.persist {
-        eprintln!(
-            "trellis-wg: stopping; interface {} stays (persistent) for the next device",
-            args.interface
-        );
-    } else {
-        eprintln!("trellis-wg: stopping interface {}", args.interface);
-    }
-    // Remove the socket only if it is still ours: a device started in our
-    // place as soon as the interface went may have bound the same path.
-    use std::os::unix::fs::MetadataExt;
-    if std::fs::metadata(&front_socket).is_ok_and(|m| (m.dev(), m.ino()) == ours) {
-        let _ = std::fs::remove_file(&front_socket);
-    }
+    say_stopping(args);
+    remove_own_socket(&front_socket, ours);
     let _ = unlinked_tx.send(());
     let _ = closed_rx.recv();
     ExitCode::SUCCESS

@@ -95,9 +95,18 @@ impl Proxy {
         }
         handshakes.clone()
     }
+}
 
-    /// Answers one request.
-    pub(crate) fn handle(&self, request: &str) -> String {
+/// Something that answers UAPI requests: the boringtun proxy or the
+/// device itself.
+pub(crate) trait Answer: Clone + Send + 'static {
+    /// Answers one request (its lines up to the blank one), with the
+    /// answer's `errno=` line and blank line.
+    fn answer(&self, request: &str) -> String;
+}
+
+impl Answer for Proxy {
+    fn answer(&self, request: &str) -> String {
         let _one = self.serial.lock().expect("serial lock");
         let first = request.lines().next().unwrap_or_default();
         let result = match first {
@@ -151,45 +160,45 @@ impl Proxy {
             "errno=5\n\n".to_string()
         })
     }
+}
 
-    /// Serves `front` until the process ends, one thread per client.
-    /// Returns the identity (device, inode) of the socket file it created,
-    /// so that only that file is removed at exit.
-    pub(crate) fn serve(self, front: &Path) -> std::io::Result<(u64, u64)> {
-        use std::os::unix::fs::MetadataExt;
-        let _ = std::fs::remove_file(front);
-        let listener = UnixListener::bind(front)?;
-        std::fs::set_permissions(front, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-        let meta = std::fs::metadata(front)?;
-        let identity = (meta.dev(), meta.ino());
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let proxy = self.clone();
-                std::thread::spawn(move || proxy.client(conn));
-            }
-        });
-        Ok(identity)
-    }
+/// Serves `front` until the process ends, one thread per client.
+/// Returns the identity (device, inode) of the socket file it created,
+/// so that only that file is removed at exit.
+pub(crate) fn serve<A: Answer>(answer: A, front: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let _ = std::fs::remove_file(front);
+    let listener = UnixListener::bind(front)?;
+    std::fs::set_permissions(front, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let meta = std::fs::metadata(front)?;
+    let identity = (meta.dev(), meta.ino());
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let answer = answer.clone();
+            std::thread::spawn(move || client(&answer, conn));
+        }
+    });
+    Ok(identity)
+}
 
-    fn client(&self, mut conn: UnixStream) {
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-        let mut reader = BufReader::new(conn.try_clone().expect("clone a unix stream"));
+fn client<A: Answer>(answer: &A, mut conn: UnixStream) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut reader = BufReader::new(conn.try_clone().expect("clone a unix stream"));
+    loop {
+        let mut request = String::new();
         loop {
-            let mut request = String::new();
-            loop {
-                let mut line = String::new();
-                match reader.read_line(&mut line) {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-                request.push_str(&line);
-                if line == "\n" {
-                    break;
-                }
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
             }
-            if conn.write_all(self.handle(&request).as_bytes()).is_err() {
-                return;
+            request.push_str(&line);
+            if line == "\n" {
+                break;
             }
+        }
+        if conn.write_all(answer.answer(&request).as_bytes()).is_err() {
+            return;
         }
     }
 }

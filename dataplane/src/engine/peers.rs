@@ -1,0 +1,374 @@
+//! The device's configuration and its peers: who they are, where they are,
+//! which addresses each may use (the allowed-IPs table, one longest-prefix
+//! lookup per packet), and each peer's noise state (gotatun's `Tunn`).
+//! [`Config::apply`] takes a parsed `set`, [`Config::view`] answers `get`.
+//! Changes are made in place, as the kernel makes them: a peer whose
+//! endpoint, keepalive or allowed IPs change keeps its session.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use gotatun::noise::index_table::IndexTable;
+use gotatun::noise::rate_limiter::RateLimiter;
+use gotatun::noise::Tunn;
+use gotatun::x25519::{PublicKey, StaticSecret};
+use ip_network_table::IpNetworkTable;
+use ipnet::IpNet;
+
+use super::protocol::{DeviceView, Key, PeerChange, PeerView, SetRequest};
+
+/// Handshake initiations a second before the device asks for cookies
+/// (wireguard-go and boringtun use the same figure).
+const HANDSHAKE_RATE_LIMIT: u64 = 100;
+
+/// Receiver indices a peer keeps registered: its sessions and the
+/// handshake in flight (gotatun keeps 8 sessions).
+const INDICES_PER_PEER: usize = 10;
+
+/// One peer.
+pub(crate) struct Peer {
+    pub(crate) public_key: Key,
+    /// `None` while the device has no private key.
+    pub(crate) tunn: Mutex<Option<Tunn>>,
+    pub(crate) endpoint: RwLock<Option<SocketAddr>>,
+    settings: Mutex<PeerSettings>,
+    /// The last handshake, kept after its session expires (as the kernel
+    /// reports it) until the peer is removed.
+    last_handshake: Mutex<Option<SystemTime>>,
+    /// The receiver indices registered for this peer, oldest first.
+    indices: Mutex<VecDeque<u32>>,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("public_key", &super::protocol::hex(&self.public_key))
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct PeerSettings {
+    preshared_key: Option<Key>,
+    keepalive: u16,
+    allowed_ips: Vec<IpNet>,
+}
+
+impl Peer {
+    /// The last handshake, made absolute: gotatun reports the time since
+    /// it while a session lives.
+    fn last_handshake(&self) -> Option<SystemTime> {
+        let since = self
+            .tunn
+            .lock()
+            .expect("tunn lock")
+            .as_ref()
+            .and_then(|t| t.time_since_last_handshake());
+        let mut kept = self.last_handshake.lock().expect("handshake lock");
+        if let Some(since) = since {
+            *kept = SystemTime::now().checked_sub(since);
+        }
+        *kept
+    }
+
+    fn counters(&self) -> (u64, u64) {
+        match self.tunn.lock().expect("tunn lock").as_ref() {
+            Some(t) => {
+                let (_, tx, rx, _, _) = t.stats();
+                (tx as u64, rx as u64)
+            }
+            None => (0, 0),
+        }
+    }
+}
+
+/// The device's own key and the rate limiter that goes with it.
+pub(crate) struct OwnKey {
+    pub(crate) secret: StaticSecret,
+    pub(crate) public: PublicKey,
+    pub(crate) rate_limiter: Arc<RateLimiter>,
+}
+
+impl std::fmt::Debug for OwnKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnKey")
+            .field("public", &super::protocol::hex(self.public.as_bytes()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a `set` changed that the sockets must follow.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SocketChange {
+    pub listen_port: Option<u16>,
+    pub fwmark: Option<u32>,
+}
+
+/// The device's configuration.
+pub(crate) struct Config {
+    pub(crate) key: Option<OwnKey>,
+    pub(crate) listen_port: u16,
+    pub(crate) fwmark: u32,
+    peers: BTreeMap<Key, Arc<Peer>>,
+    allowed: IpNetworkTable<Arc<Peer>>,
+    index_table: IndexTable,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen_port", &self.listen_port)
+            .field("peers", &self.peers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn to_network(net: IpNet) -> ip_network::IpNetwork {
+    // IpNet is truncated on parse: the network address has no host bits.
+    ip_network::IpNetwork::new_truncate(net.network(), net.prefix_len())
+        .expect("a prefix length IpNet accepted is valid")
+}
+
+impl Config {
+    pub(crate) fn new() -> Self {
+        Config {
+            key: None,
+            listen_port: 0,
+            fwmark: 0,
+            peers: BTreeMap::new(),
+            allowed: IpNetworkTable::new(),
+            index_table: IndexTable::from_os_rng(),
+        }
+    }
+
+    /// The peer that owns `address` (longest prefix).
+    pub(crate) fn peer_for(&self, address: IpAddr) -> Option<&Arc<Peer>> {
+        self.allowed.longest_match(address).map(|(_, p)| p)
+    }
+
+    pub(crate) fn peer(&self, key: &Key) -> Option<&Arc<Peer>> {
+        self.peers.get(key)
+    }
+
+    pub(crate) fn peers(&self) -> impl Iterator<Item = &Arc<Peer>> {
+        self.peers.values()
+    }
+
+    fn new_tunn(&self, key: &OwnKey, peer_key: &Key, settings: &PeerSettings) -> Tunn {
+        Tunn::new(
+            key.secret.clone(),
+            PublicKey::from(*peer_key),
+            settings.preshared_key,
+            (settings.keepalive > 0).then_some(settings.keepalive),
+            self.index_table.clone(),
+            key.rate_limiter.clone(),
+        )
+    }
+
+    /// Applies a parsed `set`. Returns what the sockets must follow, and
+    /// the peers removed (their receiver indices are to be forgotten).
+    pub(crate) fn apply(&mut self, set: SetRequest) -> (SocketChange, Vec<Arc<Peer>>) {
+        let mut removed = Vec::new();
+        if let Some(private) = set.private_key {
+            self.set_private_key(private);
+        }
+        let mut sockets = SocketChange::default();
+        if let Some(port) = set.listen_port.filter(|p| *p != self.listen_port) {
+            sockets.listen_port = Some(port);
+        }
+        if let Some(mark) = set.fwmark.filter(|m| *m != self.fwmark) {
+            self.fwmark = mark;
+            sockets.fwmark = Some(mark);
+        }
+        if set.replace_peers {
+            removed.extend(std::mem::take(&mut self.peers).into_values());
+            self.allowed = IpNetworkTable::new();
+        }
+        for change in set.peers {
+            if let Some(gone) = self.apply_peer(change) {
+                removed.push(gone);
+            }
+        }
+        (sockets, removed)
+    }
+
+    fn set_private_key(&mut self, private: Option<Key>) {
+        let key = private.map(|bytes| {
+            let secret = StaticSecret::from(bytes);
+            let public = PublicKey::from(&secret);
+            let rate_limiter = Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT));
+            OwnKey {
+                secret,
+                public,
+                rate_limiter,
+            }
+        });
+        if key.as_ref().map(|k| k.public) == self.key.as_ref().map(|k| k.public) {
+            return;
+        }
+        // A peer with our own public key cannot be one (the kernel drops it).
+        if let Some(k) = &key {
+            if let Some(me) = self.peers.remove(k.public.as_bytes()) {
+                self.drop_allowed(&me);
+            }
+        }
+        for peer in self.peers.values() {
+            let settings = peer.settings.lock().expect("settings lock").clone();
+            *peer.tunn.lock().expect("tunn lock") = key
+                .as_ref()
+                .map(|k| self.new_tunn(k, &peer.public_key, &settings));
+        }
+        self.key = key;
+    }
+
+    fn drop_allowed(&mut self, peer: &Arc<Peer>) {
+        for net in &peer.settings.lock().expect("settings lock").allowed_ips {
+            let network = to_network(*net);
+            if self
+                .allowed
+                .exact_match(network)
+                .is_some_and(|owner| Arc::ptr_eq(owner, peer))
+            {
+                self.allowed.remove(network);
+            }
+        }
+    }
+
+    /// Returns the peer when the change removed it.
+    fn apply_peer(&mut self, change: PeerChange) -> Option<Arc<Peer>> {
+        if change.remove {
+            let gone = self.peers.remove(&change.public_key)?;
+            self.drop_allowed(&gone);
+            return Some(gone);
+        }
+        if self
+            .key
+            .as_ref()
+            .is_some_and(|k| k.public.as_bytes() == &change.public_key)
+        {
+            return None;
+        }
+        let peer = match self.peers.get(&change.public_key) {
+            Some(p) => p.clone(),
+            None if change.update_only => return None,
+            None => {
+                let settings = PeerSettings::default();
+                let peer = Arc::new(Peer {
+                    public_key: change.public_key,
+                    tunn: Mutex::new(
+                        self.key
+                            .as_ref()
+                            .map(|k| self.new_tunn(k, &change.public_key, &settings)),
+                    ),
+                    endpoint: RwLock::new(None),
+                    settings: Mutex::new(settings),
+                    last_handshake: Mutex::new(None),
+                    indices: Mutex::new(VecDeque::new()),
+                });
+                self.peers.insert(change.public_key, peer.clone());
+                peer
+            }
+        };
+        if let Some(endpoint) = change.endpoint {
+            *peer.endpoint.write().expect("endpoint lock") = Some(endpoint);
+        }
+        let mut settings = peer.settings.lock().expect("settings lock").clone();
+        {
+            let mut tunn = peer.tunn.lock().expect("tunn lock");
+            if let Some(psk) = change.preshared_key {
+                settings.preshared_key = psk;
+                if let Some(t) = tunn.as_mut() {
+                    t.set_preshared_key(psk);
+                }
+            }
+            if let Some(keepalive) = change.keepalive {
+                settings.keepalive = keepalive;
+                if let Some(t) = tunn.as_mut() {
+                    t.set_persistent_keepalive((keepalive > 0).then_some(keepalive));
+                }
+            }
+        }
+        if change.replace_allowed_ips {
+            self.drop_allowed(&peer);
+            settings.allowed_ips.clear();
+        }
+        for net in change.allowed_ips {
+            // An address belongs to one peer: the last to claim it.
+            if let Some(previous) = self.allowed.insert(to_network(net), peer.clone()) {
+                if !Arc::ptr_eq(&previous, &peer) {
+                    previous
+                        .settings
+                        .lock()
+                        .expect("settings lock")
+                        .allowed_ips
+                        .retain(|n| *n != net);
+                }
+            }
+            if !settings.allowed_ips.contains(&net) {
+                settings.allowed_ips.push(net);
+            }
+        }
+        *peer.settings.lock().expect("settings lock") = settings;
+        None
+    }
+
+    pub(crate) fn view(&self) -> DeviceView {
+        DeviceView {
+            private_key: self.key.as_ref().map(|k| k.secret.to_bytes()),
+            listen_port: self.listen_port,
+            fwmark: self.fwmark,
+            peers: self
+                .peers
+                .values()
+                .map(|peer| {
+                    let settings = peer.settings.lock().expect("settings lock").clone();
+                    let (tx_bytes, rx_bytes) = peer.counters();
+                    PeerView {
+                        public_key: peer.public_key,
+                        preshared_key: settings.preshared_key,
+                        endpoint: *peer.endpoint.read().expect("endpoint lock"),
+                        last_handshake: peer.last_handshake(),
+                        tx_bytes,
+                        rx_bytes,
+                        keepalive: settings.keepalive,
+                        allowed_ips: settings.allowed_ips,
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Receiver index → peer, for datagrams that name the session they
+/// belong to (data, handshake responses, cookie replies).
+#[derive(Debug, Default)]
+pub(crate) struct Indices(Mutex<HashMap<u32, Arc<Peer>>>);
+
+impl Indices {
+    pub(crate) fn get(&self, index: u32) -> Option<Arc<Peer>> {
+        self.0.lock().expect("index lock").get(&index).cloned()
+    }
+
+    /// Registers the index of a handshake `peer` sent; the oldest of its
+    /// indices beyond [`INDICES_PER_PEER`] is forgotten.
+    pub(crate) fn register(&self, index: u32, peer: &Arc<Peer>) {
+        let mut map = self.0.lock().expect("index lock");
+        map.insert(index, peer.clone());
+        let mut own = peer.indices.lock().expect("indices lock");
+        own.push_back(index);
+        while own.len() > INDICES_PER_PEER {
+            if let Some(old) = own.pop_front() {
+                map.remove(&old);
+            }
+        }
+    }
+
+    pub(crate) fn forget(&self, peer: &Peer) {
+        let mut map = self.0.lock().expect("index lock");
+        for index in peer.indices.lock().expect("indices lock").drain(..) {
+            map.remove(&index);
+        }
+    }
+}
