@@ -1,20 +1,21 @@
 //! `trellis-wg`: a userspace WireGuard device for nodes without the kernel
-//! module. It runs boringtun's device — a TUN interface — and serves the
-//! standard UAPI socket `/var/run/wireguard/NAME.sock`, so `wg show` and
-//! `wg set` work and the agent configures it there. A long-lived process of
-//! its own, so agent restarts never stop traffic.
+//! module. It serves the standard UAPI socket `/var/run/wireguard/NAME.sock`,
+//! so `wg show` and `wg set` work and the agent configures it there. A
+//! long-lived process of its own, so agent restarts never stop traffic.
 //!
-//! boringtun speaks a dialect of the UAPI protocol and cannot change a peer
-//! in place (it panics, then hangs): its own socket is hidden in a private
-//! directory, and trellis-wg answers on the standard one, translating (see
-//! `translate`). boringtun always binds in `/var/run/wireguard`: when the
-//! front directory is elsewhere (in the chart's container the host's
-//! directory is mounted at another path, and the container's own
-//! `/var/run/wireguard` is private), the inner socket is simply there;
-//! when the front directory is `/var/run/wireguard` itself, the device
-//! thread takes a private mount namespace to hide it (which needs
-//! CAP_SYS_ADMIN). SIGTERM and SIGINT are boringtun's to take (it reads
-//! them through a signalfd).
+//! Two engines (`--engine`):
+//! - `native` (the default): trellis-wg's own device (see `engine`),
+//!   gotatun's noise protocol on a data path with TUN offloads and UDP
+//!   GSO/GRO; it answers the UAPI socket itself;
+//! - `boringtun`: boringtun's device, which speaks a dialect of the UAPI
+//!   protocol and cannot change a peer in place (it panics, then hangs):
+//!   its own socket is hidden in a private directory, and trellis-wg
+//!   answers on the standard one, translating (see `translate`). boringtun
+//!   always binds in `/var/run/wireguard`: when the front directory is
+//!   elsewhere, the inner socket is simply there; when the front directory
+//!   is `/var/run/wireguard` itself, the device thread takes a private
+//!   mount namespace to hide it (which needs CAP_SYS_ADMIN). SIGTERM and
+//!   SIGINT are boringtun's to take (it reads them through a signalfd).
 //!
 //! With `--persist`, the interface outlives the process (see `persist`):
 //! a restarted trellis-wg attaches to it, routes and addresses kept.
@@ -22,6 +23,11 @@
 //! With `--dataplane auto`, trellis-wg stays idle on a kernel that has
 //! WireGuard (the agent then uses the kernel), so one DaemonSet fits every
 //! node.
+
+/// musl's malloc serialises the data path's threads on one lock.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod engine;
 mod persist;
@@ -48,11 +54,11 @@ struct Args {
     /// Name of the WireGuard interface to create.
     #[arg(env = "TRELLIS_INTERFACE", default_value = "trellis")]
     interface: String,
-    /// Worker threads of the device. One is fastest on small nodes: with
-    /// two cores, one thread moved 0.68 Gbit/s and four 0.36 (BENCHMARKS.md).
+    /// Worker threads of the boringtun engine. One is fastest on small
+    /// nodes: with two cores, one thread moved 0.68 Gbit/s and four 0.36.
     #[arg(long, env = "TRELLIS_WG_THREADS", default_value_t = 1)]
     threads: usize,
-    /// One TUN queue per worker thread.
+    /// One TUN queue per worker thread (boringtun engine).
     #[arg(long, env = "TRELLIS_WG_MULTI_QUEUE", default_value_t = true, action = clap::ArgAction::Set)]
     multi_queue: bool,
     /// Directory of UAPI sockets.

@@ -7,6 +7,9 @@
 //! iperf3 throughput with one TCP stream and with four, the devices' CPU
 //! per Gbit/s, and ping RTT through the tunnel during the one-stream runs.
 //!
+//! The peers part: each device's memory (RSS) with 1000 and 5000 peers,
+//! against an empty one (see `peer_memory`).
+//!
 //! Needs root and the static build (`make static`); writes its section into
 //! BENCHMARKS.md.
 
@@ -20,13 +23,20 @@ use trellis_e2e::pod::result_address;
 use trellis_e2e::{tools, Lab, LabOptions};
 
 fn main() {
-    // TRELLIS_BENCH=throughput picks parts (default: all).
+    // TRELLIS_BENCH=throughput,peers picks parts (default: all).
     let (rt, parts) = trellis_e2e::bench::start();
     if parts.wanted("throughput") {
         let text = rt.block_on(throughput());
         update_benchmarks_md("mesh-throughput", "Pod-to-pod throughput", &text);
     }
+    if parts.wanted("peers") {
+        let text = peer_memory::run(&static_build_dir());
+        update_benchmarks_md("device-peer-memory", "Device memory per peer", &text);
+    }
 }
+
+#[path = "device/peer_memory.rs"]
+mod peer_memory;
 
 const LAB: &str = "bthr";
 /// Runs of each kind per device; the table gives their median.

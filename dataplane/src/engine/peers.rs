@@ -372,3 +372,159 @@ impl Indices {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::protocol::parse_set;
+
+    fn hexkey(b: u8) -> String {
+        crate::engine::protocol::hex(&[b; 32])
+    }
+
+    fn apply(config: &mut Config, body: &str) -> (SocketChange, Vec<Arc<Peer>>) {
+        config.apply(parse_set(body).expect("a valid set"))
+    }
+
+    fn owner(config: &Config, ip: &str) -> Option<Key> {
+        config.peer_for(ip.parse().unwrap()).map(|p| p.public_key)
+    }
+
+    #[test]
+    fn a_peer_changed_in_place_keeps_its_noise_state() {
+        let mut c = Config::new();
+        apply(
+            &mut c,
+            &format!(
+                "private_key={}\npublic_key={}\nendpoint=192.0.2.1:51820\nallowed_ip=10.0.1.0/24\n",
+                hexkey(1),
+                hexkey(2)
+            ),
+        );
+        let before = c.peer(&[2; 32]).unwrap().clone();
+        assert!(
+            before.tunn.lock().unwrap().is_some(),
+            "a key and a peer make a Tunn"
+        );
+        let tunn_at = |p: &Arc<Peer>| {
+            p.tunn
+                .lock()
+                .unwrap()
+                .as_ref()
+                .map(|t| t as *const Tunn as usize)
+        };
+        let tunn = tunn_at(&before);
+        apply(
+            &mut c,
+            &format!("public_key={}\nendpoint=192.0.2.9:51820\npersistent_keepalive_interval=25\nallowed_ip=10.0.2.0/24\n", hexkey(2)),
+        );
+        let after = c.peer(&[2; 32]).unwrap();
+        assert!(Arc::ptr_eq(&before, after), "the same peer");
+        assert_eq!(tunn_at(after), tunn, "the same noise state (session kept)");
+        let view = c.view();
+        assert_eq!(
+            view.peers[0].endpoint,
+            Some("192.0.2.9:51820".parse().unwrap())
+        );
+        assert_eq!(view.peers[0].keepalive, 25);
+        assert_eq!(
+            view.peers[0].allowed_ips.len(),
+            2,
+            "allowed IPs are added to"
+        );
+        assert_eq!(owner(&c, "10.0.1.5"), Some([2; 32]));
+        assert_eq!(owner(&c, "10.0.2.5"), Some([2; 32]));
+    }
+
+    #[test]
+    fn replacing_allowed_ips_and_an_address_claimed_by_another_peer() {
+        let mut c = Config::new();
+        apply(
+            &mut c,
+            &format!("public_key={}\nallowed_ip=10.0.1.0/24\nallowed_ip=10.0.9.0/24\npublic_key={}\nallowed_ip=10.0.2.0/24\n", hexkey(2), hexkey(3)),
+        );
+        apply(
+            &mut c,
+            &format!("public_key={}\nallowed_ip=10.0.9.0/24\npublic_key={}\nreplace_allowed_ips=true\nallowed_ip=10.0.3.0/24\n", hexkey(3), hexkey(2)),
+        );
+        assert_eq!(owner(&c, "10.0.9.1"), Some([3; 32]), "the last claim wins");
+        assert_eq!(owner(&c, "10.0.1.1"), None, "replaced away");
+        assert_eq!(owner(&c, "10.0.3.1"), Some([2; 32]));
+        let view = c.view();
+        let of = |k: u8| {
+            view.peers
+                .iter()
+                .find(|p| p.public_key == [k; 32])
+                .unwrap()
+                .allowed_ips
+                .clone()
+        };
+        assert_eq!(of(2), vec!["10.0.3.0/24".parse::<IpNet>().unwrap()]);
+        assert_eq!(of(3).len(), 2, "10.0.2.0/24 and 10.0.9.0/24");
+    }
+
+    #[test]
+    fn removal_update_only_and_replace_peers() {
+        let mut c = Config::new();
+        apply(
+            &mut c,
+            &format!("public_key={}\nallowed_ip=10.0.1.0/24\n", hexkey(2)),
+        );
+        let (_, removed) = apply(&mut c, &format!("public_key={}\nremove=true\n", hexkey(2)));
+        assert_eq!(removed.len(), 1);
+        assert_eq!(owner(&c, "10.0.1.1"), None, "its addresses go with it");
+        apply(
+            &mut c,
+            &format!(
+                "public_key={}\nupdate_only=true\nallowed_ip=10.0.1.0/24\n",
+                hexkey(4)
+            ),
+        );
+        assert!(c.view().peers.is_empty(), "update_only adds nothing");
+        apply(
+            &mut c,
+            &format!("public_key={}\npublic_key={}\n", hexkey(5), hexkey(6)),
+        );
+        let (_, removed) = apply(
+            &mut c,
+            &format!("replace_peers=true\npublic_key={}\n", hexkey(7)),
+        );
+        assert_eq!(removed.len(), 2);
+        assert_eq!(
+            c.view()
+                .peers
+                .iter()
+                .map(|p| p.public_key[0])
+                .collect::<Vec<_>>(),
+            vec![7]
+        );
+    }
+
+    #[test]
+    fn our_own_public_key_is_never_a_peer_and_a_port_change_is_reported() {
+        let mut c = Config::new();
+        let own = StaticSecret::from([1u8; 32]);
+        let own_public = crate::engine::protocol::hex(PublicKey::from(&own).as_bytes());
+        let (change, _) = apply(
+            &mut c,
+            &format!(
+                "private_key={}\nlisten_port=51820\nfwmark=7\npublic_key={own_public}\n",
+                hexkey(1)
+            ),
+        );
+        assert!(c.view().peers.is_empty());
+        assert_eq!(
+            change,
+            SocketChange {
+                listen_port: Some(51820),
+                fwmark: Some(7)
+            }
+        );
+        let (change, _) = apply(&mut c, "fwmark=7\n");
+        assert_eq!(
+            change,
+            SocketChange::default(),
+            "no change, nothing to follow"
+        );
+    }
+}

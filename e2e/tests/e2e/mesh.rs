@@ -715,8 +715,9 @@ async fn wireguard_go_on_one_node_interoperates() {
     let _turn = crate::module_turn(module_path!());
     let _one = serial().await;
     let mut lab = mesh_lab("mgo", 3).await;
-    // Swap n2's trellis-wg for Debian's wireguard-go; the agent configures
-    // it over the same UAPI socket.
+    // Swap n2's trellis-wg for current wireguard-go (pinned in
+    // tools/references.env, with its TUN and UDP offloads); the agent
+    // configures it over the same UAPI socket.
     lab.signal_daemon("mgo-n2", "agent", nix::sys::signal::Signal::SIGKILL);
     lab.signal_daemon("mgo-n2", "trellis-wg", nix::sys::signal::Signal::SIGTERM);
     // trellis-wg leaves its interface (persistent, as the chart runs it)
@@ -733,16 +734,17 @@ async fn wireguard_go_on_one_node_interoperates() {
     )
     .unwrap();
     trellis_e2e::cmd::ip(Some(&ns), &["link", "delete", "trellis"]).unwrap();
-    lab.start_device("mgo-n2", Device::WireguardGo)
+    lab.start_device("mgo-n2", Device::WireguardGoCurrent)
         .await
         .unwrap();
-    lab.start_agent("mgo-n2", Device::WireguardGo)
+    lab.start_agent("mgo-n2", Device::WireguardGoCurrent)
         .await
         .unwrap();
     lab.wait_mesh(2, Duration::from_secs(60))
         .expect("mesh up with wireguard-go on n2");
     let pods = add_pods(&mut lab, 1);
-    // boringtun stamps its handshake initiations 27 s later than
+    // trellis-wg's noise protocol (gotatun's, as boringtun's before it)
+    // stamps its handshake initiations 27 s later than
     // wireguard-go and the kernel do (TAI64N base 2^62 + 37 against + 10):
     // a peer that took an initiation from n2's trellis-wg within the last
     // 27 s refuses wireguard-go's as replays, until it initiates itself
