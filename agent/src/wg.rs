@@ -240,8 +240,23 @@ fn peer_lines(out: &mut String, peer: &DesiredPeer) {
     }
 }
 
-/// The `set=1` request for an update. A changed peer is removed and added
-/// again in the same request: boringtun cannot change a peer in place.
+/// Whether an update can be applied in place: the protocol cannot unset an
+/// endpoint, so a peer that loses its endpoint is removed and added again
+/// in the same request (and loses its session). Every other change is made
+/// in place, as the kernel makes it, keeping the session.
+fn in_place(changed: &[trellis_mesh::plan::PeerField]) -> bool {
+    !changed.iter().any(|f| {
+        matches!(
+            f,
+            trellis_mesh::plan::PeerField::Endpoint {
+                from: Some(_),
+                to: None
+            }
+        )
+    })
+}
+
+/// The `set=1` request for an update.
 pub fn set_request(update: &DeviceUpdate) -> String {
     let mut out = String::from("set=1\n");
     if let Some(key) = &update.private_key {
@@ -253,11 +268,13 @@ pub fn set_request(update: &DeviceUpdate) -> String {
     for change in &update.peers {
         match change {
             PeerChange::Add(p) => peer_lines(&mut out, p),
-            PeerChange::Update { peer, .. } => {
-                out.push_str(&format!(
-                    "public_key={}\nremove=true\n",
-                    peer.public_key.to_hex()
-                ));
+            PeerChange::Update { peer, changed } => {
+                if !in_place(changed) {
+                    out.push_str(&format!(
+                        "public_key={}\nremove=true\n",
+                        peer.public_key.to_hex()
+                    ));
+                }
                 peer_lines(&mut out, peer);
             }
             PeerChange::Remove(k) => {
@@ -299,7 +316,7 @@ mod tests {
     }
 
     #[test]
-    fn updates_are_remove_then_add_in_one_request() {
+    fn updates_are_in_place_unless_the_endpoint_goes() {
         let req = set_request(&DeviceUpdate {
             private_key: None,
             listen_port: Some(51820),
@@ -308,17 +325,33 @@ mod tests {
                     peer: peer(1),
                     changed: vec![trellis_mesh::plan::PeerField::PresharedKey],
                 },
+                PeerChange::Update {
+                    peer: DesiredPeer {
+                        endpoint: None,
+                        ..peer(4)
+                    },
+                    changed: vec![trellis_mesh::plan::PeerField::Endpoint {
+                        from: Some("192.0.2.4:51820".parse().unwrap()),
+                        to: None,
+                    }],
+                },
                 PeerChange::Remove(key(2)),
                 PeerChange::Add(peer(3)),
             ],
         });
         let k1 = key(1).to_hex();
+        let k4 = key(4).to_hex();
         assert!(req.starts_with("set=1\nlisten_port=51820\n"), "{req}");
+        assert!(
+            !req.contains(&format!("public_key={k1}\nremove=true\n")),
+            "changed in place, session kept: {req}"
+        );
+        assert!(req.contains(&format!("public_key={k1}\nendpoint=192.0.2.1:51820\n")));
         let remove = req
-            .find(&format!("public_key={k1}\nremove=true\n"))
-            .unwrap();
+            .find(&format!("public_key={k4}\nremove=true\n"))
+            .expect("an endpoint cannot be unset in place");
         let add = req
-            .rfind(&format!("public_key={k1}\nendpoint=192.0.2.1:51820\n"))
+            .rfind(&format!("public_key={k4}\npersistent_keepalive_interval"))
             .unwrap();
         assert!(remove < add, "{req}");
         assert!(req.contains(&format!("public_key={}\nremove=true\n", key(2).to_hex())));

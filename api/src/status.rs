@@ -142,8 +142,8 @@ impl PathState {
     /// Traffic that started after a session expired shows as down from the
     /// second look on (or at once on a pair never connected): a single look
     /// cannot tell failed handshake attempts from traffic the expired
-    /// session carried. boringtun counts neither handshakes nor keepalives
-    /// in `tx_bytes`: on trellis-wg only keepalives reveal a broken pair.
+    /// session carried. `tx_bytes` counts handshakes and keepalives (the
+    /// kernel, wireguard-go and trellis-wg alike).
     pub fn of(evidence: &PathEvidence, now: i64) -> Self {
         let PathEvidence {
             last_handshake,

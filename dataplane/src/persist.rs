@@ -6,9 +6,10 @@
 //! without carrier (NO-CARRIER) and drops what is routed to it; traffic
 //! resumes as soon as a device attaches and the agent configures it.
 //!
-//! The flags are the ones boringtun opens its queues with (a TUN, no packet
-//! information, multi-queue): the kernel attaches a queue only to an
-//! interface of the same flags.
+//! The flags are the device's (a TUN, no packet information, multi-queue;
+//! the device adds IFF_VNET_HDR on its own queues, which the kernel allows
+//! per queue): the kernel attaches a queue only to an interface of the same
+//! multi-queue flag.
 
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;

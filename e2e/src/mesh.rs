@@ -15,7 +15,7 @@ use crate::state::{Daemon, NodeState};
 /// Which WireGuard implementation a node runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Device {
-    /// trellis-wg (boringtun), a process of its own.
+    /// trellis-wg, a process of its own.
     TrellisWg,
     /// Debian's wireguard-go, a process of its own.
     WireguardGo,

@@ -1,6 +1,6 @@
 //! One definition of a live WireGuard session, from WireGuard's own timers
 //! (the whitepaper's §6.1, the same in the kernel module, wireguard-go and
-//! boringtun): a session lives for [`REJECT_AFTER_TIME`] after its
+//! gotatun): a session lives for [`REJECT_AFTER_TIME`] after its
 //! handshake. While packets flow (keepalives included) the initiator
 //! re-keys after [`REKEY_AFTER_TIME`], so a pair that is used or kept alive
 //! never gets there; a handshake older than that is a session nobody uses,

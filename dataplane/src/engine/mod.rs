@@ -8,8 +8,12 @@
 //!   coalesced again (GRO) before they are written;
 //! - each batch is encrypted per peer under one lock and sent with UDP GSO;
 //!   datagrams are received with UDP GRO and `recvmmsg` (see [`udp`]);
-//! - one thread per direction ([`outbound`], [`inbound`]), and one for
-//!   timers; the UAPI socket is served on threads of its own ([`uapi`]).
+//! - `threads` threads per direction ([`outbound`], [`inbound`]), and one
+//!   for timers; the UAPI socket is served on threads of its own
+//!   ([`uapi`]). Each outbound thread reads a TUN queue of its own (the
+//!   kernel spreads flows over the queues); the inbound threads share the
+//!   socket. A peer's packets are encrypted under its lock, so threads
+//!   scale with peers, not within one peer's flow.
 //!
 //! Configuration (`set`) is applied in place, as the kernel applies it: a
 //! peer keeps its session when its endpoint, keepalive or allowed IPs
@@ -23,7 +27,7 @@ pub(crate) mod uapi;
 mod udp;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -74,6 +78,7 @@ pub(crate) struct Device {
     udp: RwLock<Arc<Udp>>,
     /// The TUN interface's MTU, re-read by the timer thread.
     mtu: AtomicU16,
+    inbound_threads: AtomicUsize,
 }
 
 impl std::fmt::Debug for Device {
@@ -85,7 +90,7 @@ impl std::fmt::Debug for Device {
 impl Device {
     /// Opens (or attaches to) the TUN interface `name`, binds a UDP port
     /// and starts the device's threads.
-    pub(crate) fn start(name: &str) -> Result<Arc<Device>, EngineError> {
+    pub(crate) fn start(name: &str, threads: usize) -> Result<Arc<Device>, EngineError> {
         let tun = tun_rs::DeviceBuilder::new()
             .name(name)
             .offload(true)
@@ -105,12 +110,24 @@ impl Device {
             indices: Indices::default(),
             udp: RwLock::new(Arc::new(udp)),
             mtu: AtomicU16::new(mtu),
+            inbound_threads: AtomicUsize::new(1),
         });
-        let d = device.clone();
-        std::thread::Builder::new()
-            .name("wg-outbound".into())
-            .spawn(move || outbound::run(&d))
-            .expect("spawn the outbound thread");
+        let threads = threads.max(1);
+        for i in 0..threads {
+            let queue = match i {
+                0 => None,
+                _ => Some(device.tun.try_clone().map_err(|source| EngineError::Tun {
+                    name: name.to_string(),
+                    source,
+                })?),
+            };
+            let d = device.clone();
+            std::thread::Builder::new()
+                .name(format!("wg-outbound-{i}"))
+                .spawn(move || outbound::run(&d, queue.as_ref().unwrap_or(&d.tun)))
+                .expect("spawn an outbound thread");
+        }
+        device.inbound_threads.store(threads, Ordering::Relaxed);
         device.spawn_inbound();
         let d = device.clone();
         std::thread::Builder::new()
@@ -120,13 +137,17 @@ impl Device {
         Ok(device)
     }
 
+    /// Starts the inbound threads of the current socket.
     fn spawn_inbound(self: &Arc<Self>) {
-        let d = self.clone();
         let udp = self.udp();
-        std::thread::Builder::new()
-            .name("wg-inbound".into())
-            .spawn(move || inbound::run(&d, &udp))
-            .expect("spawn the inbound thread");
+        for i in 0..self.inbound_threads.load(Ordering::Relaxed) {
+            let d = self.clone();
+            let udp = udp.clone();
+            std::thread::Builder::new()
+                .name(format!("wg-inbound-{i}"))
+                .spawn(move || inbound::run(&d, &udp))
+                .expect("spawn an inbound thread");
+        }
     }
 
     fn udp(&self) -> Arc<Udp> {

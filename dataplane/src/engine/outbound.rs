@@ -136,17 +136,15 @@ fn send_run(device: &Device, udp: &Udp, peer: &Arc<Peer>, packets: &[&[u8]], bat
     }
 }
 
-pub(super) fn run(device: &Arc<Device>) {
+/// Reads `queue` (one of the interface's TUN queues) for good.
+pub(super) fn run(device: &Arc<Device>, queue: &tun_rs::SyncDevice) {
     let batch_size = tun_rs::IDEAL_BATCH_SIZE;
     let mut original = vec![0u8; tun_rs::VIRTIO_NET_HDR_LEN + 65_535];
     let mut bufs = vec![vec![0u8; 65_535]; batch_size];
     let mut sizes = vec![0usize; batch_size];
     let mut batch = GsoBatch::new();
     loop {
-        let n = match device
-            .tun
-            .recv_multiple(&mut original, &mut bufs, &mut sizes, 0)
-        {
+        let n = match queue.recv_multiple(&mut original, &mut bufs, &mut sizes, 0) {
             Ok(n) => n,
             Err(e) => {
                 eprintln!("trellis-wg: reading the TUN interface: {e}");

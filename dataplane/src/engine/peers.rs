@@ -20,7 +20,7 @@ use ipnet::IpNet;
 use super::protocol::{DeviceView, Key, PeerChange, PeerView, SetRequest};
 
 /// Handshake initiations a second before the device asks for cookies
-/// (wireguard-go and boringtun use the same figure).
+/// (wireguard-go uses the same figure).
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
 
 /// Receiver indices a peer keeps registered: its sessions and the

@@ -165,7 +165,7 @@ enum Verb {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum DeviceArg {
-    /// trellis-wg, the userspace device built on boringtun.
+    /// trellis-wg, the userspace device (gotatun's noise protocol, offloads).
     TrellisWg,
     /// Debian's wireguard-go.
     WireguardGo,

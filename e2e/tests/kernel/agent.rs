@@ -389,11 +389,10 @@ pub(crate) fn endpoint_annotation_updates_the_peer_in_place() -> Result<(), Fail
         ping_from(&m.pods[0].netns, &m.pods[1].v4)?;
         ping_from(&m.pods[0].netns, &m.pods[1].v6)?;
         let after = peer_of(&m.lab)?;
-        // kt-n3 (trellis-wg) re-creates its peer kt-n2 to change it
-        // (boringtun cannot change a peer in place), dropping the session;
-        // trellis-wg restarts it at once, so kt-n2's kernel, which still
-        // holds the old session, is not left sending into it until its
-        // rekey timeout (about 15 s without answers).
+        // kt-n3 (trellis-wg) changes its peer kt-n2 in place, as the
+        // kernel does, keeping the session: kt-n2's kernel, which holds the
+        // same session, is not left sending into a dead one until its rekey
+        // timeout (about 15 s without answers).
         let n3 = format!("{LAB}-n3");
         let key_n2_on_n3 = key_n2.clone();
         wait_for(
