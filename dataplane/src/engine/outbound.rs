@@ -18,34 +18,29 @@ use super::Device;
 /// Largest GSO send (the kernel's limit is 64 KiB of payload).
 const MAX_GSO_BYTES: usize = 65_000;
 
-/// The destination address of an IP packet.
-pub(super) fn destination(packet: &[u8]) -> Option<IpAddr> {
+/// The address at byte `v4_at` (IPv4) or `v6_at` (IPv6) of an IP packet.
+fn address(packet: &[u8], v4_at: usize, v6_at: usize) -> Option<IpAddr> {
     match packet.first()? >> 4 {
         4 if packet.len() >= 20 => {
-            let b: [u8; 4] = packet[16..20].try_into().ok()?;
+            let b: [u8; 4] = packet[v4_at..v4_at + 4].try_into().ok()?;
             Some(Ipv4Addr::from(b).into())
         }
         6 if packet.len() >= 40 => {
-            let b: [u8; 16] = packet[24..40].try_into().ok()?;
+            let b: [u8; 16] = packet[v6_at..v6_at + 16].try_into().ok()?;
             Some(Ipv6Addr::from(b).into())
         }
         _ => None,
     }
 }
 
+/// The destination address of an IP packet.
+pub(super) fn destination(packet: &[u8]) -> Option<IpAddr> {
+    address(packet, 16, 24)
+}
+
 /// The source address of an IP packet.
 pub(super) fn source(packet: &[u8]) -> Option<IpAddr> {
-    match packet.first()? >> 4 {
-        4 if packet.len() >= 20 => {
-            let b: [u8; 4] = packet[12..16].try_into().ok()?;
-            Some(Ipv4Addr::from(b).into())
-        }
-        6 if packet.len() >= 40 => {
-            let b: [u8; 16] = packet[8..24].try_into().ok()?;
-            Some(Ipv6Addr::from(b).into())
-        }
-        _ => None,
-    }
+    address(packet, 12, 8)
 }
 
 /// Encrypted datagrams for one destination, gathered for one GSO send.
