@@ -251,7 +251,8 @@ mod tests {
 
     #[test]
     fn civil_from_days_agrees_with_a_day_by_day_calendar() {
-        let leap = |y: u64| (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
+        let leap =
+            |y: u64| (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
         let (mut y, mut m, mut d) = (1970, 1, 1);
         // 1970 to past 2400: every leap rule (4, 100, 400) comes up.
         for days in 0..160_000 {

@@ -67,8 +67,15 @@ fn config(peers: usize) -> String {
 
 /// Starts `program` as the device, configures `peers` peers, sends each
 /// one datagram, and returns the device's RSS.
+/// Removes the namespace when it is there.
+fn remove_netns() {
+    if Path::new("/run/netns").join(NETNS).exists() {
+        let _ = Command::new("ip").args(["netns", "del", NETNS]).status();
+    }
+}
+
 fn measure(program: &Path, args: &[&str], peers: usize) -> u64 {
-    let _ = Command::new("ip").args(["netns", "del", NETNS]).status();
+    remove_netns();
     sh(&["ip", "netns", "add", NETNS]);
     let socket = PathBuf::from(format!("/var/run/wireguard/{INTERFACE}.sock"));
     let mut device: Child = Command::new("ip")
@@ -130,7 +137,7 @@ fn measure(program: &Path, args: &[&str], peers: usize) -> u64 {
     assert_eq!(count, peers, "{}: peers listed", program.display());
     let _ = device.kill();
     let _ = device.wait();
-    let _ = Command::new("ip").args(["netns", "del", NETNS]).status();
+    remove_netns();
     let _ = std::fs::remove_file(&socket);
     rss
 }
