@@ -1,10 +1,12 @@
 //! Root test of trellis-wg: two real devices in two throwaway network
 //! namespaces joined by a veth pair. One ping gives them a handshake, which
 //! `get` on the socket — what `wg show` and the agent read — reports on
-//! both sides; a peer changed in place (endpoint, keepalive, allowed IPs)
-//! keeps its session and that handshake, as on the kernel; a peer removed
-//! and added again is a new peer with none.
-//! Ignored when not root; run with `--include-ignored`.
+//! both sides; once the session has expired (REJECT_AFTER_TIME, 180 s) the
+//! last handshake is still reported, as the kernel does. A peer changed in
+//! place (endpoint, keepalive, allowed IPs) keeps its session and its
+//! handshake, as on the kernel; a peer removed and added again is a new
+//! peer with none.
+//! Ignored when not root; run with `--include-ignored` (about 3 minutes).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -20,6 +22,9 @@ const PREFIX: &str = "twghs";
 /// The underlay (veth) and overlay (WireGuard) subnets.
 const UNDERLAY: &str = "192.168.231";
 const OVERLAY: &str = "10.231.0";
+/// How long the test leaves the pair idle: REJECT_AFTER_TIME (180 s) and
+/// the device's timer rounding (a second) with a margin.
+const SESSION_GONE: Duration = Duration::from_secs(195);
 /// Test keys, hex (made with `wg genkey` / `wg pubkey`): (private, public).
 const KEYS: [(&str, &str); 2] = [
     (
@@ -271,6 +276,27 @@ fn handshakes_are_reported_and_kept_by_changes_in_place() {
     let first = handshake(&a.front_socket(), key_of_b).expect("a handshake after the ping");
     assert!(handshake(&b.front_socket(), key_of_a).is_some_and(|t| t.abs_diff(first) <= 1));
 
+    // Nothing more is sent: the session expires REJECT_AFTER_TIME (180 s)
+    // after the handshake; the handshake is still reported after it.
+    eprintln!(
+        "waiting {} s for the session to expire",
+        SESSION_GONE.as_secs()
+    );
+    std::thread::sleep(SESSION_GONE);
+    for (node, peer) in [(a, key_of_b), (b, key_of_a)] {
+        let kept = handshake(&node.front_socket(), peer);
+        assert!(
+            kept.is_some_and(|t| t.abs_diff(first) <= 1),
+            "{}: the last handshake ({first}) is still reported, not {kept:?}",
+            node.name
+        );
+    }
+
+    // One ping later, a new handshake.
+    assert!(ping(&a.name, &format!("{OVERLAY}.2")), "{}", a.log());
+    let again = handshake(&a.front_socket(), key_of_b).expect("a new handshake");
+    assert!(again >= first + 150, "{again} after {first}");
+
     // Changed in place, as the agent changes a peer whose endpoint,
     // keepalive or allowed IPs move: the session stays, traffic flows on it
     // without a new handshake.
@@ -282,7 +308,7 @@ fn handshakes_are_reported_and_kept_by_changes_in_place() {
     assert!(ping(&a.name, &format!("{OVERLAY}.2")), "{}", a.log());
     assert_eq!(
         handshake(&a.front_socket(), key_of_b),
-        Some(first),
+        Some(again),
         "the session (and its handshake) outlived the change"
     );
     let dump = uapi(&a.front_socket(), "get=1\n\n");

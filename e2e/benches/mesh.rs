@@ -63,14 +63,7 @@ fn idle_usage(pid: i32, window: Duration) -> (u64, f64) {
     let before = cpu_seconds(pid);
     std::thread::sleep(window);
     let cpu = cpu_seconds(pid) - before;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    (rss, cpu)
+    (trellis_e2e::bench::rss_kib(pid).unwrap_or(0), cpu)
 }
 
 fn metric(text: &str, name: &str) -> f64 {

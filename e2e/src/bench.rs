@@ -45,6 +45,17 @@ pub fn timing_row(label: &str, samples: &[Duration], reference_ms: f64, of: &str
 
 /// CPU time a process used so far (user and system, its own threads; not
 /// its children's), in seconds.
+/// The resident memory of a process, in KiB (`VmRSS`); `None` when it is
+/// gone.
+pub fn rss_kib(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
 pub fn cpu_seconds(pid: i32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
@@ -224,6 +235,12 @@ mod tests {
             timing_row("a pair", &s, 4000.0, "of the reference"),
             "| a pair | 1000 | 3000 | 0.25x of the reference |\n"
         );
+    }
+
+    #[test]
+    fn rss_of_a_live_process_and_of_none() {
+        assert!(rss_kib(std::process::id() as i32).is_some_and(|k| k > 0));
+        assert_eq!(rss_kib(i32::MAX), None, "no such process");
     }
 
     #[test]

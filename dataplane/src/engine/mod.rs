@@ -27,7 +27,7 @@ pub(crate) mod uapi;
 mod udp;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -78,7 +78,8 @@ pub(crate) struct Device {
     udp: RwLock<Arc<Udp>>,
     /// The TUN interface's MTU, re-read by the timer thread.
     mtu: AtomicU16,
-    inbound_threads: AtomicUsize,
+    /// Threads per direction.
+    threads: usize,
 }
 
 impl std::fmt::Debug for Device {
@@ -110,10 +111,9 @@ impl Device {
             indices: Indices::default(),
             udp: RwLock::new(Arc::new(udp)),
             mtu: AtomicU16::new(mtu),
-            inbound_threads: AtomicUsize::new(1),
+            threads: threads.max(1),
         });
-        let threads = threads.max(1);
-        for i in 0..threads {
+        for i in 0..device.threads {
             let queue = match i {
                 0 => None,
                 _ => Some(device.tun.try_clone().map_err(|source| EngineError::Tun {
@@ -127,7 +127,6 @@ impl Device {
                 .spawn(move || outbound::run(&d, queue.as_ref().unwrap_or(&d.tun)))
                 .expect("spawn an outbound thread");
         }
-        device.inbound_threads.store(threads, Ordering::Relaxed);
         device.spawn_inbound();
         let d = device.clone();
         std::thread::Builder::new()
@@ -140,7 +139,7 @@ impl Device {
     /// Starts the inbound threads of the current socket.
     fn spawn_inbound(self: &Arc<Self>) {
         let udp = self.udp();
-        for i in 0..self.inbound_threads.load(Ordering::Relaxed) {
+        for i in 0..self.threads {
             let d = self.clone();
             let udp = udp.clone();
             std::thread::Builder::new()

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use trellis_e2e::bench::rss_kib;
 use trellis_e2e::mesh::{wait_for, workspace_binary};
-use trellis_e2e::tools;
+use trellis_e2e::{cmd, netns, tools};
 
 const NETNS: &str = "bmem";
 const INTERFACE: &str = "bmem0";
@@ -22,23 +23,6 @@ struct Row {
     empty_kib: u64,
     /// (peers, RSS KiB)
     with: Vec<(usize, u64)>,
-}
-
-fn sh(args: &[&str]) {
-    let status = Command::new(args[0])
-        .args(&args[1..])
-        .status()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(status.success(), "{args:?}: {status}");
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
 }
 
 /// A key `wg` takes (any 32 bytes make a public key), distinct per `i`.
@@ -65,18 +49,18 @@ fn config(peers: usize) -> String {
     c
 }
 
-/// Starts `program` as the device, configures `peers` peers, sends each
-/// one datagram, and returns the device's RSS.
-/// Removes the namespace when it is there.
-fn remove_netns() {
-    if Path::new("/run/netns").join(NETNS).exists() {
-        let _ = Command::new("ip").args(["netns", "del", NETNS]).status();
+/// Runs `ip [-n NETNS] args...`; a failure ends the bench.
+fn ip(netns: Option<&str>, args: &[&str]) {
+    if let Err(e) = cmd::ip(netns, args) {
+        panic!("{e}");
     }
 }
 
+/// Starts `program` as the device, configures `peers` peers, sends each
+/// one datagram, and returns the device's RSS.
 fn measure(program: &Path, args: &[&str], peers: usize) -> u64 {
-    remove_netns();
-    sh(&["ip", "netns", "add", NETNS]);
+    netns::delete(NETNS).expect("remove an old namespace");
+    netns::create(NETNS).expect("create the namespace");
     let socket = PathBuf::from(format!("/var/run/wireguard/{INTERFACE}.sock"));
     let mut device: Child = Command::new("ip")
         .args(["netns", "exec", NETNS])
@@ -96,48 +80,35 @@ fn measure(program: &Path, args: &[&str], peers: usize) -> u64 {
     let file = tempfile::NamedTempFile::new().expect("temp file");
     std::fs::write(file.path(), config(peers)).expect("write config");
     let path = file.path().to_str().unwrap();
-    sh(&[
-        "ip", "netns", "exec", NETNS, "wg", "setconf", INTERFACE, path,
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        NETNS,
-        "addr",
-        "add",
-        "10.200.0.1/16",
-        "dev",
-        INTERFACE,
-    ]);
-    sh(&["ip", "-n", NETNS, "link", "set", INTERFACE, "up"]);
-    sh(&[
-        "ip",
-        "-n",
-        NETNS,
-        "route",
-        "add",
-        "10.201.0.0/16",
-        "dev",
-        INTERFACE,
-    ]);
+    cmd::in_netns(NETNS, "wg", &["setconf", INTERFACE, path]).expect("wg setconf");
+    ip(
+        Some(NETNS),
+        &["addr", "add", "10.200.0.1/16", "dev", INTERFACE],
+    );
+    ip(Some(NETNS), &["link", "set", INTERFACE, "up"]);
+    ip(
+        Some(NETNS),
+        &["route", "add", "10.201.0.0/16", "dev", INTERFACE],
+    );
     if peers > 0 {
         // bash writes to /dev/udp itself: one datagram per peer, no process each.
         let script = format!(
             "for ((i=0; i<{peers}; i++)); do echo x 2>/dev/null > /dev/udp/10.201.$((i/250)).$((i%250+1))/9; done"
         );
-        sh(&["ip", "netns", "exec", NETNS, "bash", "-c", &script]);
+        cmd::in_netns(NETNS, "bash", &["-c", &script]).expect("datagrams to the peers");
     }
     std::thread::sleep(Duration::from_secs(3));
-    let rss = rss_kib(device.id());
-    let listed = Command::new("ip")
-        .args(["netns", "exec", NETNS, "wg", "show", INTERFACE, "peers"])
-        .output()
-        .expect("wg show");
-    let count = String::from_utf8_lossy(&listed.stdout).lines().count();
-    assert_eq!(count, peers, "{}: peers listed", program.display());
+    let rss = rss_kib(device.id() as i32).expect("the device's VmRSS");
+    let listed = cmd::in_netns(NETNS, "wg", &["show", INTERFACE, "peers"]).expect("wg show");
+    assert_eq!(
+        listed.lines().count(),
+        peers,
+        "{}: peers listed",
+        program.display()
+    );
     let _ = device.kill();
     let _ = device.wait();
-    remove_netns();
+    let _ = netns::delete(NETNS);
     let _ = std::fs::remove_file(&socket);
     rss
 }
