@@ -237,19 +237,24 @@ pub fn ping_from(netns_name: &str, target: &str) -> Result<(), CommandError> {
     cmd::in_netns(netns_name, "ping", &["-c", "1", "-W", "2", target]).map(drop)
 }
 
-/// Pings `target` from `netns_name` every 50 ms for `seconds`, in a thread;
-/// joins to (sent, received).
+/// Pings `target` from `netns_name` every 50 ms for about `seconds` (a
+/// count of `20 × seconds`), in a thread; joins to (sent, received).
+///
+/// A count, not a deadline (`-w`): ping stops at a deadline at once, so an
+/// echo still on its way then counts as lost — on a loaded machine, one
+/// flow in a few. With a count, ping waits for the last answer (at least
+/// one interval, twice the slowest answer) and sends exactly the count.
 pub fn ping_flow(
     netns_name: &str,
     target: &str,
     seconds: u32,
 ) -> std::thread::JoinHandle<(u32, u32)> {
+    let count = (seconds * 20).to_string();
     let args: Vec<String> = [
-        "netns", "exec", netns_name, "ping", "-q", "-i", "0.05", "-W", "1", "-w",
+        "netns", "exec", netns_name, "ping", "-q", "-i", "0.05", "-W", "1", "-c", &count, target,
     ]
     .iter()
     .map(|s| s.to_string())
-    .chain([seconds.to_string(), target.to_string()])
     .collect();
     std::thread::spawn(move || {
         let out = std::process::Command::new("ip")

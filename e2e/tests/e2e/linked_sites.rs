@@ -40,6 +40,15 @@ fn path(statuses: &[(&str, String)], node: &str, peer: &str) -> String {
     plugin::path_cell(&plugin::status_row(table, node, &seen_as(cluster, peer)))
 }
 
+/// Both clusters' status tables, for a failure's message.
+fn tables_now(lab: &Lab) -> String {
+    statuses(lab)
+        .into_iter()
+        .map(|(_, table)| table)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn statuses(lab: &Lab) -> Vec<(&'static str, String)> {
     [A, B]
         .into_iter()
@@ -103,9 +112,9 @@ async fn three_sites_across_two_linked_clusters_each_pair_on_its_best_path() {
         },
     );
     let t = statuses(&lab);
-    for (_, table) in &t {
-        eprintln!("{table}");
-    }
+    // The tables go into the failures that need them, not before them: a
+    // failure's first line is what a trimmed log keeps.
+    let tables = tables_now(&lab);
     eprintln!("every pair on its path {settled:?} later");
     for (s, other) in &through_a1 {
         for (x, y) in [(s, other), (other, s)] {
@@ -113,12 +122,12 @@ async fn three_sites_across_two_linked_clusters_each_pair_on_its_best_path() {
             let row = plugin::status_row(table, x, &seen_as(cluster, y));
             assert!(
                 row.contains(&format!("relayed via {}", seen_as(cluster, &a1))),
-                "{x} -> {y} through a1: {row}"
+                "{x} -> {y} through a1: {row}\n{tables}"
             );
         }
     }
     for n in [&a2, &a3, &b1, &b2, &b3, &b4] {
-        assert_eq!(path(&t, &a1, n), "direct", "a1 -> {n}");
+        assert_eq!(path(&t, &a1, n), "direct", "a1 -> {n}\n{tables}");
     }
     // Each site-mate reaches the other at its LAN address.
     for (site, [x, y]) in [
@@ -167,15 +176,25 @@ async fn three_sites_across_two_linked_clusters_each_pair_on_its_best_path() {
         eprintln!("{x} -> {y}: {received} of {sent} pings answered");
         assert!(
             sent > 100 && received == sent,
-            "{x} -> {y}: {received} of {sent}"
+            "{x} -> {y}: {received} of {sent} answered; now:\n{}",
+            tables_now(&lab)
         );
     }
     let after: Vec<u64> = routers
         .iter()
         .map(|r| nat::hairpin_packets(r).unwrap())
         .collect();
-    assert_eq!(before, after, "no site pair's packet reached its router");
+    assert_eq!(
+        before,
+        after,
+        "no site pair's packet reached its router; now:\n{}",
+        tables_now(&lab)
+    );
     let failures = ping::all_pairs(&pods);
-    assert!(failures.is_empty(), "{failures:?}");
+    assert!(
+        failures.is_empty(),
+        "{failures:?}; now:\n{}",
+        tables_now(&lab)
+    );
     trellis_e2e::down(A);
 }
