@@ -105,10 +105,11 @@ impl Device {
         let mut config = Config::new();
         config.listen_port = udp.port;
         let mtu = tun.mtu().unwrap_or(1420);
+        let indices = Indices::new(config.index_table());
         let device = Arc::new(Device {
             tun,
             config: RwLock::new(config),
-            indices: Indices::default(),
+            indices,
             udp: RwLock::new(Arc::new(udp)),
             mtu: AtomicU16::new(mtu),
             threads: threads.max(1),

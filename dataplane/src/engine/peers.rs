@@ -23,8 +23,9 @@ use super::protocol::{DeviceView, Key, PeerChange, PeerView, SetRequest};
 /// (wireguard-go uses the same figure).
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
 
-/// Receiver indices a peer keeps registered: its sessions and the
-/// handshake in flight (gotatun keeps 8 sessions).
+/// Receiver indices gotatun still holds that a peer keeps registered at
+/// most: its sessions and the handshake in flight (gotatun keeps 8
+/// sessions).
 const INDICES_PER_PEER: usize = 10;
 
 /// One peer.
@@ -154,6 +155,11 @@ impl Config {
 
     pub(crate) fn peers(&self) -> impl Iterator<Item = &Arc<Peer>> {
         self.peers.values()
+    }
+
+    /// The table the peers' noise states take their receiver indices from.
+    pub(crate) fn index_table(&self) -> IndexTableHandle {
+        IndexTableHandle(self.index_table.clone())
     }
 
     fn new_tunn(&self, key: &OwnKey, peer_key: &Key, settings: &PeerSettings) -> Tunn {
@@ -343,33 +349,79 @@ impl Config {
 
 /// Receiver index → peer, for datagrams that name the session they
 /// belong to (data, handshake responses, cookie replies).
-#[derive(Debug, Default)]
-pub(crate) struct Indices(Mutex<HashMap<u32, Arc<Peer>>>);
+///
+/// An index stays registered while gotatun holds it (a session or a
+/// handshake in flight keeps it reserved in the shared [`IndexTable`]):
+/// indices it let go are pruned first, so a long run of failed handshakes
+/// never pushes out the index of the session still carrying traffic.
+#[derive(Debug)]
+pub(crate) struct Indices {
+    peers: Mutex<HashMap<u32, Arc<Peer>>>,
+    table: IndexTableHandle,
+}
+
+/// The [`IndexTable`] the [`Config`]'s noise states draw their indices
+/// from (it has no `Debug`).
+#[derive(Clone)]
+pub(crate) struct IndexTableHandle(IndexTable);
+
+impl std::fmt::Debug for IndexTableHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IndexTable")
+    }
+}
 
 impl Indices {
-    pub(crate) fn get(&self, index: u32) -> Option<Arc<Peer>> {
-        self.0.lock().expect("index lock").get(&index).cloned()
+    /// Indices of the peers of a [`Config`] (see [`Config::index_table`]).
+    pub(crate) fn new(table: IndexTableHandle) -> Self {
+        Indices {
+            peers: Mutex::default(),
+            table,
+        }
     }
 
-    /// Registers the index of a handshake `peer` sent; the oldest of its
-    /// indices beyond [`INDICES_PER_PEER`] is forgotten.
+    pub(crate) fn get(&self, index: u32) -> Option<Arc<Peer>> {
+        self.peers.lock().expect("index lock").get(&index).cloned()
+    }
+
+    /// Registers the index of a handshake `peer` sent. The peer's indices
+    /// gotatun no longer holds are forgotten; beyond [`INDICES_PER_PEER`]
+    /// still held, the oldest is.
     pub(crate) fn register(&self, index: u32, peer: &Arc<Peer>) {
-        let mut map = self.0.lock().expect("index lock");
+        let mut map = self.peers.lock().expect("index lock");
         map.insert(index, peer.clone());
         let mut own = peer.indices.lock().expect("indices lock");
+        own.retain(|&old| {
+            let keep = old != index && self.table.0.in_use(old);
+            if !keep && old != index {
+                remove_own(&mut map, old, peer);
+            }
+            keep
+        });
         own.push_back(index);
         while own.len() > INDICES_PER_PEER {
             if let Some(old) = own.pop_front() {
-                map.remove(&old);
+                remove_own(&mut map, old, peer);
             }
         }
     }
 
     pub(crate) fn forget(&self, peer: &Peer) {
-        let mut map = self.0.lock().expect("index lock");
+        let mut map = self.peers.lock().expect("index lock");
         for index in peer.indices.lock().expect("indices lock").drain(..) {
-            map.remove(&index);
+            remove_own(&mut map, index, peer);
         }
+    }
+}
+
+/// Removes `index` from `map` if it still names `peer` (gotatun may have
+/// given a freed index to another peer since).
+fn remove_own(map: &mut HashMap<u32, Arc<Peer>>, index: u32, peer: &Peer) {
+    if map
+        .get(&index)
+        .is_some_and(|p| std::ptr::eq(Arc::as_ptr(p), peer))
+    {
+        map.remove(&index);
     }
 }
 
@@ -525,6 +577,53 @@ mod tests {
             change,
             SocketChange::default(),
             "no change, nothing to follow"
+        );
+    }
+
+    #[test]
+    fn failed_handshakes_never_push_out_the_index_of_a_live_session() {
+        let mut c = Config::new();
+        apply(
+            &mut c,
+            &format!("private_key={}\npublic_key={}\n", hexkey(1), hexkey(2)),
+        );
+        let peer = c.peer(&[2; 32]).unwrap().clone();
+        let table = c.index_table().0;
+        let indices = Indices::new(c.index_table());
+        let live = table.new_index();
+        indices.register(live.value(), &peer);
+        let mut failed = Vec::new();
+        for _ in 0..2 * INDICES_PER_PEER {
+            // A handshake that gotatun gives up (its index is freed).
+            let attempt = table.new_index();
+            indices.register(attempt.value(), &peer);
+            failed.push(attempt.value());
+        }
+        assert!(
+            indices.get(live.value()).is_some(),
+            "the live session's index stays"
+        );
+        assert!(indices.get(failed[0]).is_none(), "a freed index goes");
+        assert!(
+            indices.get(*failed.last().unwrap()).is_some(),
+            "the newest stays until the next registration"
+        );
+        let held: Vec<_> = (0..INDICES_PER_PEER)
+            .map(|_| {
+                let i = table.new_index();
+                indices.register(i.value(), &peer);
+                i
+            })
+            .collect();
+        assert!(
+            indices.get(live.value()).is_none(),
+            "beyond the cap of indices still held, the oldest goes"
+        );
+        assert!(held.iter().all(|i| indices.get(i.value()).is_some()));
+        indices.forget(&peer);
+        assert!(
+            indices.get(held[0].value()).is_none(),
+            "a removed peer's indices go"
         );
     }
 }
