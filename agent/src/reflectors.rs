@@ -48,7 +48,8 @@ impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> Reflector<K> {
 }
 
 /// Starts a reflector of `api` (filtered by `config`) that notifies
-/// `changed` on every change; `what` names it in logs.
+/// `changed` on every change and when a listing completes; `what` names
+/// it in logs.
 pub fn spawn_reflector<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -65,9 +66,10 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store::<K>();
-    let stream = reflector(writer, watcher(api, config))
-        .default_backoff()
-        .touched_objects();
+    // Every event notifies, the end of a listing too: a listing with no
+    // objects (a linked cluster without Peers) touches none, and whoever
+    // waits for the store to be ready must hear that it is.
+    let stream = reflector(writer, watcher(api, config)).default_backoff();
     let health = Arc::new(WatchHealth::default());
     let task_health = health.clone();
     let task = tokio::spawn(async move {
@@ -91,5 +93,59 @@ where
         store,
         health,
         task,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::time::Duration;
+
+    use k8s_openapi::api::core::v1::Node;
+    use kube::client::Body;
+
+    use super::*;
+
+    /// A kube client whose API server lists no objects and then keeps
+    /// every watch open without events.
+    fn empty_api_server() -> kube::Client {
+        let service = tower::service_fn(|request: http::Request<Body>| async move {
+            if request
+                .uri()
+                .query()
+                .is_some_and(|q| q.contains("watch=true"))
+            {
+                futures::future::pending::<()>().await;
+            }
+            let list = r#"{"apiVersion":"v1","kind":"NodeList","metadata":{"resourceVersion":"7"},"items":[]}"#;
+            Ok::<_, Infallible>(http::Response::new(Body::from(list.as_bytes().to_vec())))
+        });
+        kube::Client::new(service, "default")
+    }
+
+    #[tokio::test]
+    async fn a_listing_without_objects_is_news() {
+        let changed = Arc::new(Notify::new());
+        let nodes = spawn_reflector(
+            Api::<Node>::all(empty_api_server()),
+            watcher::Config::default(),
+            changed.clone(),
+            "Nodes".into(),
+        );
+        let mut heard = false;
+        for _ in 0..10 {
+            tokio::time::timeout(Duration::from_secs(30), changed.notified())
+                .await
+                .expect("notified when the empty listing completes");
+            heard = true;
+            if nodes.is_ready() {
+                break;
+            }
+        }
+        assert!(
+            heard && nodes.is_ready(),
+            "the store is ready once notified"
+        );
+        assert!(nodes.store.is_empty() && nodes.health.last_error().is_none());
     }
 }
